@@ -1,0 +1,369 @@
+"""Effects: the only objects a workflow coroutine ever yields to its driver.
+
+A workflow is a plain ``async def``. Each ``await cd.call(...)`` (or sleep, await_signal, ...)
+builds a small immutable effect object whose ``__await__`` yields *the effect itself* up through
+the coroutine to whoever drives it (our scheduler, or an adapter's engine handler), then receives
+an :class:`Outcome` back and unwraps it: a value is returned, an error is raised at the await.
+This is the trick trio uses for its traps.
+
+The driver contract, written down: **exactly one outcome is sent per yielded effect, and on the
+embedded runtime that outcome is persisted in the journal before it is sent.**
+
+Effects are comparable by ``kind``, ``name`` and argument ``digest``: that is how replay checks
+that the code issued the same effect the journal recorded (non-determinism detection).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as _dt
+import functools
+import hashlib
+import inspect
+import math
+from collections.abc import Awaitable, Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, TypeVar, overload
+
+from .errors import ConfigurationError, EffectNotAllowedError
+
+T = TypeVar("T")
+
+__all__ = [
+    "AwaitSignal",
+    "Call",
+    "Effect",
+    "Error",
+    "Gather",
+    "Now",
+    "Outcome",
+    "Random",
+    "RetryPolicy",
+    "Sleep",
+    "Uuid4",
+    "Value",
+    "await_signal",
+    "call",
+    "gather",
+    "idempotency_key",
+    "now",
+    "random",
+    "sleep",
+    "sleep_until",
+    "uuid4",
+]
+
+
+# -- outcomes: what the driver sends back ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Value:
+    """A successful outcome."""
+
+    value: Any
+
+    def unwrap(self) -> Any:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """A failed outcome: ``unwrap`` raises the exception at the workflow's await."""
+
+    error: BaseException
+
+    def unwrap(self) -> Any:
+        raise self.error
+
+
+Outcome = Value | Error
+
+
+# -- retry policy ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How a failing step is retried. Every failed attempt is journaled before the next one.
+
+    ``max_attempts`` counts the first try (1 means no retry). The delay before attempt n+1 is
+    ``initial_interval * backoff_coefficient ** (n - 1)`` capped at ``max_interval``.
+    Exceptions whose type name is in ``non_retryable`` fail the step at once.
+    """
+
+    max_attempts: int = 3
+    initial_interval: float = 1.0
+    backoff_coefficient: float = 2.0
+    max_interval: float = 60.0
+    non_retryable: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ConfigurationError(f"RetryPolicy.max_attempts must be >= 1, got {self.max_attempts}")
+        if self.initial_interval < 0 or self.max_interval < 0:
+            raise ConfigurationError("RetryPolicy intervals must be >= 0 seconds")
+        if self.backoff_coefficient < 1:
+            raise ConfigurationError("RetryPolicy.backoff_coefficient must be >= 1")
+
+    def delay(self, failed_attempts: int) -> float:
+        """Seconds to wait after ``failed_attempts`` failures before the next attempt."""
+        raw = self.initial_interval * self.backoff_coefficient ** max(failed_attempts - 1, 0)
+        return min(raw, self.max_interval)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "max_attempts": self.max_attempts,
+            "initial_interval": self.initial_interval,
+            "backoff_coefficient": self.backoff_coefficient,
+            "max_interval": self.max_interval,
+            "non_retryable": list(self.non_retryable),
+        }
+
+
+DEFAULT_RETRY = RetryPolicy()
+
+
+# -- effects ---------------------------------------------------------------------------------------
+
+
+class Effect:
+    """Base class of effects. ``await effect`` yields it to the driver and unwraps the outcome."""
+
+    __slots__ = ()
+    kind: ClassVar[str] = "effect"
+
+    def __await__(self) -> Generator[Effect, Outcome, Any]:
+        outcome = yield self
+        return outcome.unwrap()
+
+    @property
+    def name(self) -> str:
+        """The effect's identity within its kind (function name, signal name...)."""
+        return ""
+
+    def describe(self) -> str:
+        """A short human form used in errors and tables, e.g. ``call(plan)``."""
+        return f"{self.kind}({self.name})"
+
+
+def step_name(fn: Callable[..., Any]) -> str:
+    """The journal name of a step function: its qualified name, module-independent."""
+    target = fn.func if isinstance(fn, functools.partial) else fn
+    return getattr(target, "__cd_step_name__", None) or getattr(
+        target, "__qualname__", type(target).__qualname__
+    )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Call(Effect):
+    """Run ``fn(*args, **kwargs)`` as a journaled step (sync callables run in a worker thread)."""
+
+    kind: ClassVar[str] = "call"
+    fn: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    retry: RetryPolicy = DEFAULT_RETRY
+    timeout: float | None = None
+
+    @property
+    def name(self) -> str:
+        return step_name(self.fn)
+
+    @property
+    def is_async(self) -> bool:
+        target = self.fn.func if isinstance(self.fn, functools.partial) else self.fn
+        return inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
+            getattr(target, "__call__", None)  # noqa: B004 - async callable objects
+        )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Sleep(Effect):
+    """A durable timer: ``seconds`` from when it is first reached, or until ``until``.
+
+    The absolute due time is journaled the first time the effect is reached, so a crash or a
+    deploy does not restart the wait.
+    """
+
+    kind: ClassVar[str] = "sleep"
+    seconds: float | None = None
+    until: _dt.datetime | None = None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class AwaitSignal(Effect):
+    """Wait for the next signal ``signal`` sent to this run; return its payload."""
+
+    kind: ClassVar[str] = "signal"
+    signal: str = ""
+    timeout: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.signal
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Gather(Effect):
+    """Run sub-effects concurrently; each gets its own seq, results come back in order."""
+
+    kind: ClassVar[str] = "gather"
+    effects: tuple[Effect, ...] = ()
+    return_exceptions: bool = False
+
+    @property
+    def name(self) -> str:
+        return str(len(self.effects))
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Now(Effect):
+    """The current time (UTC, timezone-aware), journaled so a replay sees the same instant."""
+
+    kind: ClassVar[str] = "now"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Uuid4(Effect):
+    """A random UUID, journaled."""
+
+    kind: ClassVar[str] = "uuid4"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Random(Effect):
+    """A random float in [0, 1), journaled."""
+
+    kind: ClassVar[str] = "random"
+
+
+# -- the user-facing constructors -----------------------------------------------------------------
+
+@overload
+def call(
+    fn: Callable[..., Awaitable[T]],
+    /,
+    *args: Any,
+    retry: RetryPolicy | None = None,
+    timeout: float | None = None,
+    **kwargs: Any,
+) -> Awaitable[T]: ...
+@overload
+def call(
+    fn: Callable[..., T],
+    /,
+    *args: Any,
+    retry: RetryPolicy | None = None,
+    timeout: float | None = None,
+    **kwargs: Any,
+) -> Awaitable[T]: ...
+def call(
+    fn: Callable[..., Any],
+    /,
+    *args: Any,
+    retry: RetryPolicy | None = None,
+    timeout: float | None = None,
+    **kwargs: Any,
+) -> Awaitable[Any]:
+    """A step: ``await cd.call(fn, *args, **kwargs)`` runs ``fn`` once and journals its result.
+
+    ``fn`` may be sync (run in a worker thread) or async. ``retry`` sets how failures are retried
+    (default ``RetryPolicy()``: 3 attempts), ``timeout`` bounds each attempt in seconds. When the
+    retries are exhausted, :class:`~coro_durable.errors.StepError` is raised at the await, with the
+    original exception's type name and message. Inside ``fn``, :func:`idempotency_key` gives the
+    step's key ``"<run_id>:<seq>"``, the same on every retry, crash and worker.
+    """
+    if not callable(fn):
+        raise ConfigurationError(f"cd.call needs a callable as its first argument, got {fn!r}")
+    if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
+        raise ConfigurationError(f"cd.call timeout must be a positive number of seconds, got {timeout}")
+    return Call(fn, args, kwargs, retry or DEFAULT_RETRY, timeout)
+
+
+def sleep(seconds: float) -> Awaitable[None]:
+    """A durable timer: the run is parked (holding nothing) until ``seconds`` have passed."""
+    if not (seconds >= 0 and math.isfinite(seconds)):
+        raise ConfigurationError(f"cd.sleep needs a finite number of seconds >= 0, got {seconds}")
+    return Sleep(seconds=float(seconds))
+
+
+def sleep_until(when: _dt.datetime) -> Awaitable[None]:
+    """A durable timer until an absolute, timezone-aware datetime."""
+    if when.tzinfo is None:
+        raise ConfigurationError(
+            "cd.sleep_until needs a timezone-aware datetime (e.g. datetime.now(timezone.utc)); "
+            f"got naive {when!r}"
+        )
+    return Sleep(until=when)
+
+
+def await_signal(name: str, timeout: float | None = None) -> Awaitable[Any]:
+    """Wait for signal ``name`` (sent by ``rt.signal(run_id, name, payload)``); return its payload.
+
+    Raises :class:`~coro_durable.errors.SignalTimeout` when ``timeout`` seconds pass first. Signals
+    that arrive before the workflow waits are kept and consumed in arrival order.
+    """
+    if not name or not isinstance(name, str):
+        raise ConfigurationError(f"cd.await_signal needs a non-empty signal name, got {name!r}")
+    if timeout is not None and not (timeout >= 0 and math.isfinite(timeout)):
+        raise ConfigurationError(f"cd.await_signal timeout must be >= 0 seconds, got {timeout}")
+    return AwaitSignal(signal=name, timeout=timeout)
+
+
+def gather(*effects: Awaitable[Any], return_exceptions: bool = False) -> Awaitable[list[Any]]:
+    """Run effects concurrently and return their results in argument order.
+
+    Each sub-effect gets its own seq (in argument order) and its own journal entry. Failure
+    semantics: gather always waits for *every* sub-effect to finish and be journaled (no step is
+    abandoned half-way); then, if any failed, it raises the failure of the first failing effect in
+    argument order, or, with ``return_exceptions=True``, returns the exceptions in place of
+    results. Sub-effects may be calls, sleeps, signal waits, now/uuid4/random or nested gathers.
+    """
+    for e in effects:
+        if not isinstance(e, Effect):
+            raise EffectNotAllowedError(
+                f"cd.gather takes coro_durable effects (cd.call(...), cd.sleep(...), ...), got {e!r}; "
+                "pass cd.call(fn, x) rather than fn(x)"
+            )
+    return Gather(tuple(effects), return_exceptions)  # type: ignore[arg-type]
+
+
+def now() -> Awaitable[_dt.datetime]:
+    """The current UTC time, journaled (replays see the recorded instant)."""
+    return Now()
+
+
+def uuid4() -> Awaitable[Any]:
+    """A random ``uuid.UUID``, journaled."""
+    return Uuid4()
+
+
+def random() -> Awaitable[float]:
+    """A random float in [0, 1), journaled."""
+    return Random()
+
+
+# -- idempotency keys --------------------------------------------------------------------------------
+
+_current_key: contextvars.ContextVar[str] = contextvars.ContextVar("coro_durable_idempotency_key")
+
+
+def idempotency_key() -> str:
+    """The running step's idempotency key, ``"<run_id>:<seq>"``.
+
+    Stable across retries, crashes and workers: pass it to the APIs you call (most payment and
+    LLM APIs accept an Idempotency-Key) so a step that must run again is not applied twice.
+    """
+    try:
+        return _current_key.get()
+    except LookupError:
+        raise EffectNotAllowedError(
+            "cd.idempotency_key() is only available while a step runs (inside a function "
+            "executed by cd.call)"
+        ) from None
+
+
+def digest(text: str) -> str:
+    """A short stable digest of encoded arguments, stored in the journal for determinism checks."""
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()

@@ -1,0 +1,155 @@
+"""The records every store persists: runs and journal entries, plus their checksums.
+
+A *run* is one execution of a workflow. Its journal is a list of entries numbered by ``seq`` in
+the order the workflow issued effects. An entry is ``pending`` while an effect is in progress
+across a durable boundary (a timer's absolute due time, a signal wait's deadline, a step's failed
+attempts waiting for their backoff), then ``ok`` or ``error`` once its outcome is final. A final
+entry never changes again.
+
+Payloads (inputs, results, signal payloads) are stored as JSON text written by ``_codec``; stores
+never interpret them. Every entry carries a checksum over its meaningful fields, verified when the
+journal is loaded, so a torn or tampered row is detected instead of replayed with a wrong value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from . import _codec
+from .errors import CorruptJournalError
+
+__all__ = ["CANCELLED_ERROR", "JournalEntry", "RunRecord", "RunStatus", "TERMINAL", "verify_journal"]
+
+
+class RunStatus(str, enum.Enum):
+    """The life of a run. ``pending``/``waiting`` runs hold no lease; ``running`` ones do."""
+
+    PENDING = "pending"  # created, never claimed yet (or released to be picked up again)
+    RUNNING = "running"  # a worker holds its lease
+    WAITING = "waiting"  # parked on a timer or a signal; holds nothing
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    QUARANTINED = "quarantined"  # crashed too often, or diverged from its code; resumable
+
+    def __str__(self) -> str:
+        return self.value
+
+
+TERMINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+
+#: The error JSON a store writes when it cancels a run that nothing is executing.
+CANCELLED_ERROR = '{"type":"RunCancelledError","message":"cancelled before it resumed"}'
+
+
+@dataclass(slots=True)
+class RunRecord:
+    """One run as a store keeps it. Stores own the lease and wake-up fields."""
+
+    run_id: str
+    workflow: str
+    input: str  # JSON text of {"args": [...], "kwargs": {...}}
+    status: RunStatus = RunStatus.PENDING
+    epoch: int = 0  # fencing token: bumped by every claim
+    owner: str | None = None  # worker holding the lease
+    lease_expires: float | None = None
+    wake_at: float | None = None  # runnable at this time (None: only a signal/cancel wakes it)
+    waiting_on: str | None = None
+    cancel_requested: bool = False
+    result: str | None = None  # JSON text once completed
+    error: str | None = None  # JSON text {"type", "message"} once failed/cancelled
+    crash_count: int = 0  # consecutive resumptions that crashed without progress
+    last_error: str | None = None
+    steps: int = 0  # number of journal entries
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    def copy(self) -> RunRecord:
+        return dataclasses.replace(self)
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """One effect/result pair of a run's journal."""
+
+    seq: int
+    kind: str  # call, sleep, signal, now, uuid4, random
+    name: str  # step function name, signal name...
+    digest: str  # digest of the encoded arguments (determinism check)
+    status: str  # "ok", "error" or "pending"
+    args: str | None = None  # JSON text of the arguments, for the audit trail
+    result: str | None = None  # JSON text of the value when status is "ok"
+    error: str | None = None  # JSON text {"type", "message"} when "error" (or last failed attempt)
+    attempts: int = 0
+    key: str = ""  # idempotency key "<run_id>:<seq>"
+    started_at: float = 0.0
+    finished_at: float | None = None
+    due_at: float | None = None  # absolute time a timer, deadline or backoff ends
+    checksum: str = ""
+
+    # ---- checksums -----------------------------------------------------------------------------
+
+    def compute_checksum(self) -> str:
+        material = "\x1f".join(
+            str(x)
+            for x in (
+                self.seq, self.kind, self.name, self.digest, self.status, self.args, self.result,
+                self.error, self.attempts, self.key, repr(self.due_at),
+            )
+        )
+        return hashlib.blake2b(material.encode(), digest_size=8).hexdigest()
+
+    def sealed(self) -> JournalEntry:
+        """This entry with its checksum filled in."""
+        return dataclasses.replace(self, checksum=self.compute_checksum())
+
+    def with_result(self, result_json: str, finished_at: float) -> JournalEntry:
+        """A final ``ok`` copy carrying ``result_json`` (used by stores consuming signals)."""
+        return dataclasses.replace(
+            self, status="ok", result=result_json, error=None, finished_at=finished_at
+        ).sealed()
+
+    @property
+    def final(self) -> bool:
+        return self.status != "pending"
+
+    # ---- decoded views, for users reading history ---------------------------------------------------
+
+    @property
+    def value(self) -> Any:
+        """The decoded result (None unless status is "ok")."""
+        return _codec.decode(self.result) if self.result is not None else None
+
+    @property
+    def error_info(self) -> dict[str, str] | None:
+        """``{"type": ..., "message": ...}`` of the failure (or last failed attempt)."""
+        return json.loads(self.error) if self.error else None
+
+    @property
+    def arguments(self) -> Any:
+        return _codec.decode(self.args) if self.args is not None else None
+
+    def describe(self) -> str:
+        return f"{self.kind}({self.name})"
+
+
+def verify_journal(run_id: str, entries: list[JournalEntry]) -> None:
+    """Raise CorruptJournalError if an entry fails its checksum or the seqs have a gap."""
+    for i, entry in enumerate(entries):
+        if entry.seq != i:
+            raise CorruptJournalError(
+                f"run {run_id!r}: journal has seq {entry.seq} at position {i} (a gap or a "
+                "duplicate); the run is quarantined, inspect it with `coro-durable show`"
+            )
+        if entry.checksum != entry.compute_checksum():
+            raise CorruptJournalError(
+                f"run {run_id!r}: journal entry seq {entry.seq} ({entry.describe()}) fails its "
+                "checksum: the row was torn or modified outside coro_durable. The run is "
+                "quarantined rather than replayed with a wrong value; restore the row from a "
+                "backup, then resume the run"
+            )

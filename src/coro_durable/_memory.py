@@ -1,0 +1,322 @@
+"""MemoryStore: the store protocol in plain dicts, for tests and the reference for other backends.
+
+Nothing survives the process. Every method runs without awaiting in its critical section, under a
+threading lock, so each operation is atomic even when several event loops share the store (as the
+Hypothesis tests do). It is the oracle the conformance suite compares the other stores against.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from ._journal import CANCELLED_ERROR, TERMINAL, JournalEntry, RunRecord, RunStatus
+from ._store import Listener
+from .errors import ConflictError, LeaseLost, RunNotFoundError
+
+__all__ = ["MemoryStore"]
+
+
+@dataclass(slots=True)
+class _Signal:
+    order: int
+    signal_id: str
+    name: str
+    payload: str
+    consumed: bool = False
+
+
+class MemoryStore:
+    """An in-process store (``memory://``)."""
+
+    def __init__(self, url: str = "memory://") -> None:
+        self.url = url
+        self._lock = threading.Lock()
+        self._runs: dict[str, RunRecord] = {}
+        self._journals: dict[str, list[JournalEntry]] = {}
+        self._signals: dict[str, list[_Signal]] = {}
+        self._order = itertools.count()
+        self._listeners: list[Listener] = []
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def _notify(self) -> None:
+        for listener in list(self._listeners):
+            listener()
+
+    # -- helpers ------------------------------------------------------------------------------------
+
+    def _fenced(self, run_id: str, epoch: int) -> RunRecord:
+        run = self._runs.get(run_id)
+        if run is None:
+            raise RunNotFoundError(run_id)
+        if run.epoch != epoch or run.status != RunStatus.RUNNING:
+            raise LeaseLost(run_id, epoch, f"current token is {run.epoch}, status {run.status}")
+        return run
+
+    def _has_unconsumed(self, run_id: str) -> bool:
+        return any(not s.consumed for s in self._signals.get(run_id, ()))
+
+    def _append_locked(self, run: RunRecord, entries: Sequence[JournalEntry]) -> None:
+        journal = self._journals[run.run_id]
+        for entry in entries:
+            if entry.seq < len(journal):
+                existing = journal[entry.seq]
+                if existing.final:
+                    if existing.checksum == entry.checksum:
+                        continue  # our own earlier write, acknowledgement lost
+                    raise ConflictError(
+                        f"run {run.run_id!r}: seq {entry.seq} already holds a final "
+                        f"{existing.describe()} entry"
+                    )
+                journal[entry.seq] = entry
+            elif entry.seq == len(journal):
+                journal.append(entry)
+            else:
+                raise ConflictError(
+                    f"run {run.run_id!r}: cannot append seq {entry.seq}, the journal has "
+                    f"{len(journal)} entries (seqs must be contiguous)"
+                )
+        run.steps = len(journal)
+        run.crash_count = 0
+        run.updated_at = time.time()
+
+    # -- runs -------------------------------------------------------------------------------------------
+
+    async def create_run(self, run: RunRecord) -> tuple[RunRecord, bool]:
+        with self._lock:
+            existing = self._runs.get(run.run_id)
+            if existing is not None:
+                return existing.copy(), False
+            stored = run.copy()
+            stored.created_at = stored.updated_at = time.time()
+            stored.status = RunStatus.PENDING
+            stored.wake_at = stored.created_at
+            self._runs[run.run_id] = stored
+            self._journals[run.run_id] = []
+            self._signals[run.run_id] = []
+            result = stored.copy()
+        self._notify()
+        return result, True
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        with self._lock:
+            run = self._runs.get(run_id)
+            return run.copy() if run else None
+
+    async def list_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        workflow: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[RunRecord]:
+        with self._lock:
+            runs = [
+                r
+                for r in self._runs.values()
+                if (status is None or r.status == status) and (workflow is None or r.workflow == workflow)
+            ]
+            runs.sort(key=lambda r: (r.created_at, r.run_id), reverse=True)
+            return [r.copy() for r in runs[offset : offset + limit]]
+
+    # -- journal ----------------------------------------------------------------------------------------
+
+    async def load_journal(self, run_id: str) -> list[JournalEntry]:
+        with self._lock:
+            return list(self._journals.get(run_id, ()))
+
+    async def append(self, run_id: str, epoch: int, entries: Sequence[JournalEntry]) -> None:
+        with self._lock:
+            run = self._fenced(run_id, epoch)
+            self._append_locked(run, entries)
+
+    async def consume_signal(
+        self, run_id: str, epoch: int, name: str, entry: JournalEntry
+    ) -> JournalEntry | None:
+        with self._lock:
+            run = self._fenced(run_id, epoch)
+            for sig in self._signals[run_id]:
+                if sig.name == name and not sig.consumed:
+                    final = entry.with_result(sig.payload, time.time())
+                    self._append_locked(run, [final])
+                    sig.consumed = True
+                    return final
+            return None
+
+    # -- leases -----------------------------------------------------------------------------------------
+
+    async def claim(
+        self,
+        worker: str,
+        *,
+        limit: int,
+        lease_ttl: float,
+        workflows: Sequence[str],
+        max_crashes: int,
+    ) -> list[RunRecord]:
+        now = time.time()
+        names = set(workflows)
+        claimed: list[RunRecord] = []
+        with self._lock:
+            candidates = sorted(
+                (r for r in self._runs.values() if r.workflow in names),
+                key=lambda r: (r.wake_at or 0.0, r.created_at),
+            )
+            for run in candidates:
+                if len(claimed) >= limit:
+                    break
+                if run.status in (RunStatus.PENDING, RunStatus.WAITING):
+                    if run.wake_at is None or run.wake_at > now:
+                        continue
+                elif run.status == RunStatus.RUNNING:
+                    if run.lease_expires is None or run.lease_expires > now:
+                        continue
+                    run.crash_count += 1
+                    run.last_error = (
+                        f"worker {run.owner} lost its lease (crashed or stalled) while running"
+                    )
+                    if run.crash_count >= max_crashes:
+                        run.status = RunStatus.QUARANTINED
+                        run.owner = run.lease_expires = run.wake_at = None
+                        run.updated_at = now
+                        continue
+                else:
+                    continue
+                run.status = RunStatus.RUNNING
+                run.epoch += 1
+                run.owner = worker
+                run.lease_expires = now + lease_ttl
+                run.wake_at = None
+                run.updated_at = now
+                claimed.append(run.copy())
+        return claimed
+
+    async def renew(self, worker: str, leases: dict[str, int], lease_ttl: float) -> dict[str, bool]:
+        now = time.time()
+        held: dict[str, bool] = {}
+        with self._lock:
+            for run_id, epoch in leases.items():
+                run = self._runs.get(run_id)
+                if run and run.epoch == epoch and run.status == RunStatus.RUNNING and run.owner == worker:
+                    run.lease_expires = now + lease_ttl
+                    held[run_id] = run.cancel_requested
+        return held
+
+    async def park(self, run_id: str, epoch: int, wake_at: float | None, waiting_on: str | None) -> None:
+        with self._lock:
+            run = self._fenced(run_id, epoch)
+            now = time.time()
+            if self._has_unconsumed(run_id) or run.cancel_requested:
+                wake_at = now
+            run.status = RunStatus.WAITING
+            run.wake_at = wake_at
+            run.waiting_on = waiting_on
+            run.owner = run.lease_expires = None
+            run.updated_at = now
+        self._notify()
+
+    async def finish(
+        self, run_id: str, epoch: int, status: RunStatus, result: str | None, error: str | None
+    ) -> None:
+        with self._lock:
+            run = self._fenced(run_id, epoch)
+            run.status = status
+            run.result = result
+            run.error = error
+            run.owner = run.lease_expires = run.wake_at = run.waiting_on = None
+            run.updated_at = time.time()
+        self._notify()
+
+    async def record_crash(
+        self, run_id: str, epoch: int | None, error: str, retry_at: float, max_crashes: int
+    ) -> RunRecord:
+        with self._lock:
+            if epoch is None:
+                run = self._runs.get(run_id)
+                if run is None:
+                    raise RunNotFoundError(run_id)
+            else:
+                run = self._fenced(run_id, epoch)
+            run.crash_count += 1
+            run.last_error = error
+            run.owner = run.lease_expires = None
+            if epoch is None or run.crash_count >= max_crashes:
+                run.status = RunStatus.QUARANTINED
+                run.wake_at = None
+            else:
+                run.status = RunStatus.WAITING
+                run.wake_at = retry_at
+            run.updated_at = time.time()
+            result = run.copy()
+        self._notify()
+        return result
+
+    async def resume(self, run_id: str) -> RunRecord:
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is None:
+                raise RunNotFoundError(run_id)
+            if run.status == RunStatus.QUARANTINED:
+                run.status = RunStatus.PENDING
+                run.crash_count = 0
+                run.wake_at = time.time()
+                run.updated_at = run.wake_at
+            result = run.copy()
+        self._notify()
+        return result
+
+    # -- signals and cancellation -------------------------------------------------------------------------
+
+    async def deliver_signal(self, run_id: str, name: str, payload: str, signal_id: str) -> bool:
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is None:
+                raise RunNotFoundError(run_id)
+            signals = self._signals[run_id]
+            if any(s.signal_id == signal_id for s in signals):
+                return False
+            signals.append(_Signal(next(self._order), signal_id, name, payload))
+            if run.status == RunStatus.WAITING:
+                run.wake_at = time.time()
+        self._notify()
+        return True
+
+    async def request_cancel(self, run_id: str) -> RunRecord:
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is None:
+                raise RunNotFoundError(run_id)
+            if run.status == RunStatus.QUARANTINED or (
+                run.status == RunStatus.PENDING and run.steps == 0
+            ):
+                # Nothing is executing it: cancel on the spot.
+                run.status = RunStatus.CANCELLED
+                run.cancel_requested = True
+                run.error = CANCELLED_ERROR
+                run.wake_at = None
+                run.updated_at = time.time()
+            elif run.status not in TERMINAL:
+                run.cancel_requested = True
+                if run.status in (RunStatus.WAITING, RunStatus.PENDING):
+                    run.wake_at = time.time()
+            result = run.copy()
+        self._notify()
+        return result

@@ -1,0 +1,193 @@
+"""The store protocol: everything the runtime persists goes through these methods.
+
+Every backend (memory, SQLite here; Postgres and Redis as plugins) implements :class:`Store` and
+passes the same conformance suite (tests/test_store_conformance.py). The rules a backend keeps:
+
+* **Fencing.** ``claim`` bumps a run's ``epoch`` (its fencing token) and gives the worker a lease.
+  Every write a worker makes for a run (``append``, ``consume_signal``, ``park``, ``finish``,
+  ``record_crash``) names that epoch and must fail with :class:`~coro_durable.errors.LeaseLost`,
+  writing nothing, when the run's epoch has moved on. The check and the write are one atomic step.
+* **Journal appends.** An entry at a seq that holds a *pending* entry replaces it; at a seq that
+  holds a final entry it is accepted only if identical (same checksum: a retry of our own write
+  whose acknowledgement was lost) and raises :class:`~coro_durable.errors.ConflictError` otherwise.
+  A successful append resets ``crash_count`` (the run made progress) and updates ``steps``.
+* **Claiming.** A run is claimable when it is ``pending`` or ``waiting`` with ``wake_at <= now``, or
+  ``running`` with an expired lease (its worker died: that takeover counts as a crash, and past
+  ``max_crashes`` the run is quarantined instead of claimed). Only runs of the given workflow
+  names are claimed. Two workers never claim the same run for the same epoch.
+* **Waking.** ``park`` releases the lease and sets ``wake_at``; but if an unconsumed signal or a
+  cancel request is already there, the run is made runnable at once (no lost wake-up).
+  ``deliver_signal`` and ``request_cancel`` make a waiting run runnable.
+* **Signals** are stored once per ``signal_id``; ``consume_signal`` takes the oldest unconsumed
+  signal of a name and journals it in the same atomic step, so a crash cannot lose or duplicate it.
+* Times are ``time.time()`` floats from the store's clock.
+* Listeners registered with ``subscribe`` are called (on the event loop) when new work may be
+  claimable: a run created, a signal delivered, a cancel requested, a lease released.
+
+Backends must translate their driver's exceptions into ``coro_durable.errors.StoreError``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
+from urllib.parse import urlsplit
+
+from ._journal import JournalEntry, RunRecord, RunStatus
+from .errors import ConfigurationError, StorePluginMissingError
+
+__all__ = ["Store", "open_store", "DEFAULT_STORE_URL"]
+
+DEFAULT_STORE_URL = "sqlite:///.coro_durable/runs.db"
+
+Listener = Callable[[], None]
+
+
+@runtime_checkable
+class Store(Protocol):
+    """The persistence protocol. All methods are coroutines safe under asyncio and trio."""
+
+    url: str
+
+    async def open(self) -> None:
+        """Connect and create or migrate the schema. Idempotent."""
+
+    async def close(self) -> None:
+        """Release connections. Idempotent."""
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener()`` when new work may be claimable; returns an unsubscribe function."""
+        ...
+
+    # -- runs ------------------------------------------------------------------------------------
+    async def create_run(self, run: RunRecord) -> tuple[RunRecord, bool]:
+        """Insert ``run`` unless its run_id exists; return the stored run and whether it is new."""
+        ...
+
+    async def get_run(self, run_id: str) -> RunRecord | None: ...
+
+    async def list_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        workflow: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[RunRecord]:
+        """Runs, newest first, optionally filtered by status and workflow name."""
+        ...
+
+    # -- journal ------------------------------------------------------------------------------------
+    async def load_journal(self, run_id: str) -> list[JournalEntry]:
+        """The run's entries ordered by seq (checksums are verified by the caller)."""
+        ...
+
+    async def append(self, run_id: str, epoch: int, entries: Sequence[JournalEntry]) -> None:
+        """Write entries atomically, fenced by ``epoch`` (see the module rules)."""
+
+    async def consume_signal(
+        self, run_id: str, epoch: int, name: str, entry: JournalEntry
+    ) -> JournalEntry | None:
+        """Atomically take the oldest unconsumed signal ``name`` and append
+        ``entry.with_result(payload, now)``; return that entry, or None if no signal waits."""
+        ...
+
+    # -- leases and wake-ups -------------------------------------------------------------------------
+    async def claim(
+        self,
+        worker: str,
+        *,
+        limit: int,
+        lease_ttl: float,
+        workflows: Sequence[str],
+        max_crashes: int,
+    ) -> list[RunRecord]:
+        """Lease up to ``limit`` claimable runs to ``worker``; return them with their new epoch."""
+        ...
+
+    async def renew(self, worker: str, leases: dict[str, int], lease_ttl: float) -> dict[str, bool]:
+        """Extend leases {run_id: epoch}. Returns {run_id: cancel_requested} for the leases still
+        held; a run missing from the answer was lost."""
+        ...
+
+    async def park(self, run_id: str, epoch: int, wake_at: float | None, waiting_on: str | None) -> None:
+        """Release the lease; the run sleeps until ``wake_at`` (None: until a signal or cancel)."""
+
+    async def finish(
+        self, run_id: str, epoch: int, status: RunStatus, result: str | None, error: str | None
+    ) -> None:
+        """Record the run's final status with its result or error, and release the lease."""
+
+    async def record_crash(
+        self, run_id: str, epoch: int | None, error: str, retry_at: float, max_crashes: int
+    ) -> RunRecord:
+        """Count a crash of the run's activation. With ``epoch`` None, quarantine at once
+        (non-determinism, corrupt journal); otherwise park it until ``retry_at``, or quarantine it
+        once ``crash_count`` reaches ``max_crashes``. Fenced by ``epoch`` when given."""
+        ...
+
+    async def resume(self, run_id: str) -> RunRecord:
+        """Make a quarantined run pending again with its crash count reset."""
+        ...
+
+    # -- signals and cancellation ----------------------------------------------------------------------
+    async def deliver_signal(self, run_id: str, name: str, payload: str, signal_id: str) -> bool:
+        """Store a signal once per ``signal_id`` (False if already delivered) and wake the run."""
+        ...
+
+    async def request_cancel(self, run_id: str) -> RunRecord:
+        """Flag the run for cancellation and wake it; return the run."""
+        ...
+
+
+def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group="coro_durable.stores")}
+
+
+_PLUGINS = {
+    "postgresql": "coro-durable-postgres",
+    "postgres": "coro-durable-postgres",
+    "redis": "coro-durable-redis",
+    "rediss": "coro-durable-redis",
+    "temporal": "coro-durable-temporal",
+    "restate": "coro-durable-restate",
+    "inngest": "coro-durable-inngest",
+}
+
+
+def open_store(url: str) -> Store:
+    """Build the store (or engine runtime) registered for ``url``'s scheme.
+
+    ``memory://`` and ``sqlite:///path`` ship with the core; other schemes come from installed
+    plugins through the ``coro_durable.stores`` entry-point group.
+    """
+    scheme = urlsplit(url).scheme.lower()
+    if not scheme:
+        raise ConfigurationError(
+            f"store URL {url!r} has no scheme; use memory://, sqlite:///path/to/runs.db, "
+            "postgresql://..., redis://..."
+        )
+    if scheme == "memory":
+        from ._memory import MemoryStore
+
+        return MemoryStore(url)
+    if scheme == "sqlite":
+        from ._sqlite import SqliteStore
+
+        return SqliteStore(url)
+    ep = _entry_points().get(scheme)
+    if ep is None:
+        package = _PLUGINS.get(scheme)
+        hint = f"install it with `pip install {package}`" if package else "no known package provides it"
+        raise StorePluginMissingError(
+            f"no coro_durable store is installed for URL scheme {scheme!r} ({hint})"
+        )
+    factory = ep.load()
+    store: Store = factory(url)
+    return store
+
+
+def default_store_url() -> str:
+    return os.environ.get("CORO_DURABLE_STORE") or DEFAULT_STORE_URL

@@ -1,0 +1,248 @@
+"""Every error coro_durable raises, in one tree.
+
+    CoroDurableError                      base of everything below (an Exception)
+    ├── WorkflowError                     something about workflow code itself
+    │   ├── NotAnEffectError (TypeError)  a workflow awaited something that is not an effect
+    │   ├── NonDeterminismError           replayed code issued a different effect than the journal
+    │   ├── UnknownWorkflowError (LookupError)  no workflow registered under a name
+    │   └── EffectNotAllowedError         an effect used where it cannot be (e.g. outside a workflow)
+    ├── StepError                         a step failed after its retries; carries the original
+    │                                     exception's type name and message
+    ├── SignalTimeout (TimeoutError)      await_signal(..., timeout=) expired
+    ├── SerializationError (TypeError)    a value the codec cannot encode or decode
+    │   └── PayloadTooLargeError          an encoded payload exceeds the configured limit
+    ├── RunError                          about a run as a whole
+    │   ├── RunNotFoundError (LookupError)
+    │   ├── RunAlreadyExistsError         same run_id started with another workflow or input
+    │   ├── RunFailedError                result() of a run that failed
+    │   ├── RunCancelledError             result() of a run that was cancelled; also what a
+    │   │                                 workflow sees at its pending await when cancelled
+    │   ├── RunQuarantinedError           result() of a run parked after repeated crashes
+    │   └── ResultTimeoutError (TimeoutError)   result(timeout=) expired before the run finished
+    ├── StoreError                        the store failed; drivers never leak their own errors
+    │   ├── StoreUnavailableError         the store stayed unreachable past the deadline
+    │   ├── CorruptJournalError           a row failed its checksum or could not be decoded
+    │   ├── StorePluginMissingError (ImportError)   URL scheme with no installed store
+    │   └── ConflictError                 a write lost a race it must not retry (seq taken)
+    └── ConfigurationError (ValueError)   bad arguments to Runtime, RetryPolicy, a store URL...
+
+    LeaseLost (BaseException)             the worker no longer owns the run; stops the activation.
+                                          It is a BaseException so workflow code cannot swallow it.
+
+Every message says what happened and what to do about it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CoroDurableError",
+    "WorkflowError",
+    "NotAnEffectError",
+    "NonDeterminismError",
+    "UnknownWorkflowError",
+    "EffectNotAllowedError",
+    "StepError",
+    "SignalTimeout",
+    "SerializationError",
+    "PayloadTooLargeError",
+    "RunError",
+    "RunNotFoundError",
+    "RunAlreadyExistsError",
+    "RunFailedError",
+    "RunCancelledError",
+    "RunQuarantinedError",
+    "ResultTimeoutError",
+    "StoreError",
+    "StoreUnavailableError",
+    "CorruptJournalError",
+    "StorePluginMissingError",
+    "ConflictError",
+    "ConfigurationError",
+    "LeaseLost",
+]
+
+
+class CoroDurableError(Exception):
+    """Base class of every error raised by coro_durable."""
+
+
+# -- workflow code -----------------------------------------------------------------------------
+
+
+class WorkflowError(CoroDurableError):
+    """Something is wrong with workflow code itself."""
+
+
+class NotAnEffectError(WorkflowError, TypeError):
+    """A workflow awaited an object that is not a coro_durable effect."""
+
+    def __init__(self, obj: object) -> None:
+        self.obj = obj
+        super().__init__(
+            f"workflow awaited {obj!r}, which is not a coro_durable effect. Workflows must await "
+            "coro_durable effects only (cd.call, cd.sleep, cd.await_signal, cd.gather, cd.now, ...); "
+            "use cd.sleep instead of asyncio/anyio/trio.sleep, and wrap I/O in a step with cd.call"
+        )
+
+
+class NonDeterminismError(WorkflowError):
+    """Replayed workflow code issued an effect that differs from the journal at the same seq."""
+
+    def __init__(self, run_id: str, seq: int, recorded: str, issued: str) -> None:
+        self.run_id = run_id
+        self.seq = seq
+        self.recorded = recorded
+        self.issued = issued
+        super().__init__(
+            f"run {run_id!r} diverged from its journal at seq {seq}: the journal has {recorded}, "
+            f"the code now issued {issued}. The workflow code changed under a running workflow or "
+            "is not deterministic; restore the old code (or branch on data recorded in the "
+            "journal) and resume the run. Nothing was written."
+        )
+
+
+class UnknownWorkflowError(WorkflowError, LookupError):
+    """No workflow is registered under this name in this process."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        listed = ", ".join(sorted(known)) or "none"
+        super().__init__(
+            f"no workflow named {name!r} is registered in this process (registered: {listed}). "
+            "Import the module that defines it (e.g. `coro-durable worker --app yourmodule`) or "
+            "pass workflows=[...] to Runtime"
+        )
+
+
+class EffectNotAllowedError(WorkflowError):
+    """An effect or helper was used where it cannot work."""
+
+
+# -- step and effect outcomes -------------------------------------------------------------------
+
+
+class StepError(CoroDurableError):
+    """A step failed (after exhausting its retries).
+
+    Raised inside the workflow at the ``await cd.call(...)``, so the workflow can catch it.
+    ``type_name`` and ``message`` are those of the step's original exception; the journal keeps
+    them, so the same error is raised again on replay without re-running the step.
+    """
+
+    def __init__(self, type_name: str, message: str, *, step: str = "", attempts: int = 0) -> None:
+        self.type_name = type_name
+        self.message = message
+        self.step = step
+        self.attempts = attempts
+        where = f"step {step} " if step else ""
+        tries = f" after {attempts} attempt(s)" if attempts else ""
+        super().__init__(f"{where}failed{tries}: {type_name}: {message}")
+
+
+class SignalTimeout(CoroDurableError, TimeoutError):
+    """``await_signal(name, timeout=...)`` expired before the signal arrived."""
+
+
+class SerializationError(CoroDurableError, TypeError):
+    """A value could not be encoded to (or decoded from) the journal's JSON form."""
+
+
+class PayloadTooLargeError(SerializationError):
+    """An encoded payload is larger than the configured ``max_payload_bytes``."""
+
+
+# -- runs ------------------------------------------------------------------------------------------
+
+
+class RunError(CoroDurableError):
+    """About a run as a whole."""
+
+
+class RunNotFoundError(RunError, LookupError):
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"no run with id {run_id!r} in this store; check the id and the store URL")
+
+
+class RunAlreadyExistsError(RunError):
+    """``start`` was called with an existing run_id but another workflow or other inputs."""
+
+
+class RunFailedError(RunError):
+    """The run ended with an uncaught exception; ``type_name``/``message`` are the original's."""
+
+    def __init__(self, run_id: str, type_name: str, message: str) -> None:
+        self.run_id = run_id
+        self.type_name = type_name
+        self.message = message
+        super().__init__(f"run {run_id!r} failed: {type_name}: {message}")
+
+
+class RunCancelledError(RunError):
+    """The run was cancelled (also raised inside the workflow at its pending await)."""
+
+    def __init__(self, run_id: str, reason: str = "") -> None:
+        self.run_id = run_id
+        self.reason = reason
+        super().__init__(f"run {run_id!r} was cancelled" + (f": {reason}" if reason else ""))
+
+
+class RunQuarantinedError(RunError):
+    """The run crashed its worker too often and is parked; fix the cause, then resume it."""
+
+    def __init__(self, run_id: str, last_error: str) -> None:
+        self.run_id = run_id
+        self.last_error = last_error
+        super().__init__(
+            f"run {run_id!r} is quarantined after repeated crashes (last error: {last_error}). "
+            f"Fix the cause, then `coro-durable resume {run_id}` or `await rt.resume({run_id!r})`"
+        )
+
+
+class ResultTimeoutError(RunError, TimeoutError):
+    """``result(timeout=...)`` expired while the run was still going."""
+
+
+# -- stores -----------------------------------------------------------------------------------------
+
+
+class StoreError(CoroDurableError):
+    """The store failed. Backend drivers translate their own exceptions into this tree."""
+
+
+class StoreUnavailableError(StoreError):
+    """The store stayed unreachable past the configured deadline."""
+
+
+class CorruptJournalError(StoreError):
+    """A stored row failed its checksum or could not be decoded; the run is quarantined."""
+
+
+class StorePluginMissingError(StoreError, ImportError):
+    """No store is installed for a URL scheme."""
+
+
+class ConflictError(StoreError):
+    """A journal write found its seq already taken by a different entry."""
+
+
+class ConfigurationError(CoroDurableError, ValueError):
+    """Invalid configuration: a bad store URL, RetryPolicy, Runtime option..."""
+
+
+class LeaseLost(BaseException):  # noqa: N818 - control flow, deliberately not an Exception
+    """This worker no longer holds the run's lease (another worker took it over).
+
+    Raised by fenced store writes. It derives from BaseException so workflow code that catches
+    Exception cannot swallow it; the runtime catches it, logs it and drops the activation.
+    """
+
+    def __init__(self, run_id: str, epoch: int, detail: str = "") -> None:
+        self.run_id = run_id
+        self.epoch = epoch
+        super().__init__(
+            f"lease on run {run_id!r} lost (our fencing token {epoch} is stale"
+            + (f"; {detail}" if detail else "")
+            + "): another worker owns the run now; this worker writes nothing more for it"
+        )
+
