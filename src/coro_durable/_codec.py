@@ -65,16 +65,16 @@ def _to_json(value: Any, where: str) -> Any:
         if all(type(k) is str for k in value):
             out = {k: _to_json(v, where) for k, v in value.items()}
             return {TAG: "dict", "v": out} if TAG in value else out
-        return {TAG: "map", "v": [[_to_json(k, where), _to_json(v, where)] for k, v in value.items()]}
+        return {
+            TAG: "map",
+            "v": [[_to_json(k, where), _to_json(v, where)] for k, v in value.items()],
+        }
     if isinstance(value, tuple) and not hasattr(value, "_fields"):
         return {TAG: "tuple", "v": [_to_json(v, where) for v in value]}
     if isinstance(value, set | frozenset):
         tag = "set" if isinstance(value, set) else "frozenset"
         items = [_to_json(v, where) for v in value]
-        try:
-            items.sort(key=json.dumps)
-        except TypeError:  # pragma: no cover - json.dumps of converted data never fails
-            pass
+        items.sort(key=json.dumps)  # a stable order, so equal sets encode equally
         return {TAG: tag, "v": items}
     if isinstance(value, bytes | bytearray):
         return {TAG: "bytes", "v": base64.b64encode(bytes(value)).decode("ascii")}
@@ -93,7 +93,9 @@ def _to_json(value: Any, where: str) -> Any:
     if isinstance(value, enum.Enum):
         return {TAG: "enum", "t": _class_path(type(value)), "v": _to_json(value.value, where)}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        fields = {f.name: _to_json(getattr(value, f.name), where) for f in dataclasses.fields(value)}
+        fields = {
+            f.name: _to_json(getattr(value, f.name), where) for f in dataclasses.fields(value)
+        }
         return {TAG: "dataclass", "t": _class_path(type(value)), "v": fields}
     if _is_pydantic_model(value):
         return {TAG: "pydantic", "t": _class_path(type(value)), "v": value.model_dump(mode="json")}
@@ -147,7 +149,9 @@ def _from_tagged(obj: dict[str, Any]) -> Any:
             return v
     except (TypeError, ValueError, KeyError) as exc:
         raise SerializationError(f"cannot decode a journal value tagged {tag!r}: {exc}") from exc
-    raise SerializationError(f"unknown journal value tag {tag!r}; was it written by a newer version?")
+    raise SerializationError(
+        f"unknown journal value tag {tag!r}; was it written by a newer version?"
+    )
 
 
 def _hashable(value: Any) -> Any:

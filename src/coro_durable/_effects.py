@@ -23,7 +23,7 @@ import inspect
 import math
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar, overload
+from typing import Any, ClassVar, TypeVar, overload
 
 from .errors import ConfigurationError, EffectNotAllowedError
 
@@ -100,7 +100,9 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
-            raise ConfigurationError(f"RetryPolicy.max_attempts must be >= 1, got {self.max_attempts}")
+            raise ConfigurationError(
+                f"RetryPolicy.max_attempts must be >= 1, got {self.max_attempts}"
+            )
         if self.initial_interval < 0 or self.max_interval < 0:
             raise ConfigurationError("RetryPolicy intervals must be >= 0 seconds")
         if self.backoff_coefficient < 1:
@@ -240,6 +242,7 @@ class Random(Effect):
 
 # -- the user-facing constructors -----------------------------------------------------------------
 
+
 @overload
 def call(
     fn: Callable[..., Awaitable[T]],
@@ -277,7 +280,9 @@ def call(
     if not callable(fn):
         raise ConfigurationError(f"cd.call needs a callable as its first argument, got {fn!r}")
     if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
-        raise ConfigurationError(f"cd.call timeout must be a positive number of seconds, got {timeout}")
+        raise ConfigurationError(
+            f"cd.call timeout must be a positive number of seconds, got {timeout}"
+        )
     return Call(fn, args, kwargs, retry or DEFAULT_RETRY, timeout)
 
 

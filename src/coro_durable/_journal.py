@@ -23,10 +23,17 @@ from typing import Any
 from . import _codec
 from .errors import CorruptJournalError
 
-__all__ = ["CANCELLED_ERROR", "JournalEntry", "RunRecord", "RunStatus", "TERMINAL", "verify_journal"]
+__all__ = [
+    "CANCELLED_ERROR",
+    "JournalEntry",
+    "RunRecord",
+    "RunStatus",
+    "TERMINAL",
+    "verify_journal",
+]
 
 
-class RunStatus(str, enum.Enum):
+class RunStatus(enum.StrEnum):
     """The life of a run. ``pending``/``waiting`` runs hold no lease; ``running`` ones do."""
 
     PENDING = "pending"  # created, never claimed yet (or released to be picked up again)
@@ -36,9 +43,6 @@ class RunStatus(str, enum.Enum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     QUARANTINED = "quarantined"  # crashed too often, or diverged from its code; resumable
-
-    def __str__(self) -> str:
-        return self.value
 
 
 TERMINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
@@ -98,8 +102,17 @@ class JournalEntry:
         material = "\x1f".join(
             str(x)
             for x in (
-                self.seq, self.kind, self.name, self.digest, self.status, self.args, self.result,
-                self.error, self.attempts, self.key, repr(self.due_at),
+                self.seq,
+                self.kind,
+                self.name,
+                self.digest,
+                self.status,
+                self.args,
+                self.result,
+                self.error,
+                self.attempts,
+                self.key,
+                repr(self.due_at),
             )
         )
         return hashlib.blake2b(material.encode(), digest_size=8).hexdigest()
@@ -138,13 +151,18 @@ class JournalEntry:
         return f"{self.kind}({self.name})"
 
 
-def verify_journal(run_id: str, entries: list[JournalEntry]) -> None:
-    """Raise CorruptJournalError if an entry fails its checksum or the seqs have a gap."""
-    for i, entry in enumerate(entries):
-        if entry.seq != i:
+def verify_journal(run_id: str, entries: list[JournalEntry]) -> dict[int, JournalEntry]:
+    """Check every entry's checksum; return the journal keyed by seq.
+
+    Raises CorruptJournalError on a checksum mismatch or a duplicated seq. Gaps are legal: the
+    sub-effects of a gather are journaled in the order they finish.
+    """
+    journal: dict[int, JournalEntry] = {}
+    for entry in entries:
+        if entry.seq in journal:
             raise CorruptJournalError(
-                f"run {run_id!r}: journal has seq {entry.seq} at position {i} (a gap or a "
-                "duplicate); the run is quarantined, inspect it with `coro-durable show`"
+                f"run {run_id!r}: journal has seq {entry.seq} twice; the run is quarantined, "
+                "inspect it with `coro-durable show`"
             )
         if entry.checksum != entry.compute_checksum():
             raise CorruptJournalError(
@@ -153,3 +171,5 @@ def verify_journal(run_id: str, entries: list[JournalEntry]) -> None:
                 "quarantined rather than replayed with a wrong value; restore the row from a "
                 "backup, then resume the run"
             )
+        journal[entry.seq] = entry
+    return journal

@@ -36,7 +36,7 @@ class MemoryStore:
         self.url = url
         self._lock = threading.Lock()
         self._runs: dict[str, RunRecord] = {}
-        self._journals: dict[str, list[JournalEntry]] = {}
+        self._journals: dict[str, dict[int, JournalEntry]] = {}
         self._signals: dict[str, list[_Signal]] = {}
         self._order = itertools.count()
         self._listeners: list[Listener] = []
@@ -76,23 +76,15 @@ class MemoryStore:
     def _append_locked(self, run: RunRecord, entries: Sequence[JournalEntry]) -> None:
         journal = self._journals[run.run_id]
         for entry in entries:
-            if entry.seq < len(journal):
-                existing = journal[entry.seq]
-                if existing.final:
-                    if existing.checksum == entry.checksum:
-                        continue  # our own earlier write, acknowledgement lost
-                    raise ConflictError(
-                        f"run {run.run_id!r}: seq {entry.seq} already holds a final "
-                        f"{existing.describe()} entry"
-                    )
-                journal[entry.seq] = entry
-            elif entry.seq == len(journal):
-                journal.append(entry)
-            else:
+            existing = journal.get(entry.seq)
+            if existing is not None and existing.final:
+                if existing.checksum == entry.checksum:
+                    continue  # our own earlier write, acknowledgement lost
                 raise ConflictError(
-                    f"run {run.run_id!r}: cannot append seq {entry.seq}, the journal has "
-                    f"{len(journal)} entries (seqs must be contiguous)"
+                    f"run {run.run_id!r}: seq {entry.seq} already holds a final "
+                    f"{existing.describe()} entry"
                 )
+            journal[entry.seq] = entry
         run.steps = len(journal)
         run.crash_count = 0
         run.updated_at = time.time()
@@ -109,7 +101,7 @@ class MemoryStore:
             stored.status = RunStatus.PENDING
             stored.wake_at = stored.created_at
             self._runs[run.run_id] = stored
-            self._journals[run.run_id] = []
+            self._journals[run.run_id] = {}
             self._signals[run.run_id] = []
             result = stored.copy()
         self._notify()
@@ -132,7 +124,8 @@ class MemoryStore:
             runs = [
                 r
                 for r in self._runs.values()
-                if (status is None or r.status == status) and (workflow is None or r.workflow == workflow)
+                if (status is None or r.status == status)
+                and (workflow is None or r.workflow == workflow)
             ]
             runs.sort(key=lambda r: (r.created_at, r.run_id), reverse=True)
             return [r.copy() for r in runs[offset : offset + limit]]
@@ -141,7 +134,8 @@ class MemoryStore:
 
     async def load_journal(self, run_id: str) -> list[JournalEntry]:
         with self._lock:
-            return list(self._journals.get(run_id, ()))
+            journal = self._journals.get(run_id, {})
+            return [journal[seq] for seq in sorted(journal)]
 
     async def append(self, run_id: str, epoch: int, entries: Sequence[JournalEntry]) -> None:
         with self._lock:
@@ -215,12 +209,19 @@ class MemoryStore:
         with self._lock:
             for run_id, epoch in leases.items():
                 run = self._runs.get(run_id)
-                if run and run.epoch == epoch and run.status == RunStatus.RUNNING and run.owner == worker:
+                if (
+                    run
+                    and run.epoch == epoch
+                    and run.status == RunStatus.RUNNING
+                    and run.owner == worker
+                ):
                     run.lease_expires = now + lease_ttl
                     held[run_id] = run.cancel_requested
         return held
 
-    async def park(self, run_id: str, epoch: int, wake_at: float | None, waiting_on: str | None) -> None:
+    async def park(
+        self, run_id: str, epoch: int, wake_at: float | None, waiting_on: str | None
+    ) -> None:
         with self._lock:
             run = self._fenced(run_id, epoch)
             now = time.time()

@@ -10,7 +10,9 @@ passes the same conformance suite (tests/test_store_conformance.py). The rules a
 * **Journal appends.** An entry at a seq that holds a *pending* entry replaces it; at a seq that
   holds a final entry it is accepted only if identical (same checksum: a retry of our own write
   whose acknowledgement was lost) and raises :class:`~coro_durable.errors.ConflictError` otherwise.
-  A successful append resets ``crash_count`` (the run made progress) and updates ``steps``.
+  Seqs need not arrive in order: the sub-effects of a ``gather`` finish in any order, so a journal
+  may have gaps while (or after a crash during) a gather. A successful append resets
+  ``crash_count`` (the run made progress) and sets ``steps`` to the number of entries.
 * **Claiming.** A run is claimable when it is ``pending`` or ``waiting`` with ``wake_at <= now``, or
   ``running`` with an expired lease (its worker died: that takeover counts as a crash, and past
   ``max_crashes`` the run is quarantined instead of claimed). Only runs of the given workflow
@@ -112,7 +114,9 @@ class Store(Protocol):
         held; a run missing from the answer was lost."""
         ...
 
-    async def park(self, run_id: str, epoch: int, wake_at: float | None, waiting_on: str | None) -> None:
+    async def park(
+        self, run_id: str, epoch: int, wake_at: float | None, waiting_on: str | None
+    ) -> None:
         """Release the lease; the run sleeps until ``wake_at`` (None: until a signal or cancel)."""
 
     async def finish(
@@ -180,7 +184,11 @@ def open_store(url: str) -> Store:
     ep = _entry_points().get(scheme)
     if ep is None:
         package = _PLUGINS.get(scheme)
-        hint = f"install it with `pip install {package}`" if package else "no known package provides it"
+        hint = (
+            f"install it with `pip install {package}`"
+            if package
+            else "no known package provides it"
+        )
         raise StorePluginMissingError(
             f"no coro_durable store is installed for URL scheme {scheme!r} ({hint})"
         )

@@ -230,7 +230,7 @@ class ConfigurationError(CoroDurableError, ValueError):
     """Invalid configuration: a bad store URL, RetryPolicy, Runtime option..."""
 
 
-class LeaseLost(BaseException):  # noqa: N818 - control flow, deliberately not an Exception
+class LeaseLost(BaseException):
     """This worker no longer holds the run's lease (another worker took it over).
 
     Raised by fenced store writes. It derives from BaseException so workflow code that catches
@@ -245,4 +245,3 @@ class LeaseLost(BaseException):  # noqa: N818 - control flow, deliberately not a
             + (f"; {detail}" if detail else "")
             + "): another worker owns the run now; this worker writes nothing more for it"
         )
-

@@ -1,0 +1,72 @@
+"""coro_durable: durable execution for Python AI workflows.
+
+A workflow is a plain ``async def`` that awaits effects (:func:`call`, :func:`sleep`,
+:func:`await_signal`, :func:`gather`, :func:`now`, ...). Every effect's outcome is journaled
+before the workflow sees it, so a crashed run resumes from its journal on any worker instead of
+restarting, each step's idempotency key stays the same across retries and crashes, and waits hold
+no process, thread or connection. See the README for a tour.
+"""
+
+from ._effects import (
+    RetryPolicy,
+    await_signal,
+    call,
+    gather,
+    idempotency_key,
+    now,
+    random,
+    sleep,
+    sleep_until,
+    uuid4,
+)
+from ._journal import JournalEntry, RunStatus
+from ._memory import MemoryStore
+from ._runtime import RunHandle, RunInfo, Runtime
+from ._scheduler import ReplayReport
+from ._sqlite import SqliteStore
+from ._store import Store, open_store
+from ._workflow import workflow
+from .errors import (
+    CoroDurableError,
+    NonDeterminismError,
+    RunCancelledError,
+    RunFailedError,
+    SignalTimeout,
+    StepError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # workflows and effects
+    "workflow",
+    "call",
+    "sleep",
+    "sleep_until",
+    "await_signal",
+    "gather",
+    "now",
+    "uuid4",
+    "random",
+    "idempotency_key",
+    "RetryPolicy",
+    # running them
+    "Runtime",
+    "RunHandle",
+    "RunInfo",
+    "RunStatus",
+    "JournalEntry",
+    "ReplayReport",
+    # stores
+    "Store",
+    "MemoryStore",
+    "SqliteStore",
+    "open_store",
+    # the errors users catch most (all of them live in coro_durable.errors)
+    "CoroDurableError",
+    "StepError",
+    "SignalTimeout",
+    "NonDeterminismError",
+    "RunFailedError",
+    "RunCancelledError",
+]

@@ -1,0 +1,474 @@
+"""Runtime: what an application embeds. A client for runs, and (by default) a worker that runs them.
+
+    async with cd.Runtime("sqlite:///runs.db") as rt:
+        handle = await rt.start(pipeline, "topic", run_id="r-1")
+        print(await handle.result(timeout=60))
+
+While open, a worker task claims runnable runs from the store (new, timer due, signal arrived, lease
+expired) up to ``concurrency`` at a time and drives each in its own task (``_scheduler``).
+A second task renews the leases of the runs in progress every ``lease_ttl / 3`` seconds; a lease
+that could not be renewed (another worker took the run over) cancels that activation, and the
+store's fencing rejects anything it still tries to write. With ``worker=False`` the Runtime is a
+client only: it starts, signals, cancels and inspects runs that other processes execute.
+
+Runs that crash their activation (an internal error, a store failure past its deadline, a worker
+process killed mid-run) are retried with backoff; after ``max_crashes`` consecutive crashes
+without progress the run is quarantined with its last error, and ``resume`` releases it after a fix.
+Everything works under asyncio and trio (anyio).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import json
+import logging
+import math
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass
+from typing import Any, Self
+
+import anyio
+import anyio.abc
+
+from . import _codec, _workflow
+from ._journal import JournalEntry, RunRecord, RunStatus, verify_journal
+from ._scheduler import Activation, Limits, ReplayReport, replay, store_call
+from ._store import Store, default_store_url, open_store
+from .errors import (
+    ConfigurationError,
+    CorruptJournalError,
+    LeaseLost,
+    NonDeterminismError,
+    ResultTimeoutError,
+    RunAlreadyExistsError,
+    RunCancelledError,
+    RunFailedError,
+    RunNotFoundError,
+    RunQuarantinedError,
+    UnknownWorkflowError,
+)
+
+__all__ = ["Runtime", "RunHandle", "RunInfo"]
+
+log = logging.getLogger("coro_durable")
+
+
+def _ts(value: float | None) -> _dt.datetime | None:
+    return None if value is None else _dt.datetime.fromtimestamp(value, _dt.UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """What ``describe`` answers, from the store alone (any process can ask)."""
+
+    run_id: str
+    workflow: str
+    status: RunStatus
+    step: int  # journal entries so far: the seq the run is at
+    waiting_on: str | None
+    inputs: dict[str, Any]  # {"args": [...], "kwargs": {...}}
+    result: Any
+    error: dict[str, str] | None  # {"type", "message"} when failed or cancelled
+    crash_count: int
+    last_error: str | None
+    owner: str | None  # worker holding the lease, if running
+    wake_at: _dt.datetime | None
+    created_at: _dt.datetime | None
+    updated_at: _dt.datetime | None
+
+    @classmethod
+    def from_record(cls, run: RunRecord) -> RunInfo:
+        inputs = _codec.decode(run.input)
+        return cls(
+            run_id=run.run_id,
+            workflow=run.workflow,
+            status=run.status,
+            step=run.steps,
+            waiting_on=run.waiting_on if run.status == RunStatus.WAITING else None,
+            inputs=inputs if isinstance(inputs, dict) else {"args": inputs},
+            result=_codec.decode(run.result) if run.result is not None else None,
+            error=json.loads(run.error) if run.error else None,
+            crash_count=run.crash_count,
+            last_error=run.last_error,
+            owner=run.owner,
+            wake_at=_ts(run.wake_at),
+            created_at=_ts(run.created_at),
+            updated_at=_ts(run.updated_at),
+        )
+
+
+class RunHandle:
+    """A reference to one run, returned by ``Runtime.start``."""
+
+    def __init__(self, runtime: Runtime, run_id: str, created: bool = True) -> None:
+        self.runtime = runtime
+        self.run_id = run_id
+        self.created = created  # False when start() found the run already there
+
+    def __repr__(self) -> str:
+        return f"RunHandle({self.run_id!r})"
+
+    async def result(self, timeout: float | None = None) -> Any:
+        return await self.runtime.result(self.run_id, timeout=timeout)
+
+    async def describe(self) -> RunInfo:
+        return await self.runtime.describe(self.run_id)
+
+    async def history(self) -> list[JournalEntry]:
+        return await self.runtime.history(self.run_id)
+
+    async def signal(self, name: str, payload: Any = None, *, signal_id: str | None = None) -> bool:
+        return await self.runtime.signal(self.run_id, name, payload, signal_id=signal_id)
+
+    async def cancel(self) -> None:
+        await self.runtime.cancel(self.run_id)
+
+
+class Runtime:
+    """Embed durable execution: ``async with Runtime(url_or_store) as rt: ...``.
+
+    Parameters:
+        store: a store URL (``memory://``, ``sqlite:///path``, ``postgresql://...``,
+            ``redis://...``), a Store object, or None for ``$CORO_DURABLE_STORE`` or the default
+            SQLite file ``.coro_durable/runs.db``.
+        lease_ttl: seconds a worker owns a run without renewing; a crashed worker's runs are
+            taken over this long after it stopped renewing.
+        concurrency: how many runs this worker drives at once.
+        worker: False for a client-only Runtime that executes nothing.
+        workflows: workflow functions to register (``@cd.workflow`` registers them already).
+        poll_interval: seconds between store polls when nothing signals new work.
+        max_crashes: consecutive crashes without progress before a run is quarantined.
+        max_payload_bytes: largest encoded input, result or signal payload accepted.
+        inline_wait: timers and retry backoffs up to this many seconds are waited in-process;
+            longer ones park the run (it then holds no task, lease or connection).
+        store_deadline: how long store failures are retried before the run counts a crash.
+    """
+
+    def __init__(
+        self,
+        store: str | Store | None = None,
+        *,
+        lease_ttl: float = 15.0,
+        concurrency: int = 100,
+        worker: bool = True,
+        workflows: Iterable[Callable[..., Coroutine[Any, Any, Any]]] = (),
+        poll_interval: float = 0.25,
+        max_crashes: int = 5,
+        max_payload_bytes: int = _codec.DEFAULT_MAX_PAYLOAD_BYTES,
+        inline_wait: float = 1.0,
+        store_deadline: float = 60.0,
+        worker_id: str | None = None,
+    ) -> None:
+        if not (lease_ttl > 0 and math.isfinite(lease_ttl)):
+            raise ConfigurationError(
+                f"lease_ttl must be a positive number of seconds, got {lease_ttl}"
+            )
+        if concurrency < 1:
+            raise ConfigurationError(f"concurrency must be >= 1, got {concurrency}")
+        if max_crashes < 1:
+            raise ConfigurationError(f"max_crashes must be >= 1, got {max_crashes}")
+        if isinstance(store, str) or store is None:
+            self.store: Store = open_store(store or default_store_url())
+        else:
+            self.store = store
+        self.lease_ttl = lease_ttl
+        self.concurrency = concurrency
+        self.worker = worker
+        self.poll_interval = poll_interval
+        self.max_crashes = max_crashes
+        self.limits = Limits(max_payload_bytes, inline_wait, store_deadline)
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        for fn in workflows:
+            _workflow.register_function(fn)
+        self._changed = anyio.Event()
+        self._active: dict[str, int] = {}  # run_id -> epoch of activations in progress
+        self._activations: dict[str, tuple[Activation | None, anyio.CancelScope]] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self._open = False
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.store.open()
+        self._changed = anyio.Event()
+        self._unsubscribe = self.store.subscribe(self._on_store_change)
+        self._open = True
+        if self.worker:
+            self._tg = anyio.create_task_group()
+            await self._tg.__aenter__()
+            self._tg.start_soon(self._worker_loop)
+            self._tg.start_soon(self._renew_loop)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._open = False
+        try:
+            if self._tg is not None:
+                self._tg.cancel_scope.cancel()
+                await self._tg.__aexit__(None, None, None)
+                self._tg = None
+        finally:
+            if self._unsubscribe is not None:
+                self._unsubscribe()
+                self._unsubscribe = None
+            with anyio.CancelScope(shield=True):
+                await self.store.close()
+
+    def _on_store_change(self) -> None:
+        event, self._changed = self._changed, anyio.Event()
+        try:
+            event.set()
+        except RuntimeError:  # the store is shared with a Runtime on a loop that has ended
+            pass
+
+    async def _wait_changed(self, timeout: float) -> None:
+        event = self._changed
+        with anyio.move_on_after(timeout):
+            await event.wait()
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise ConfigurationError(
+                "this Runtime is not open; use it as `async with cd.Runtime(...) as rt:`"
+            )
+
+    # -- client operations ------------------------------------------------------------------------
+
+    async def start(
+        self,
+        workflow: Callable[..., Coroutine[Any, Any, Any]] | str,
+        *args: Any,
+        run_id: str | None = None,
+        **kwargs: Any,
+    ) -> RunHandle:
+        """Start a run of ``workflow(*args, **kwargs)``; idempotent on ``run_id``.
+
+        Starting an existing run_id with the same workflow and inputs returns its handle (with
+        ``created=False``); with another workflow or other inputs it raises RunAlreadyExistsError.
+        """
+        self._check_open()
+        name = workflow if isinstance(workflow, str) else _workflow.register_function(workflow)
+        text = _codec.encode(
+            {"args": list(args), "kwargs": kwargs},
+            where=f"inputs of workflow {name}",
+            limit=self.limits.max_payload_bytes,
+        )
+        run_id = run_id or uuid.uuid4().hex
+        record, created = await self._call(self.store.create_run, RunRecord(run_id, name, text))
+        if not created and (record.workflow != name or record.input != text):
+            raise RunAlreadyExistsError(
+                f"run {run_id!r} already exists as {record.workflow}({record.input}); it cannot be "
+                f"started again as {name}({text}). Use another run_id, or the same inputs to get "
+                "the existing run"
+            )
+        return RunHandle(self, run_id, created)
+
+    async def signal(
+        self, run_id: str, name: str, payload: Any = None, *, signal_id: str | None = None
+    ) -> bool:
+        """Send signal ``name`` with ``payload`` to a run. Returns False if ``signal_id`` was
+        already delivered (pass a signal_id to make retries of this call safe)."""
+        self._check_open()
+        text = _codec.encode(
+            payload, where=f"payload of signal {name!r}", limit=self.limits.max_payload_bytes
+        )
+        sid = signal_id or uuid.uuid4().hex
+        return await self._call(self.store.deliver_signal, run_id, name, text, sid)
+
+    async def result(self, run_id: str, timeout: float | None = None) -> Any:
+        """Wait for the run to finish and return its result.
+
+        Raises RunFailedError, RunCancelledError or RunQuarantinedError for runs that did not
+        complete, and ResultTimeoutError when ``timeout`` seconds pass first.
+        """
+        self._check_open()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval = 0.01
+        while True:
+            run = await self._get(run_id)
+            if run.status == RunStatus.COMPLETED:
+                return _codec.decode(run.result) if run.result is not None else None
+            if run.status == RunStatus.FAILED:
+                err = json.loads(run.error or "{}")
+                raise RunFailedError(run_id, err.get("type", "Error"), err.get("message", ""))
+            if run.status == RunStatus.CANCELLED:
+                raise RunCancelledError(run_id)
+            if run.status == RunStatus.QUARANTINED:
+                raise RunQuarantinedError(run_id, run.last_error or "unknown")
+            wait = min(interval, self.poll_interval)
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ResultTimeoutError(
+                        f"run {run_id!r} is still {run.status} after {timeout}s (at step "
+                        f"{run.steps}, waiting on {run.waiting_on or 'nothing'}); wait longer or "
+                        "check that a worker is running"
+                    )
+                wait = min(wait, left)
+            await self._wait_changed(wait)
+            interval = min(interval * 2, self.poll_interval)
+
+    async def describe(self, run_id: str) -> RunInfo:
+        """Status, step, what it waits on, inputs and error of a run."""
+        self._check_open()
+        return RunInfo.from_record(await self._get(run_id))
+
+    async def history(self, run_id: str) -> list[JournalEntry]:
+        """The run's journal, oldest first: the audit trail of every effect and its outcome."""
+        self._check_open()
+        await self._get(run_id)
+        return await self._call(self.store.load_journal, run_id)
+
+    async def cancel(self, run_id: str) -> None:
+        """Cancel a run: RunCancelledError is raised at its pending await (the workflow may
+        clean up); a run that is not executing is cancelled on the spot."""
+        self._check_open()
+        await self._call(self.store.request_cancel, run_id)
+
+    async def resume(self, run_id: str) -> RunInfo:
+        """Release a quarantined run (after fixing what crashed it) so workers pick it up again."""
+        self._check_open()
+        return RunInfo.from_record(await self._call(self.store.resume, run_id))
+
+    async def list_runs(
+        self,
+        *,
+        status: RunStatus | str | None = None,
+        workflow: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[RunInfo]:
+        """Runs, newest first, filtered by status and workflow name."""
+        self._check_open()
+        runs = await self.store.list_runs(
+            status=RunStatus(status) if status is not None else None,
+            workflow=workflow,
+            limit=limit,
+            offset=offset,
+        )
+        return [RunInfo.from_record(r) for r in runs]
+
+    async def replay(self, run_id: str) -> ReplayReport:
+        """Re-execute the run's workflow against its journal with no side effects and report
+        whether the code still matches (or the first divergence)."""
+        self._check_open()
+        run = await self._get(run_id)
+        entries = await self._call(self.store.load_journal, run_id)
+        journal = verify_journal(run_id, entries)
+        return await replay(self.store, run, journal, _workflow.lookup(run.workflow))
+
+    async def _get(self, run_id: str) -> RunRecord:
+        run = await self._call(self.store.get_run, run_id)
+        if run is None:
+            raise RunNotFoundError(run_id)
+        return run
+
+    async def _call(self, op: Callable[..., Any], *args: Any) -> Any:
+        return await store_call(self.limits.store_deadline, op, *args)
+
+    # -- the worker -----------------------------------------------------------------------------------
+
+    async def _worker_loop(self) -> None:
+        assert self._tg is not None
+        while True:
+            free = self.concurrency - len(self._active)
+            claimed: list[RunRecord] = []
+            if free > 0:
+                try:
+                    claimed = await self._call(
+                        functools.partial(
+                            self.store.claim,
+                            self.worker_id,
+                            limit=free,
+                            lease_ttl=self.lease_ttl,
+                            workflows=_workflow.registered(),
+                            max_crashes=self.max_crashes,
+                        )
+                    )
+                except Exception:
+                    log.exception("worker %s: claiming runs failed; retrying", self.worker_id)
+                for run in claimed:
+                    self._active[run.run_id] = run.epoch
+                    self._tg.start_soon(self._activate, run)
+            if len(claimed) < free or free <= 0:
+                await self._wait_changed(self.poll_interval)
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.lease_ttl / 3)
+            if not self._active:
+                continue
+            leases = dict(self._active)
+            try:
+                held = await self.store.renew(self.worker_id, leases, self.lease_ttl)
+            except Exception:
+                log.exception("worker %s: renewing leases failed; will retry", self.worker_id)
+                continue
+            for run_id, epoch in leases.items():
+                if self._active.get(run_id) != epoch:
+                    continue  # finished meanwhile
+                activation, scope = self._activations.get(run_id, (None, None))
+                if run_id not in held:
+                    log.warning(
+                        "worker %s: lease on run %s (fencing token %d) was lost, another worker "
+                        "owns it now; stopping this activation, it writes nothing more",
+                        self.worker_id,
+                        run_id,
+                        epoch,
+                    )
+                    if scope is not None:
+                        scope.cancel()
+                elif held[run_id] and activation is not None:
+                    activation.cancel_requested = True
+
+    async def _activate(self, run: RunRecord) -> None:
+        run_id, epoch = run.run_id, run.epoch
+        scope = anyio.CancelScope()
+        self._activations[run_id] = (None, scope)
+        try:
+            with scope:
+                fn = _workflow.lookup(run.workflow)
+                entries = await self._call(self.store.load_journal, run_id)
+                journal = verify_journal(run_id, entries)
+                activation = Activation(self.store, run, journal, fn, self.limits)
+                self._activations[run_id] = (activation, scope)
+                await activation.execute()
+        except LeaseLost as exc:
+            log.warning("worker %s: %s", self.worker_id, exc)
+        except (NonDeterminismError, CorruptJournalError, UnknownWorkflowError) as exc:
+            log.error("worker %s: run %s quarantined: %s", self.worker_id, run_id, exc)
+            await self._record_crash(run_id, None, exc)
+        except Exception as exc:
+            log.exception("worker %s: run %s crashed its activation", self.worker_id, run_id)
+            await self._record_crash(run_id, epoch, exc)
+        except anyio.get_cancelled_exc_class():
+            # Runtime shutting down: hand the run back so another worker resumes it at once.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                try:
+                    await self.store.park(run_id, epoch, time.time(), None)
+                except (Exception, LeaseLost):
+                    pass
+            raise
+        finally:
+            self._active.pop(run_id, None)
+            self._activations.pop(run_id, None)
+            self._on_store_change()
+
+    async def _record_crash(self, run_id: str, epoch: int | None, exc: Exception) -> None:
+        run = await self.store.get_run(run_id)
+        crashes = (run.crash_count if run else 0) + 1
+        retry_at = time.time() + min(0.5 * 2 ** (crashes - 1), 60.0)
+        try:
+            await self.store.record_crash(
+                run_id, epoch, f"{type(exc).__name__}: {exc}", retry_at, self.max_crashes
+            )
+        except LeaseLost:
+            pass
+        except Exception:
+            log.exception("worker %s: could not record the crash of run %s", self.worker_id, run_id)

@@ -1,0 +1,705 @@
+"""The scheduler: drives one workflow coroutine against its journal. The only caller of ``send``.
+
+One *activation* takes a run a worker has claimed (holding its lease and fencing token ``epoch``),
+rebuilds the coroutine from the workflow function and its inputs, and drives it:
+
+    outcome = None
+    loop:
+        effect = coro.send(outcome)          # the workflow runs until it awaits an effect
+        seq = next seq (gather: one per sub-effect, depth first)
+        if the journal has seq:  check kind/name/argument digest match (else NonDeterminismError,
+                                 nothing written), feed the recorded outcome
+        else:                    execute it, persist the entry (fenced by epoch), then feed the
+                                 outcome decoded from what was persisted (invariants 1 and 7)
+    until the coroutine returns (run completed), raises (failed / cancelled), or reaches a wait
+    that cannot be satisfied now (park: the run releases its lease and holds nothing).
+
+Retries: every failed attempt of a step is journaled as a *pending* entry carrying the attempt
+count and the absolute time of the next attempt, so a crash during the backoff neither resets the
+count nor shortens the wait. Short waits (timers, backoffs under ``inline_wait`` seconds) happen
+in-process while the lease is held; longer ones park the run.
+
+The same class replays a journal with no side effects (``replay_only=True``) for ``coro-durable
+replay``: it executes nothing and writes nothing, and reports the first divergence.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import random as _random
+import time
+import uuid as _uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+import anyio
+
+from . import _codec
+from ._effects import (
+    AwaitSignal,
+    Call,
+    Effect,
+    Error,
+    Gather,
+    Now,
+    Outcome,
+    Random,
+    Sleep,
+    Uuid4,
+    Value,
+    _current_key,
+    digest,
+)
+from ._journal import TERMINAL, JournalEntry, RunRecord, RunStatus
+from ._store import Store
+from .errors import (
+    ConflictError,
+    CorruptJournalError,
+    NonDeterminismError,
+    NotAnEffectError,
+    PayloadTooLargeError,
+    RunCancelledError,
+    RunNotFoundError,
+    SerializationError,
+    SignalTimeout,
+    StepError,
+    StoreError,
+    StoreUnavailableError,
+)
+
+__all__ = ["Activation", "ActivationEnd", "Limits", "ReplayReport", "store_call"]
+
+T = TypeVar("T")
+
+_EMPTY_DIGEST = digest("")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Scheduler settings shared by every activation of a Runtime."""
+
+    max_payload_bytes: int = _codec.DEFAULT_MAX_PAYLOAD_BYTES
+    inline_wait: float = 1.0  # waits up to this long happen in-process, longer ones park the run
+    store_deadline: float = 60.0  # keep retrying a failing store this long before giving up
+
+
+@dataclass(slots=True)
+class ActivationEnd:
+    """How an activation ended."""
+
+    how: Literal["completed", "failed", "cancelled", "parked"]
+    wake_at: float | None = None
+    waiting_on: str | None = None
+
+
+@dataclass(slots=True)
+class ReplayReport:
+    """What ``replay`` found: ``matched`` is False at the first divergence, described in ``detail``."""
+
+    run_id: str
+    matched: bool
+    replayed: int  # journal entries the code re-issued identically
+    total: int  # entries in the journal
+    detail: str
+
+
+class _Park(Exception):
+    """The effect cannot complete now: release the run until ``wake_at`` (or a signal)."""
+
+    def __init__(self, wake_at: float | None, waiting_on: str) -> None:
+        self.wake_at = wake_at
+        self.waiting_on = waiting_on
+
+
+class _ReplayEnd(Exception):
+    """Replay reached the end of the recorded journal."""
+
+    def __init__(self, seq: int, effect: str) -> None:
+        self.seq = seq
+        self.effect = effect
+
+
+_TRANSIENT_EXCLUDED = (ConflictError, CorruptJournalError, StoreUnavailableError, RunNotFoundError)
+
+
+async def store_call(deadline: float, op: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Call a store operation, retrying transient StoreErrors with backoff up to ``deadline`` s.
+
+    Fenced writes are safe to retry: an entry whose commit landed but whose acknowledgement was
+    lost is recognised by the store as identical and accepted (faults.md, "connection lost").
+    """
+    delay = 0.05
+    give_up = time.monotonic() + deadline
+    while True:
+        try:
+            return await op(*args)
+        except StoreError as exc:
+            if isinstance(exc, _TRANSIENT_EXCLUDED):
+                raise
+            if time.monotonic() + delay > give_up:
+                raise StoreUnavailableError(
+                    f"the store kept failing for {deadline:.0f}s ({exc}); check that it is up and "
+                    "reachable, or raise store_deadline"
+                ) from exc
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def _error_json(type_name: str, message: str) -> str:
+    return json.dumps({"type": type_name, "message": message}, ensure_ascii=False)
+
+
+def _exception_info(exc: BaseException) -> tuple[str, str]:
+    if isinstance(exc, StepError):
+        return exc.type_name, exc.message
+    return type(exc).__name__, str(exc)
+
+
+def _recorded_error(entry: JournalEntry, run_id: str) -> BaseException:
+    """Rebuild the exception an ``error`` entry stands for, as the workflow first saw it."""
+    info = entry.error_info or {"type": "Exception", "message": ""}
+    type_name, message = info.get("type", "Exception"), info.get("message", "")
+    if type_name == "RunCancelledError":
+        return RunCancelledError(run_id)
+    if entry.kind == "signal" and type_name == "SignalTimeout":
+        return SignalTimeout(message)
+    if type_name in ("SerializationError", "PayloadTooLargeError"):
+        return (
+            PayloadTooLargeError if type_name == "PayloadTooLargeError" else SerializationError
+        )(message)
+    return StepError(type_name, message, step=entry.name, attempts=entry.attempts)
+
+
+@dataclass(slots=True)
+class _Leaf:
+    effect: Effect
+    seq: int
+    name: str
+    args: str | None
+    digest: str
+
+    def describe(self) -> str:
+        return f"{self.effect.kind}({self.name})"
+
+
+@dataclass(slots=True)
+class _Node:
+    """A gather: children are leaves or nested gathers."""
+
+    gather: Gather
+    children: list[_Leaf | _Node] = field(default_factory=list)
+
+
+class Activation:
+    """Drives one claimed run until it completes, fails, is cancelled or parks."""
+
+    def __init__(
+        self,
+        store: Store,
+        run: RunRecord,
+        journal: dict[int, JournalEntry],
+        fn: Callable[..., Coroutine[Any, Any, Any]],
+        limits: Limits,
+        *,
+        replay_only: bool = False,
+    ) -> None:
+        self.store = store
+        self.run = run
+        self.run_id = run.run_id
+        self.epoch = run.epoch
+        self.journal = journal
+        self.fn = fn
+        self.limits = limits
+        self.replay_only = replay_only
+        self.next_seq = 0
+        self.cancel_requested = run.cancel_requested and not replay_only
+        self.cancel_injected = any(
+            e.error is not None and (e.error_info or {}).get("type") == "RunCancelledError"
+            for e in journal.values()
+        )
+
+    # -- the drive loop -----------------------------------------------------------------------------
+
+    async def execute(self) -> ActivationEnd:
+        """Run the workflow from its start, replaying the journal, until it ends or parks."""
+        payload = _codec.decode(self.run.input)
+        coro = self.fn(*payload.get("args", ()), **payload.get("kwargs", {}))
+        send: Outcome | None = None
+        throw: BaseException | None = None
+        try:
+            while True:
+                try:
+                    if throw is not None:
+                        yielded = coro.throw(throw)
+                        throw = None
+                    else:
+                        yielded = coro.send(send)
+                except StopIteration as stop:
+                    return await self._complete(stop.value)
+                except RunCancelledError as exc:
+                    return await self._finish_error(RunStatus.CANCELLED, exc)
+                except Exception as exc:
+                    return await self._finish_error(RunStatus.FAILED, exc)
+                if not isinstance(yielded, Effect):
+                    throw = NotAnEffectError(yielded)
+                    continue
+                try:
+                    send = await self._resolve(yielded)
+                except SerializationError as exc:  # arguments that cannot be journaled
+                    throw = exc
+                except _Park as park:
+                    await store_call(
+                        self.limits.store_deadline,
+                        self.store.park,
+                        self.run_id,
+                        self.epoch,
+                        park.wake_at,
+                        park.waiting_on,
+                    )
+                    return ActivationEnd("parked", park.wake_at, park.waiting_on)
+        finally:
+            try:
+                coro.close()
+            except RuntimeError:  # the workflow awaited an effect in a `finally` while parking
+                pass
+
+    async def _complete(self, value: Any) -> ActivationEnd:
+        beyond = [seq for seq in self.journal if seq >= self.next_seq]
+        if beyond:
+            entry = self.journal[min(beyond)]
+            raise NonDeterminismError(
+                self.run_id, entry.seq, entry.describe(), "the workflow returning"
+            )
+        try:
+            text = _codec.encode(
+                value, where=f"result of run {self.run_id!r}", limit=self.limits.max_payload_bytes
+            )
+        except SerializationError as exc:
+            return await self._finish_error(RunStatus.FAILED, exc)
+        if self.replay_only:
+            if self.run.status == RunStatus.COMPLETED and self.run.result != text:
+                raise _ReplayEnd(self.next_seq, "a different return value than recorded")
+            return ActivationEnd("completed")
+        await store_call(
+            self.limits.store_deadline,
+            self.store.finish,
+            self.run_id,
+            self.epoch,
+            RunStatus.COMPLETED,
+            text,
+            None,
+        )
+        return ActivationEnd("completed")
+
+    async def _finish_error(self, status: RunStatus, exc: BaseException) -> ActivationEnd:
+        if self.replay_only:
+            return ActivationEnd("cancelled" if status == RunStatus.CANCELLED else "failed")
+        type_name, message = _exception_info(exc)
+        await store_call(
+            self.limits.store_deadline,
+            self.store.finish,
+            self.run_id,
+            self.epoch,
+            status,
+            None,
+            _error_json(type_name, message),
+        )
+        return ActivationEnd("cancelled" if status == RunStatus.CANCELLED else "failed")
+
+    # -- resolving effects ------------------------------------------------------------------------------
+
+    async def _resolve(self, effect: Effect) -> Outcome:
+        if isinstance(effect, Gather):
+            node = self._plan_gather(effect)
+            outcomes: dict[int, Outcome] = {}
+            leaves = list(_iter_leaves(node))
+            # Entries already in the journal are fed at once; the rest run concurrently.
+            todo = [leaf for leaf in leaves if not self._replayed(leaf, outcomes)]
+            if len(todo) == 1:
+                outcomes[todo[0].seq] = await self._resolve_leaf(todo[0])
+            elif todo:
+                await self._resolve_concurrently(todo, outcomes)
+            return _gather_outcome(node, outcomes)
+        leaf = self._plan_leaf(effect)
+        replayed: dict[int, Outcome] = {}
+        if self._replayed(leaf, replayed):
+            return replayed[leaf.seq]
+        return await self._resolve_leaf(leaf)
+
+    async def _resolve_concurrently(self, todo: list[_Leaf], outcomes: dict[int, Outcome]) -> None:
+        parks: list[_Park] = []
+        failures: list[BaseException] = []
+
+        async def one(leaf: _Leaf) -> None:
+            try:
+                outcomes[leaf.seq] = await self._resolve_leaf(leaf)
+            except _Park as park:
+                parks.append(park)
+            except Exception as exc:  # NonDeterminism, store errors: re-raised below, unwrapped
+                failures.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for leaf in todo:
+                tg.start_soon(one, leaf)
+        if failures:
+            raise failures[0]
+        if parks:
+            wakes = [p.wake_at for p in parks if p.wake_at is not None]
+            raise _Park(min(wakes, default=None), ", ".join(p.waiting_on for p in parks))
+
+    def _plan_leaf(self, effect: Effect) -> _Leaf:
+        """Assign the next seq and compute the effect's journal identity."""
+        name, args, dig = _identity(effect, self.limits.max_payload_bytes)
+        leaf = _Leaf(effect, self.next_seq, name, args, dig)
+        self.next_seq += 1
+        return leaf
+
+    def _plan_gather(self, gather: Gather) -> _Node:
+        # Encode every sub-effect's identity first, so an unserialisable argument fails the
+        # whole gather before any seq is taken (the same way on every replay).
+        start = self.next_seq
+        try:
+            return self._plan_node(gather)
+        except SerializationError:
+            self.next_seq = start
+            raise
+
+    def _plan_node(self, gather: Gather) -> _Node:
+        node = _Node(gather)
+        for sub in gather.effects:
+            node.children.append(
+                self._plan_node(sub) if isinstance(sub, Gather) else self._plan_leaf(sub)
+            )
+        return node
+
+    def _replayed(self, leaf: _Leaf, outcomes: dict[int, Outcome]) -> bool:
+        """If the journal holds a final entry for the leaf, check it and record its outcome."""
+        entry = self.journal.get(leaf.seq)
+        if entry is None:
+            return False
+        if (entry.kind, entry.name, entry.digest) != (leaf.effect.kind, leaf.name, leaf.digest):
+            recorded, issued = entry.describe(), leaf.describe()
+            if recorded == issued:
+                recorded += f" with arguments {entry.args}"
+                issued += f" with arguments {leaf.args}"
+            raise NonDeterminismError(self.run_id, leaf.seq, recorded, issued)
+        if not entry.final:
+            return False
+        if entry.status == "ok":
+            outcomes[leaf.seq] = Value(_codec.decode(entry.result) if entry.result else None)
+        else:
+            outcomes[leaf.seq] = Error(_recorded_error(entry, self.run_id))
+        return True
+
+    async def _resolve_leaf(self, leaf: _Leaf) -> Outcome:
+        pending = self.journal.get(leaf.seq)
+        if self.replay_only:
+            raise _ReplayEnd(leaf.seq, leaf.describe())
+        if self.cancel_requested and not self.cancel_injected:
+            return await self._inject_cancel(leaf, pending)
+        effect = leaf.effect
+        if isinstance(effect, Call):
+            return await self._run_call(effect, leaf, pending)
+        if isinstance(effect, Sleep):
+            return await self._run_sleep(effect, leaf, pending)
+        if isinstance(effect, AwaitSignal):
+            return await self._run_signal(effect, leaf, pending)
+        if isinstance(effect, Now):
+            value: Any = _dt.datetime.now(_dt.UTC)
+        elif isinstance(effect, Uuid4):
+            value = _uuid.uuid4()
+        elif isinstance(effect, Random):
+            value = _random.random()
+        else:  # pragma: no cover - every Effect subclass is handled above
+            raise TypeError(f"unknown effect {effect!r}")
+        text, decoded = _codec.roundtrip(value)
+        await self._write(self._entry(leaf, "ok", result=text, finished=True))
+        return Value(decoded)
+
+    def _entry(
+        self,
+        leaf: _Leaf,
+        status: str,
+        *,
+        pending: JournalEntry | None = None,
+        result: str | None = None,
+        error: str | None = None,
+        attempts: int = 0,
+        due_at: float | None = None,
+        finished: bool = False,
+    ) -> JournalEntry:
+        now = time.time()
+        return JournalEntry(
+            seq=leaf.seq,
+            kind=leaf.effect.kind,
+            name=leaf.name,
+            digest=leaf.digest,
+            status=status,
+            args=leaf.args,
+            result=result,
+            error=error,
+            attempts=attempts,
+            key=f"{self.run_id}:{leaf.seq}",
+            started_at=pending.started_at if pending else now,
+            finished_at=now if finished else None,
+            due_at=due_at,
+        ).sealed()
+
+    async def _write(self, entry: JournalEntry) -> None:
+        """Persist an entry, fenced by our epoch; only then may its outcome be fed."""
+        await store_call(
+            self.limits.store_deadline, self.store.append, self.run_id, self.epoch, [entry]
+        )
+        self._remember(entry)
+
+    def _remember(self, entry: JournalEntry) -> None:
+        self.journal[entry.seq] = entry
+
+    async def _wait_until(self, due: float, waiting_on: str) -> None:
+        remaining = due - time.time()
+        if remaining <= 0:
+            return
+        if remaining > self.limits.inline_wait:
+            raise _Park(due, waiting_on)
+        await anyio.sleep(remaining)
+
+    async def _inject_cancel(self, leaf: _Leaf, pending: JournalEntry | None) -> Outcome:
+        """Cancellation is delivered as RunCancelledError at the pending await, journaled."""
+        exc = RunCancelledError(self.run_id)
+        await self._write(
+            self._entry(
+                leaf,
+                "error",
+                pending=pending,
+                error=_error_json("RunCancelledError", str(exc)),
+                attempts=pending.attempts if pending else 0,
+                finished=True,
+            )
+        )
+        self.cancel_injected = True
+        return Error(exc)
+
+    async def _run_call(self, effect: Call, leaf: _Leaf, pending: JournalEntry | None) -> Outcome:
+        attempts = pending.attempts if pending else 0
+        if pending is not None and pending.due_at is not None:
+            await self._wait_until(pending.due_at, f"retry of step {leaf.name}")
+        policy = effect.retry
+        while True:
+            attempts += 1
+            try:
+                value = await self._invoke(effect, leaf)
+            except Exception as exc:
+                type_name, message = _exception_info(exc)
+                if isinstance(exc, TimeoutError) and effect.timeout is not None and not message:
+                    message = f"attempt {attempts} timed out after {effect.timeout}s"
+            else:
+                try:
+                    text, decoded = _codec.roundtrip(
+                        value,
+                        where=f"result of step {leaf.name} (seq {leaf.seq})",
+                        limit=self.limits.max_payload_bytes,
+                    )
+                except SerializationError as exc:  # terminal: retrying would not help
+                    await self._write(
+                        self._entry(
+                            leaf,
+                            "error",
+                            pending=pending,
+                            attempts=attempts,
+                            finished=True,
+                            error=_error_json(type(exc).__name__, str(exc)),
+                        )
+                    )
+                    return Error(exc)
+                await self._write(
+                    self._entry(
+                        leaf, "ok", pending=pending, result=text, attempts=attempts, finished=True
+                    )
+                )
+                return Value(decoded)
+            error = _error_json(type_name, message)
+            if attempts >= policy.max_attempts or type_name in policy.non_retryable:
+                await self._write(
+                    self._entry(
+                        leaf,
+                        "error",
+                        pending=pending,
+                        error=error,
+                        attempts=attempts,
+                        finished=True,
+                    )
+                )
+                return Error(StepError(type_name, message, step=leaf.name, attempts=attempts))
+            due = time.time() + policy.delay(attempts)
+            pending = self._entry(
+                leaf, "pending", pending=pending, error=error, attempts=attempts, due_at=due
+            )
+            await self._write(pending)
+            await self._wait_until(due, f"retry of step {leaf.name}")
+
+    async def _invoke(self, effect: Call, leaf: _Leaf) -> Any:
+        token = _current_key.set(f"{self.run_id}:{leaf.seq}")
+        try:
+            if effect.is_async:
+                if effect.timeout is None:
+                    return await effect.fn(*effect.args, **effect.kwargs)
+                with anyio.fail_after(effect.timeout):
+                    return await effect.fn(*effect.args, **effect.kwargs)
+
+            def run_sync() -> Any:
+                return effect.fn(*effect.args, **effect.kwargs)
+
+            if effect.timeout is None:
+                return await anyio.to_thread.run_sync(run_sync)
+            with anyio.fail_after(effect.timeout):
+                return await anyio.to_thread.run_sync(run_sync, abandon_on_cancel=True)
+        finally:
+            _current_key.reset(token)
+
+    async def _run_sleep(self, effect: Sleep, leaf: _Leaf, pending: JournalEntry | None) -> Outcome:
+        if pending is not None and pending.due_at is not None:
+            due = pending.due_at
+        else:
+            due = effect.until.timestamp() if effect.until else time.time() + (effect.seconds or 0)
+            if due > time.time():
+                pending = self._entry(leaf, "pending", due_at=due)
+                await self._write(pending)
+        await self._wait_until(due, f"timer until {_iso(due)}")
+        await self._write(
+            self._entry(leaf, "ok", pending=pending, result="null", due_at=due, finished=True)
+        )
+        return Value(None)
+
+    async def _run_signal(
+        self, effect: AwaitSignal, leaf: _Leaf, pending: JournalEntry | None
+    ) -> Outcome:
+        deadline = pending.due_at if pending is not None else None
+        template = self._entry(leaf, "ok", pending=pending, due_at=deadline)
+        got = await store_call(
+            self.limits.store_deadline,
+            self.store.consume_signal,
+            self.run_id,
+            self.epoch,
+            effect.signal,
+            template,
+        )
+        if got is not None:
+            self._remember(got)
+            return Value(_codec.decode(got.result) if got.result else None)
+        if pending is None and effect.timeout is not None:
+            deadline = time.time() + effect.timeout
+            if effect.timeout > 0:
+                pending = self._entry(leaf, "pending", due_at=deadline)
+                await self._write(pending)
+        if deadline is not None and deadline <= time.time():
+            exc = SignalTimeout(
+                f"no signal {effect.signal!r} arrived for run {self.run_id!r} within "
+                f"{effect.timeout}s"
+            )
+            await self._write(
+                self._entry(
+                    leaf,
+                    "error",
+                    pending=pending,
+                    due_at=deadline,
+                    finished=True,
+                    error=_error_json("SignalTimeout", str(exc)),
+                )
+            )
+            return Error(exc)
+        raise _Park(deadline, f"signal {effect.signal!r}")
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+
+
+def _iso(ts: float) -> str:
+    return _dt.datetime.fromtimestamp(ts, _dt.UTC).isoformat(timespec="seconds")
+
+
+def _identity(effect: Effect, limit: int) -> tuple[str, str | None, str]:
+    """(name, arguments JSON, digest) of an effect, as the journal records and compares them."""
+    if isinstance(effect, Call):
+        args = _codec.encode(
+            [list(effect.args), effect.kwargs],
+            where=f"arguments of step {effect.name}",
+            limit=limit,
+        )
+        return effect.name, args, digest(args)
+    if isinstance(effect, Sleep):
+        spec = {"until": effect.until.isoformat()} if effect.until else {"seconds": effect.seconds}
+        return "", json.dumps(spec), _EMPTY_DIGEST
+    if isinstance(effect, AwaitSignal):
+        timeout = effect.timeout
+        spec = {"timeout": timeout if timeout is None or math.isfinite(timeout) else None}
+        return effect.signal, json.dumps(spec), _EMPTY_DIGEST
+    return "", None, _EMPTY_DIGEST
+
+
+def _iter_leaves(node: _Node) -> Any:
+    for child in node.children:
+        if isinstance(child, _Node):
+            yield from _iter_leaves(child)
+        else:
+            yield child
+
+
+def _gather_outcome(node: _Node, outcomes: dict[int, Outcome]) -> Outcome:
+    results: list[Any] = []
+    first_error: BaseException | None = None
+    for child in node.children:
+        outcome = (
+            _gather_outcome(child, outcomes) if isinstance(child, _Node) else outcomes[child.seq]
+        )
+        if isinstance(outcome, Error):
+            first_error = first_error or outcome.error
+            results.append(outcome.error)
+        else:
+            results.append(outcome.value)
+    if first_error is not None and not node.gather.return_exceptions:
+        return Error(first_error)
+    return Value(results)
+
+
+async def replay(
+    store: Store,
+    run: RunRecord,
+    journal: dict[int, JournalEntry],
+    fn: Callable[..., Coroutine[Any, Any, Any]],
+) -> ReplayReport:
+    """Re-execute ``fn`` against ``run``'s journal with no side effects; report the first divergence."""
+    activation = Activation(store, run, journal, fn, Limits(), replay_only=True)
+    total = len(journal)
+    try:
+        end = await activation.execute()
+    except NonDeterminismError as exc:
+        return ReplayReport(run.run_id, False, exc.seq, total, str(exc))
+    except _ReplayEnd as stop:
+        if stop.seq in journal and not journal[stop.seq].final:
+            detail = f"matched; the run is waiting at seq {stop.seq} on {stop.effect}"
+        elif not any(seq >= stop.seq for seq in journal) and run.status not in (
+            RunStatus.COMPLETED,
+            RunStatus.FAILED,
+        ):
+            detail = f"matched; the journal ends at seq {stop.seq}, next effect {stop.effect}"
+        else:
+            return ReplayReport(
+                run.run_id,
+                False,
+                stop.seq,
+                total,
+                f"diverged at seq {stop.seq}: the code issued {stop.effect} after the recorded end",
+            )
+        return ReplayReport(run.run_id, True, stop.seq, total, detail)
+    if run.status in TERMINAL and end.how != run.status.value:
+        return ReplayReport(
+            run.run_id,
+            False,
+            total,
+            total,
+            f"the code ended {end.how} but the run's recorded status is {run.status}",
+        )
+    return ReplayReport(run.run_id, True, total, total, f"matched all {total} entries; {end.how}")
