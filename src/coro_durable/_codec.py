@@ -110,7 +110,7 @@ def _from_tagged(obj: dict[str, Any]) -> Any:
     tag = obj.get(TAG)
     if tag is None:
         return obj
-    v = obj.get("v")
+    v: Any = obj.get("v")
     try:
         if tag == "dict":
             return v
@@ -145,7 +145,7 @@ def _from_tagged(obj: dict[str, Any]) -> Any:
             if tag == "dataclass" and dataclasses.is_dataclass(cls):
                 return cls(**v)
             if tag == "pydantic" and hasattr(cls, "model_validate"):
-                return cls.model_validate(v)  # type: ignore[attr-defined]
+                return cls.model_validate(v)
             return v
     except (TypeError, ValueError, KeyError) as exc:
         raise SerializationError(f"cannot decode a journal value tagged {tag!r}: {exc}") from exc

@@ -152,9 +152,8 @@ class Effect:
 def step_name(fn: Callable[..., Any]) -> str:
     """The journal name of a step function: its qualified name, module-independent."""
     target = fn.func if isinstance(fn, functools.partial) else fn
-    return getattr(target, "__cd_step_name__", None) or getattr(
-        target, "__qualname__", type(target).__qualname__
-    )
+    name = getattr(target, "__cd_step_name__", None) or getattr(target, "__qualname__", None)
+    return str(name or type(target).__qualname__)
 
 
 @dataclass(frozen=True, slots=True, eq=False)

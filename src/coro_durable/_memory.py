@@ -74,7 +74,8 @@ class MemoryStore:
         return any(not s.consumed for s in self._signals.get(run_id, ()))
 
     def _append_locked(self, run: RunRecord, entries: Sequence[JournalEntry]) -> None:
-        journal = self._journals[run.run_id]
+        # Work on a copy so that a rejected entry leaves the whole batch unwritten (atomic append).
+        journal = dict(self._journals[run.run_id])
         for entry in entries:
             existing = journal.get(entry.seq)
             if existing is not None and existing.final:
@@ -85,6 +86,7 @@ class MemoryStore:
                     f"{existing.describe()} entry"
                 )
             journal[entry.seq] = entry
+        self._journals[run.run_id] = journal
         run.steps = len(journal)
         run.crash_count = 0
         run.updated_at = time.time()

@@ -279,7 +279,8 @@ class Runtime:
             payload, where=f"payload of signal {name!r}", limit=self.limits.max_payload_bytes
         )
         sid = signal_id or uuid.uuid4().hex
-        return await self._call(self.store.deliver_signal, run_id, name, text, sid)
+        delivered: bool = await self._call(self.store.deliver_signal, run_id, name, text, sid)
+        return delivered
 
     async def result(self, run_id: str, timeout: float | None = None) -> Any:
         """Wait for the run to finish and return its result.
@@ -323,7 +324,8 @@ class Runtime:
         """The run's journal, oldest first: the audit trail of every effect and its outcome."""
         self._check_open()
         await self._get(run_id)
-        return await self._call(self.store.load_journal, run_id)
+        entries: list[JournalEntry] = await self._call(self.store.load_journal, run_id)
+        return entries
 
     async def cancel(self, run_id: str) -> None:
         """Cancel a run: RunCancelledError is raised at its pending await (the workflow may
@@ -364,7 +366,7 @@ class Runtime:
         return await replay(self.store, run, journal, _workflow.lookup(run.workflow))
 
     async def _get(self, run_id: str) -> RunRecord:
-        run = await self._call(self.store.get_run, run_id)
+        run: RunRecord | None = await self._call(self.store.get_run, run_id)
         if run is None:
             raise RunNotFoundError(run_id)
         return run

@@ -1,0 +1,35 @@
+# The project's commands. `make demo` and `make test` are the README's two commands.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+
+.PHONY: setup demo test lint typecheck pytest services clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/.installed            ## create .venv and install the project with its dev tools
+
+demo: setup                          ## the AI pipeline demo: worker SIGKILLed mid-run, resumed, proof
+	$(BIN)/python examples/ai_pipeline.py
+
+services:                            ## make sure PostgreSQL and Redis answer (start them if not)
+	bash scripts/ensure-services.sh
+
+lint: setup
+	$(BIN)/ruff check src tests examples benchmarks
+	$(BIN)/ruff format --check src tests examples benchmarks
+
+typecheck: setup
+	$(BIN)/mypy
+
+pytest: setup services
+	$(BIN)/pytest -q
+
+test: lint typecheck pytest          ## everything CI runs: ruff, mypy, the whole test suite
+
+clean:
+	rm -rf $(VENV) .coro_durable build dist src/*.egg-info

@@ -1,0 +1,74 @@
+"""A worker process for the real-process tests: `python tests/proc_app.py STORE_URL SINK_DB`.
+
+It registers the workflows below and runs a Runtime worker until it is killed. Steps record their
+effects in SINK_DB (SQLite): `effects` is an idempotent sink keyed by idempotency key (INSERT OR
+IGNORE, like an API honouring an Idempotency-Key) and `invocations` logs every physical call.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+import time
+
+import anyio
+
+import coro_durable as cd
+
+SINK = os.environ.get("PROC_SINK", "")
+
+
+def _sink() -> sqlite3.Connection:
+    db = sqlite3.connect(SINK, timeout=30, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE IF NOT EXISTS effects (key TEXT PRIMARY KEY, step INTEGER)")
+    db.execute("CREATE TABLE IF NOT EXISTS invocations (key TEXT, step INTEGER, at REAL)")
+    return db
+
+
+def apply_effect(step: int, seconds: float) -> int:
+    """A step with an external effect, applied through the step's idempotency key."""
+    key = cd.idempotency_key()
+    db = _sink()
+    db.execute("INSERT INTO invocations VALUES (?, ?, ?)", (key, step, time.time()))
+    time.sleep(seconds)  # the worker may be killed here: the step is then in flight
+    db.execute("INSERT OR IGNORE INTO effects VALUES (?, ?)", (key, step))
+    db.close()
+    return step * step
+
+
+def explode(delay: float) -> None:
+    """Crash the whole worker process while the marker file exists (a poisoned run)."""
+    time.sleep(delay)
+    if os.path.exists(os.environ["PROC_MARKER"]):
+        os._exit(3)
+
+
+@cd.workflow
+async def twenty_steps(seconds: float) -> int:
+    total = 0
+    for i in range(20):
+        total += await cd.call(apply_effect, i, seconds)
+    return total
+
+
+@cd.workflow
+async def poisoned() -> str:
+    await cd.call(explode, 0.3)
+    return "survived"
+
+
+@cd.workflow
+async def healthy(i: int) -> int:
+    return await cd.call(apply_effect, 1000 + i, 0.0)
+
+
+async def main(store: str) -> None:
+    max_crashes = int(os.environ.get("PROC_MAX_CRASHES", "3"))
+    async with cd.Runtime(store, lease_ttl=0.5, poll_interval=0.02, max_crashes=max_crashes):
+        await anyio.sleep_forever()
+
+
+if __name__ == "__main__":
+    anyio.run(main, sys.argv[1])

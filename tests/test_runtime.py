@@ -1,0 +1,593 @@
+"""Runtime behaviour through the public API, on every store, under asyncio and trio."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+
+import coro_durable as cd
+from coro_durable import errors
+
+pytestmark = pytest.mark.anyio
+
+CALLS: Counter[str] = Counter()
+KEYS: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _reset_counters() -> None:
+    CALLS.clear()
+    KEYS.clear()
+
+
+@pytest.fixture
+def runtime(make_store: Callable[[], cd.Store]) -> Callable[..., Any]:
+    """Open Runtimes on the test's store (several may share it, like processes would)."""
+
+    @asynccontextmanager
+    async def open_rt(**options: Any) -> AsyncIterator[cd.Runtime]:
+        options.setdefault("poll_interval", 0.02)
+        options.setdefault("lease_ttl", 2.0)
+        async with cd.Runtime(make_store(), **options) as rt:
+            yield rt
+
+    return open_rt
+
+
+# -- steps --------------------------------------------------------------------------------------------
+
+
+def add(a: int, b: int) -> int:
+    CALLS["add"] += 1
+    KEYS.append(cd.idempotency_key())
+    return a + b
+
+
+async def double(x: int) -> int:
+    CALLS["double"] += 1
+    KEYS.append(cd.idempotency_key())
+    return 2 * x
+
+
+def flaky(fail_times: int, tag: str) -> str:
+    CALLS[tag] += 1
+    if CALLS[tag] <= fail_times:
+        raise ConnectionError(f"attempt {CALLS[tag]} of {tag} failed")
+    return f"{tag} ok after {CALLS[tag]}"
+
+
+async def slow(seconds: float) -> str:
+    CALLS["slow"] += 1
+    await anyio.sleep(seconds)
+    return "slow done"
+
+
+@dataclasses.dataclass
+class Report:
+    title: str
+    score: float
+    tags: tuple[str, ...]
+    at: dt.datetime
+
+
+def make_report(title: str) -> Report:
+    return Report(title, 0.5, ("a", "b"), dt.datetime(2026, 1, 2, 3, 4, tzinfo=dt.UTC))
+
+
+def unserialisable() -> object:
+    CALLS["unserialisable"] += 1
+    return object()
+
+
+# -- workflows ------------------------------------------------------------------------------------------
+
+
+@cd.workflow
+async def arithmetic(x: int) -> list[int]:
+    a = await cd.call(add, x, 1)
+    b = await cd.call(double, a)
+    c = await cd.call(add, b, b)
+    return [a, b, c]
+
+
+@cd.workflow
+async def retrying(fail_times: int, attempts: int) -> str:
+    policy = cd.RetryPolicy(max_attempts=attempts, initial_interval=0.01, backoff_coefficient=1)
+    try:
+        return await cd.call(flaky, fail_times, "flaky", retry=policy)
+    except cd.StepError as exc:
+        return f"caught {exc.type_name}: {exc.message} ({exc.attempts} attempts)"
+
+
+@cd.workflow
+async def failing() -> None:
+    await cd.call(add, 1, 2)
+    raise ValueError("the workflow gave up")
+
+
+@cd.workflow
+async def gathering(fail: bool) -> Any:
+    results = await cd.gather(
+        cd.call(add, 1, 1),
+        cd.call(double, 5),
+        cd.gather(cd.call(add, 2, 2), cd.now()),
+        cd.call(flaky, 5 if fail else 0, "g", retry=cd.RetryPolicy(max_attempts=1)),
+    )
+    return [*results[:2], results[2][0], results[3]]
+
+
+@cd.workflow
+async def gathering_exceptions() -> list[str]:
+    results = await cd.gather(
+        cd.call(flaky, 9, "x", retry=cd.RetryPolicy(max_attempts=1)),
+        cd.call(add, 1, 1),
+        return_exceptions=True,
+    )
+    return [type(r).__name__ for r in results]
+
+
+@cd.workflow
+async def sleeper(seconds: float) -> str:
+    before = await cd.now()
+    await cd.sleep(seconds)
+    after = await cd.now()
+    return "slept" if (after - before).total_seconds() >= seconds else "too early"
+
+
+@cd.workflow
+async def sleeper_until(when: dt.datetime) -> str:
+    await cd.sleep_until(when)
+    now = await cd.now()
+    return "on time" if now >= when else "too early"
+
+
+@cd.workflow
+async def approval(timeout: float | None) -> Any:
+    draft = await cd.call(add, 20, 1)
+    try:
+        verdict = await cd.await_signal("approval", timeout=timeout)
+    except cd.SignalTimeout:
+        return {"draft": draft, "verdict": "timed out"}
+    return {"draft": draft, "verdict": verdict}
+
+
+@cd.workflow
+async def two_signals() -> list[Any]:
+    first = await cd.await_signal("msg")
+    second = await cd.await_signal("msg")
+    return [first, second]
+
+
+@cd.workflow
+async def randomness() -> list[Any]:
+    u = await cd.uuid4()
+    r = await cd.random()
+    t = await cd.now()
+    await cd.await_signal("go")
+    return [str(u), r, t.isoformat()]
+
+
+class _Foreign:
+    def __await__(self) -> Any:
+        yield "not an effect"
+
+
+@cd.workflow
+async def awaits_foreign() -> str:
+    try:
+        await _Foreign()
+    except errors.NotAnEffectError as exc:
+        return str(exc)
+    return "no error"
+
+
+@cd.workflow
+async def awaits_anyio_sleep() -> None:
+    await anyio.sleep(0.01)
+
+
+@cd.workflow
+async def bad_result() -> str:
+    try:
+        await cd.call(unserialisable)
+    except errors.SerializationError as exc:
+        return f"caught: {exc}"
+    return "no error"
+
+
+@cd.workflow
+async def bad_argument() -> str:
+    try:
+        await cd.call(add, object(), 1)
+    except errors.SerializationError as exc:
+        second = await cd.call(add, 1, 1)
+        return f"caught: {exc}; then {second}"
+    return "no error"
+
+
+@cd.workflow
+async def typed_results() -> Any:
+    report = await cd.call(make_report, "t")
+    assert isinstance(report, Report), report
+    return report
+
+
+@cd.workflow
+async def cancellable() -> str:
+    await cd.call(add, 1, 1)
+    try:
+        await cd.await_signal("never")
+    except cd.RunCancelledError:
+        await cd.call(add, 100, 100)  # cleanup still runs, journaled
+        raise
+    return "not cancelled"
+
+
+@cd.workflow
+async def timed_out_step() -> str:
+    try:
+        await cd.call(
+            slow, 5.0, timeout=0.05, retry=cd.RetryPolicy(max_attempts=2, initial_interval=0)
+        )
+    except cd.StepError as exc:
+        return f"{exc.type_name} after {exc.attempts}"
+    return "no timeout"
+
+
+@cd.workflow
+async def backoff_parks() -> str:
+    policy = cd.RetryPolicy(max_attempts=2, initial_interval=0.6)
+    try:
+        await cd.call(flaky, 9, "bp", retry=policy)
+    except cd.StepError as exc:
+        return f"gave up after {exc.attempts}"
+    return "no"
+
+
+# -- tests ------------------------------------------------------------------------------------------------
+
+
+async def test_sync_and_async_steps_journal_results_and_keys(runtime: Any) -> None:
+    """Sync and async steps run once each, results are fed in order, keys are <run_id>:<seq>."""
+    async with runtime() as rt:
+        handle = await rt.start(arithmetic, 3, run_id="arith-1")
+        assert await handle.result(timeout=10) == [4, 8, 16]
+        history = await rt.history("arith-1")
+    assert [(e.seq, e.kind, e.name, e.status) for e in history] == [
+        (0, "call", "add", "ok"),
+        (1, "call", "double", "ok"),
+        (2, "call", "add", "ok"),
+    ]
+    assert [e.value for e in history] == [4, 8, 16]
+    assert [e.key for e in history] == KEYS == ["arith-1:0", "arith-1:1", "arith-1:2"]
+    assert history[0].arguments == [[3, 1], {}]
+    assert CALLS == {"add": 2, "double": 1}
+
+
+async def test_start_is_idempotent_on_run_id(runtime: Any) -> None:
+    """Starting the same run_id again returns the same run; other inputs are refused."""
+    async with runtime() as rt:
+        first = await rt.start(arithmetic, 1, run_id="same")
+        again = await rt.start(arithmetic, 1, run_id="same")
+        assert first.created and not again.created
+        await again.result(timeout=10)
+        with pytest.raises(errors.RunAlreadyExistsError, match="already exists"):
+            await rt.start(arithmetic, 2, run_id="same")
+    assert CALLS["add"] == 2
+
+
+async def test_retries_journal_every_attempt_then_succeed(runtime: Any) -> None:
+    """A step failing twice then succeeding is retried, each attempt counted in the journal."""
+    async with runtime() as rt:
+        handle = await rt.start(retrying, 2, 5)
+        assert await handle.result(timeout=10) == "flaky ok after 3"
+        (entry,) = await handle.history()
+    assert entry.status == "ok" and entry.attempts == 3
+
+
+async def test_exhausted_retries_raise_step_error_in_workflow(runtime: Any) -> None:
+    """After its last attempt a step raises StepError with the original type and message."""
+    async with runtime() as rt:
+        handle = await rt.start(retrying, 9, 3)
+        result = await handle.result(timeout=10)
+        (entry,) = await handle.history()
+    assert result == "caught ConnectionError: attempt 3 of flaky failed (3 attempts)"
+    assert entry.status == "error" and entry.attempts == 3
+    assert entry.error_info == {"type": "ConnectionError", "message": "attempt 3 of flaky failed"}
+    assert CALLS["flaky"] == 3
+
+
+async def test_per_attempt_timeout(runtime: Any) -> None:
+    """`timeout=` bounds each attempt; a timed-out attempt counts as a failure."""
+    async with runtime() as rt:
+        assert await (await rt.start(timed_out_step)).result(timeout=10) == "TimeoutError after 2"
+    assert CALLS["slow"] == 2
+
+
+async def test_crash_during_backoff_keeps_the_attempt_count(runtime: Any) -> None:
+    """A long backoff parks the run with its failed attempt journaled; a new worker goes on
+    from that count instead of starting over."""
+    async with runtime(inline_wait=0.1) as rt:
+        handle = await rt.start(backoff_parks, run_id="bp")
+        with anyio.fail_after(10):
+            while (await rt.describe("bp")).status != cd.RunStatus.WAITING:
+                await anyio.sleep(0.01)
+        (entry,) = await rt.history("bp")
+        assert entry.status == "pending" and entry.attempts == 1 and entry.due_at
+    assert CALLS["bp"] == 1
+    async with runtime(inline_wait=0.1) as rt2:  # "a new process"
+        assert await rt2.result("bp", timeout=10) == "gave up after 2"
+    assert CALLS["bp"] == 2
+    del handle
+
+
+async def test_uncaught_exception_fails_the_run(runtime: Any) -> None:
+    """An exception escaping the workflow fails the run with its type and message recorded."""
+    async with runtime() as rt:
+        handle = await rt.start(failing, run_id="fails")
+        with pytest.raises(cd.RunFailedError) as info:
+            await handle.result(timeout=10)
+        assert info.value.type_name == "ValueError"
+        assert info.value.message == "the workflow gave up"
+        described = await rt.describe("fails")
+    assert described.status == cd.RunStatus.FAILED
+    assert described.error == {"type": "ValueError", "message": "the workflow gave up"}
+
+
+async def test_gather_runs_each_effect_with_its_own_seq(runtime: Any) -> None:
+    """gather returns results in argument order; every sub-effect has its own journal entry."""
+    async with runtime() as rt:
+        handle = await rt.start(gathering, False)
+        assert await handle.result(timeout=10) == [2, 10, 4, "g ok after 1"]
+        history = await handle.history()
+    assert [e.seq for e in history] == [0, 1, 2, 3, 4]
+    assert [e.kind for e in history] == ["call", "call", "call", "now", "call"]
+
+
+async def test_gather_failure_raises_first_failure_after_all_finish(runtime: Any) -> None:
+    """A failing sub-effect fails the gather, but only after every sibling was journaled."""
+    async with runtime() as rt:
+        handle = await rt.start(gathering, True)
+        with pytest.raises(cd.RunFailedError, match="ConnectionError"):
+            await handle.result(timeout=10)
+        history = await handle.history()
+    assert [e.status for e in history] == ["ok", "ok", "ok", "ok", "error"]
+
+
+async def test_gather_return_exceptions(runtime: Any) -> None:
+    """With return_exceptions=True failures come back in place of results."""
+    async with runtime() as rt:
+        assert await (await rt.start(gathering_exceptions)).result(timeout=10) == [
+            "StepError",
+            "int",
+        ]
+
+
+async def test_short_sleep_waits_in_process(runtime: Any) -> None:
+    """A sleep shorter than inline_wait completes without parking; its due time is journaled."""
+    async with runtime() as rt:
+        handle = await rt.start(sleeper, 0.1)
+        assert await handle.result(timeout=10) == "slept"
+        history = await handle.history()
+    assert history[1].kind == "sleep" and history[1].due_at is not None
+
+
+async def test_long_sleep_parks_the_run_holding_nothing(runtime: Any) -> None:
+    """A sleep longer than inline_wait parks the run: waiting, no owner, wake time set."""
+    async with runtime(inline_wait=0.05) as rt:
+        handle = await rt.start(sleeper, 0.4, run_id="nap")
+        with anyio.fail_after(5):
+            while (info := await rt.describe("nap")).status != cd.RunStatus.WAITING:
+                await anyio.sleep(0.01)
+        assert info.owner is None and info.wake_at is not None
+        assert info.waiting_on is not None and "timer" in info.waiting_on
+        assert await handle.result(timeout=10) == "slept"
+
+
+async def test_sleep_until(runtime: Any) -> None:
+    """sleep_until waits for an absolute, timezone-aware time."""
+    when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=0.2)
+    async with runtime(inline_wait=0.05) as rt:
+        assert await (await rt.start(sleeper_until, when)).result(timeout=10) == "on time"
+    with pytest.raises(errors.ConfigurationError, match="timezone-aware"):
+        cd.sleep_until(dt.datetime(2030, 1, 1))
+
+
+async def test_signal_wakes_a_waiting_run(runtime: Any) -> None:
+    """await_signal returns the payload of a signal sent while the run waits."""
+    async with runtime() as rt:
+        handle = await rt.start(approval, None, run_id="appr")
+        with anyio.fail_after(5):
+            while (info := await rt.describe("appr")).status != cd.RunStatus.WAITING:
+                await anyio.sleep(0.01)
+        assert info.waiting_on == "signal 'approval'"
+        await rt.signal("appr", "approval", {"ok": True, "by": "editor"})
+        assert await handle.result(timeout=10) == {
+            "draft": 21,
+            "verdict": {"ok": True, "by": "editor"},
+        }
+
+
+async def test_signal_sent_before_the_wait_is_kept(runtime: Any) -> None:
+    """A signal that arrives before the workflow reaches its wait is consumed when it gets there."""
+    async with runtime(worker=False) as client:
+        await client.start(approval, None, run_id="early")
+        await client.signal("early", "approval", "yes")
+    async with runtime() as rt:
+        assert await rt.result("early", timeout=10) == {"draft": 21, "verdict": "yes"}
+
+
+async def test_signals_are_deduplicated_by_signal_id(runtime: Any) -> None:
+    """The same signal_id delivered twice counts once; signals are consumed in arrival order."""
+    async with runtime() as rt:
+        handle = await rt.start(two_signals, run_id="dup")
+        assert await rt.signal("dup", "msg", "first", signal_id="s-1") is True
+        assert await rt.signal("dup", "msg", "first again", signal_id="s-1") is False
+        with pytest.raises(errors.ResultTimeoutError):
+            await handle.result(timeout=0.3)
+        await rt.signal("dup", "msg", "second", signal_id="s-2")
+        assert await handle.result(timeout=10) == ["first", "second"]
+
+
+async def test_signal_timeout_raises_signal_timeout(runtime: Any) -> None:
+    """await_signal(timeout=) raises SignalTimeout, a TimeoutError the workflow can catch."""
+    assert issubclass(cd.SignalTimeout, TimeoutError)
+    assert issubclass(cd.SignalTimeout, cd.CoroDurableError)
+    async with runtime(inline_wait=0.05) as rt:
+        handle = await rt.start(approval, 0.2)
+        assert await handle.result(timeout=10) == {"draft": 21, "verdict": "timed out"}
+        entry = (await handle.history())[1]
+    assert entry.status == "error" and entry.error_info is not None
+    assert entry.error_info["type"] == "SignalTimeout"
+
+
+async def test_now_uuid_random_are_journaled_and_replayed(runtime: Any) -> None:
+    """now/uuid4/random return recorded values when the run is replayed after a park."""
+    async with runtime() as rt:
+        handle = await rt.start(randomness, run_id="rand")
+        with anyio.fail_after(5):
+            while (await rt.describe("rand")).status != cd.RunStatus.WAITING:
+                await anyio.sleep(0.01)
+        recorded = [e.value for e in await rt.history("rand")]
+        await rt.signal("rand", "go")
+        u, r, t = await handle.result(timeout=10)
+    assert recorded == [uuid.UUID(u), r, dt.datetime.fromisoformat(t)]
+
+
+async def test_awaiting_a_non_effect_raises_a_clear_error(runtime: Any) -> None:
+    """Awaiting something that is not an effect raises NotAnEffectError naming the object."""
+    async with runtime() as rt:
+        message = await (await rt.start(awaits_foreign)).result(timeout=10)
+        assert "'not an effect'" in message and "cd.sleep" in message
+        with pytest.raises(cd.RunFailedError, match="NotAnEffectError"):
+            await (await rt.start(awaits_anyio_sleep)).result(timeout=10)
+
+
+async def test_unserialisable_result_is_a_typed_terminal_error(runtime: Any) -> None:
+    """A step result the codec cannot encode raises SerializationError (naming the step and the
+    type) once, without retrying, and the journal records it."""
+    async with runtime() as rt:
+        handle = await rt.start(bad_result)
+        message = await handle.result(timeout=10)
+        (entry,) = await handle.history()
+    assert "unserialisable" in message and "builtins.object" in message
+    assert entry.status == "error" and CALLS["unserialisable"] == 1
+
+
+async def test_unserialisable_argument_writes_nothing(runtime: Any) -> None:
+    """A step argument that cannot be journaled raises at the await and takes no seq."""
+    async with runtime() as rt:
+        handle = await rt.start(bad_argument)
+        message = await handle.result(timeout=10)
+        history = await handle.history()
+    assert "arguments of step add" in message and message.endswith("then 2")
+    assert [e.seq for e in history] == [0] and CALLS["add"] == 1
+
+
+async def test_dataclass_results_round_trip(runtime: Any) -> None:
+    """Dataclasses (with tuples and datetimes inside) come back as the same types."""
+    async with runtime() as rt:
+        result = await (await rt.start(typed_results)).result(timeout=10)
+    assert result == make_report("t")
+
+
+async def test_cancel_a_waiting_run(runtime: Any) -> None:
+    """cancel raises RunCancelledError at the pending await; cleanup effects still run."""
+    async with runtime() as rt:
+        handle = await rt.start(cancellable, run_id="cx")
+        with anyio.fail_after(5):
+            while (await rt.describe("cx")).status != cd.RunStatus.WAITING:
+                await anyio.sleep(0.01)
+        await rt.cancel("cx")
+        with pytest.raises(cd.RunCancelledError):
+            await handle.result(timeout=10)
+        history = await handle.history()
+        info = await rt.describe("cx")
+    assert info.status == cd.RunStatus.CANCELLED
+    assert [(e.kind, e.status) for e in history] == [
+        ("call", "ok"),
+        ("signal", "error"),
+        ("call", "ok"),
+    ]
+    assert history[2].value == 200
+
+
+async def test_cancel_a_run_that_never_started(runtime: Any) -> None:
+    """A run no worker has picked up yet is cancelled on the spot."""
+    async with runtime(worker=False) as client:
+        await client.start(arithmetic, 1, run_id="never")
+        await client.cancel("never")
+        assert (await client.describe("never")).status == cd.RunStatus.CANCELLED
+        with pytest.raises(cd.RunCancelledError):
+            await client.result("never", timeout=1)
+
+
+async def test_client_only_runtime_executes_nothing(runtime: Any) -> None:
+    """worker=False starts runs without executing them; a worker elsewhere picks them up."""
+    async with runtime(worker=False) as client:
+        await client.start(arithmetic, 5, run_id="later")
+        await anyio.sleep(0.1)
+        assert (await client.describe("later")).status == cd.RunStatus.PENDING
+        async with runtime() as _worker:
+            assert await client.result("later", timeout=10) == [6, 12, 24]
+
+
+async def test_describe_and_list_runs(runtime: Any) -> None:
+    """describe answers status, step and inputs; list_runs filters by status and workflow."""
+    async with runtime() as rt:
+        await (await rt.start(arithmetic, 1, run_id="l1")).result(timeout=10)
+        await rt.start(approval, None, run_id="l2")
+        with anyio.fail_after(5):
+            while (await rt.describe("l2")).status != cd.RunStatus.WAITING:
+                await anyio.sleep(0.01)
+        info = await rt.describe("l1")
+        assert (info.status, info.step, info.inputs, info.result) == (
+            cd.RunStatus.COMPLETED,
+            3,
+            {"args": [1], "kwargs": {}},
+            [2, 4, 8],
+        )
+        waiting = await rt.list_runs(status="waiting")
+        assert [r.run_id for r in waiting] == ["l2"]
+        assert {r.run_id for r in await rt.list_runs(workflow="arithmetic")} == {"l1"}
+        with pytest.raises(errors.RunNotFoundError):
+            await rt.describe("nope")
+
+
+async def test_result_timeout(runtime: Any) -> None:
+    """result(timeout=) raises ResultTimeoutError (a TimeoutError) for a run still going."""
+    async with runtime() as rt:
+        await rt.start(approval, None, run_id="slowpoke")
+        with pytest.raises(TimeoutError, match="slowpoke"):
+            await rt.result("slowpoke", timeout=0.2)
+
+
+async def test_resume_after_restart_does_not_rerun_completed_steps(runtime: Any) -> None:
+    """A run parked on a signal resumes in a new Runtime without re-running its steps."""
+    async with runtime() as rt:
+        await rt.start(approval, None, run_id="restart")
+        with anyio.fail_after(5):
+            while (await rt.describe("restart")).status != cd.RunStatus.WAITING:
+                await anyio.sleep(0.01)
+    assert CALLS["add"] == 1
+    async with runtime() as rt2:
+        await rt2.signal("restart", "approval", "go")
+        assert await rt2.result("restart", timeout=10) == {"draft": 21, "verdict": "go"}
+    assert CALLS["add"] == 1
+
+
+async def test_replay_matches_a_completed_run(runtime: Any) -> None:
+    """Runtime.replay re-executes against the journal with no side effects and reports a match."""
+    async with runtime() as rt:
+        await (await rt.start(arithmetic, 2, run_id="rp")).result(timeout=10)
+        before = dict(CALLS)
+        report = await rt.replay("rp")
+    assert report.matched and report.replayed == 3 and before == CALLS
