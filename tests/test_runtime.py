@@ -591,3 +591,113 @@ async def test_replay_matches_a_completed_run(runtime: Any) -> None:
         before = dict(CALLS)
         report = await rt.replay("rp")
     assert report.matched and report.replayed == 3 and before == CALLS
+
+
+# -- non-determinism ----------------------------------------------------------------------------------
+
+
+@cd.workflow(name="evolving")
+async def evolving_v1() -> int:
+    a = await cd.call(add, 1, 1)
+    await cd.await_signal("go")
+    return a
+
+
+async def _v2_kind() -> int:
+    await cd.await_signal("go")
+    return await cd.call(add, 1, 1)
+
+
+async def _v2_identity() -> int:
+    a = await cd.call(double, 1)
+    await cd.await_signal("go")
+    return a
+
+
+async def _v2_arguments() -> int:
+    a = await cd.call(add, 1, 2)
+    await cd.await_signal("go")
+    return a
+
+
+@pytest.mark.parametrize(
+    ("changed", "issued"),
+    [
+        (_v2_kind, "signal(go)"),
+        (_v2_identity, "call(double)"),
+        (_v2_arguments, "call(add) with arguments"),
+    ],
+)
+async def test_changed_code_raises_non_determinism_and_writes_nothing(
+    runtime: Any, changed: Any, issued: str
+) -> None:
+    """Resuming a run under code whose effects differ raises NonDeterminismError naming the seq and
+    both effects, quarantines the run, and leaves its journal unchanged; the old code resumes it."""
+    async with runtime() as rt:
+        handle = await rt.start(evolving_v1, run_id="evo")
+        with anyio.fail_after(5):
+            while (await rt.describe("evo")).status != cd.RunStatus.WAITING:
+                await anyio.sleep(0.01)
+        before = await rt.history("evo")
+        cd.workflow(name="evolving")(changed)  # "deploy" the changed code
+        try:
+            await rt.signal("evo", "go")
+            with pytest.raises(errors.RunQuarantinedError) as info:
+                await handle.result(timeout=10)
+            assert "NonDeterminismError" in info.value.last_error
+            assert "seq 0" in info.value.last_error and "call(add)" in info.value.last_error
+            assert issued in info.value.last_error
+            assert await rt.history("evo") == before
+            report = await rt.replay("evo")
+            assert not report.matched and report.replayed == 0 and issued in report.detail
+        finally:
+            cd.workflow(name="evolving")(evolving_v1)  # roll back
+        await rt.resume("evo")
+        assert await handle.result(timeout=10) == 2
+    assert CALLS == {"add": 1}
+
+
+async def test_replay_of_changed_code_reports_the_divergence_directly(runtime: Any) -> None:
+    """Runtime.replay raises nothing: it reports the first divergence and writes nothing."""
+    async with runtime() as rt:
+        await rt.start(evolving_v1, run_id="evo2")
+        with anyio.fail_after(5):
+            while (await rt.describe("evo2")).status != cd.RunStatus.WAITING:
+                await anyio.sleep(0.01)
+        report = await rt.replay("evo2")
+        assert report.matched and "seq 1, next effect signal(go)" in report.detail
+        cd.workflow(name="evolving")(_v2_kind)
+        try:
+            report = await rt.replay("evo2")
+        finally:
+            cd.workflow(name="evolving")(evolving_v1)
+        assert not report.matched and "seq 0" in report.detail
+        assert (await rt.describe("evo2")).status == cd.RunStatus.WAITING
+
+
+# -- many parked runs -------------------------------------------------------------------------------------
+
+
+@cd.workflow
+async def parked(i: int) -> int:
+    return int(await cd.await_signal("wake")) + i
+
+
+async def test_ten_thousand_parked_runs_hold_no_task_and_no_lease(runtime: Any) -> None:
+    """10,000 runs waiting on a signal hold no task and no lease; signalling all completes all."""
+    n = 10_000
+    async with runtime(concurrency=200, poll_interval=0.05) as rt:
+        for i in range(n):
+            await rt.start(parked, i, run_id=f"p-{i}")
+        with anyio.fail_after(240):
+            while len(await rt.list_runs(status="waiting", limit=n + 1)) < n:
+                await anyio.sleep(0.2)
+        waiting = await rt.list_runs(status="waiting", limit=n + 1)
+        assert all(r.owner is None and r.waiting_on == "signal 'wake'" for r in waiting)
+        assert len(anyio.get_running_tasks()) < 20  # the worker's own tasks, not one per run
+        for i in range(n):
+            await rt.signal(f"p-{i}", "wake", 1)
+        with anyio.fail_after(240):
+            while len(await rt.list_runs(status="completed", limit=n + 1)) < n:
+                await anyio.sleep(0.2)
+        assert await rt.result("p-1234", timeout=1) == 1235
