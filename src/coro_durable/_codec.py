@@ -63,8 +63,9 @@ def _to_json(value: Any, where: str) -> Any:
         return [_to_json(v, where) for v in value]
     if isinstance(value, dict):
         if all(type(k) is str for k in value):
-            out = {k: _to_json(v, where) for k, v in value.items()}
-            return {TAG: "dict", "v": out} if TAG in value else out
+            if TAG in value:  # a user dict using our tag key: stored as pairs, so never mistaken
+                return {TAG: "dict", "v": [[k, _to_json(v, where)] for k, v in value.items()]}
+            return {k: _to_json(v, where) for k, v in value.items()}
         return {
             TAG: "map",
             "v": [[_to_json(k, where), _to_json(v, where)] for k, v in value.items()],
@@ -113,7 +114,7 @@ def _from_tagged(obj: dict[str, Any]) -> Any:
     v: Any = obj.get("v")
     try:
         if tag == "dict":
-            return v
+            return {k: val for k, val in v}
         if tag == "map":
             return {_hashable(k): val for k, val in v}
         if tag == "tuple":
