@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import decimal
 import enum
-import uuid
 from typing import Any
 
 import pydantic

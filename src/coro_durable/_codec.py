@@ -114,7 +114,7 @@ def _from_tagged(obj: dict[str, Any]) -> Any:
     v: Any = obj.get("v")
     try:
         if tag == "dict":
-            return {k: val for k, val in v}
+            return dict(v)
         if tag == "map":
             return {_hashable(k): val for k, val in v}
         if tag == "tuple":
