@@ -36,10 +36,15 @@ class Workers:
         self.env = {**os.environ, "PROC_SINK": str(self.sink), **env}
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def spawn(self) -> subprocess.Popen[bytes]:
+    def spawn(self, log: Path | None = None) -> subprocess.Popen[bytes]:
+        stderr = log.open("wb") if log else None
         proc = subprocess.Popen(
-            [sys.executable, str(APP), self.store], env=self.env, stderr=subprocess.DEVNULL
+            [sys.executable, str(APP), self.store],
+            env=self.env,
+            stderr=stderr or subprocess.DEVNULL,
         )
+        if stderr:
+            stderr.close()  # the child has its own copy
         self.procs.append(proc)
         return proc
 
@@ -123,3 +128,36 @@ async def test_run_that_kills_its_worker_is_quarantined_while_others_flow(tmp_pa
     finally:
         workers.stop_all()
     assert deaths == 3
+
+
+async def test_paused_worker_past_its_lease_cannot_write(tmp_path: Path) -> None:
+    """A worker SIGSTOPped past its lease is fenced out: another worker takes the run over, and
+    when the first one resumes its writes are rejected and it logs that it lost the lease."""
+    workers = Workers(tmp_path)
+    log_a = tmp_path / "worker-a.log"
+    try:
+        async with cd.Runtime(workers.store, worker=False) as client:
+            await client.start("twenty_steps", 0.25, run_id="paused")
+            worker_a = workers.spawn(log_a)
+            with anyio.fail_after(30):
+                while (await client.describe("paused")).step < 2:
+                    await anyio.sleep(0.005)
+            await anyio.sleep(0.1)  # A is inside a step now
+            worker_a.send_signal(signal.SIGSTOP)
+            paused_at = (await client.describe("paused")).step
+            await anyio.sleep(1.0)  # twice the lease
+            workers.spawn()
+            with anyio.fail_after(30):  # B took over and made progress
+                while (await client.describe("paused")).step < paused_at + 2:
+                    await anyio.sleep(0.01)
+            worker_a.send_signal(signal.SIGCONT)
+            result = await client.result("paused", timeout=60)
+            history = await client.history("paused")
+            await anyio.sleep(0.5)  # let A notice and log
+    finally:
+        workers.stop_all()
+    assert result == sum(i * i for i in range(20))
+    assert [e.seq for e in history] == list(range(20))
+    applied = workers.sink_rows("SELECT key, step FROM effects ORDER BY step")
+    assert applied == [(f"paused:{i}", i) for i in range(20)]
+    assert "lease" in log_a.read_text() and "lost" in log_a.read_text()

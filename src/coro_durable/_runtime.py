@@ -417,6 +417,7 @@ class Runtime:
                     continue  # finished meanwhile
                 activation, scope = self._activations.get(run_id, (None, None))
                 if run_id not in held:
+                    del self._active[run_id]  # not ours any more; say so once
                     log.warning(
                         "worker %s: lease on run %s (fencing token %d) was lost, another worker "
                         "owns it now; stopping this activation, it writes nothing more",

@@ -58,6 +58,7 @@ from ._store import Store
 from .errors import (
     ConflictError,
     CorruptJournalError,
+    LeaseLost,
     NonDeterminismError,
     NotAnEffectError,
     PayloadTooLargeError,
@@ -338,7 +339,7 @@ class Activation:
                 outcomes[leaf.seq] = await self._resolve_leaf(leaf)
             except _Park as park:
                 parks.append(park)
-            except Exception as exc:  # NonDeterminism, store errors: re-raised below, unwrapped
+            except (Exception, LeaseLost) as exc:  # re-raised below, not as an exception group
                 failures.append(exc)
 
         async with anyio.create_task_group() as tg:
