@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -9,7 +12,20 @@ import pytest
 
 import coro_durable as cd
 
-STORES = ["memory", "sqlite"]
+
+def _plugin_installed(scheme: str) -> bool:
+    group = importlib.metadata.entry_points(group="coro_durable.stores")
+    return any(ep.name == scheme for ep in group)
+
+
+# Postgres and Redis join every store-generic test once their plugins are installed.
+STORES = ["memory", "sqlite"] + [
+    kind
+    for kind, scheme in (("postgres", "postgresql"), ("redis", "redis"))
+    if _plugin_installed(scheme)
+]
+PG_URL = os.environ.get("CORO_DURABLE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("CORO_DURABLE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -24,10 +40,15 @@ def store_kind(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def store_url(store_kind: str, tmp_path: Path) -> str:
-    """A fresh, isolated store URL of each kind."""
+    """A fresh, isolated store URL of each kind: a new file, Postgres schema or Redis key prefix."""
+    tag = f"cdt_{uuid.uuid4().hex[:12]}"
     if store_kind == "memory":
         return "memory://"
-    return f"sqlite:///{tmp_path / 'runs.db'}"
+    if store_kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'runs.db'}"
+    if store_kind == "postgres":
+        return f"{PG_URL}?schema={tag}"
+    return f"{REDIS_URL}?prefix={tag}:&durability=volatile"
 
 
 @pytest.fixture
@@ -40,7 +61,7 @@ def make_store(store_url: str) -> Callable[[], cd.Store]:
             if "memory" not in shared:
                 shared["memory"] = cd.MemoryStore()
             return shared["memory"]
-        return cd.SqliteStore(store_url)
+        return cd.open_store(store_url)
 
     return make
 
