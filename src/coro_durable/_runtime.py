@@ -199,9 +199,12 @@ class Runtime:
         self._changed = anyio.Event()
         self._unsubscribe = self.store.subscribe(self._on_store_change)
         self._open = True
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        watch = getattr(self.store, "watch", None)
+        if watch is not None:  # stores with server-side notifications (LISTEN, pub/sub)
+            self._tg.start_soon(watch)
         if self.worker:
-            self._tg = anyio.create_task_group()
-            await self._tg.__aenter__()
             self._tg.start_soon(self._worker_loop)
             self._tg.start_soon(self._renew_loop)
         return self

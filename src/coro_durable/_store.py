@@ -25,6 +25,9 @@ passes the same conformance suite (tests/test_store_conformance.py). The rules a
 * Times are ``time.time()`` floats from the store's clock.
 * Listeners registered with ``subscribe`` are called (on the event loop) when new work may be
   claimable: a run created, a signal delivered, a cancel requested, a lease released.
+  A store whose notifications come from its server (LISTEN/NOTIFY, pub/sub) may define an
+  optional ``async def watch(self) -> None``: every open Runtime runs it in its own task group
+  until the Runtime closes, and it calls the listeners as notifications arrive.
 
 Backends must translate their driver's exceptions into ``coro_durable.errors.StoreError``.
 """
