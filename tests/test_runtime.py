@@ -701,3 +701,32 @@ async def test_ten_thousand_parked_runs_hold_no_task_and_no_lease(runtime: Any) 
             while len(await rt.list_runs(status="completed", limit=n + 1)) < n:
                 await anyio.sleep(0.2)
         assert await rt.result("p-1234", timeout=1) == 1235
+
+
+@cd.workflow
+async def one_slow_step() -> str:
+    return await cd.call(slow, 0.2)
+
+
+async def test_step_duration_is_journaled(runtime: Any) -> None:
+    """A step's entry records when it started and finished, for the audit trail."""
+    async with runtime() as rt:
+        handle = await rt.start(one_slow_step)
+        await handle.result(timeout=10)
+        (entry,) = await handle.history()
+    assert entry.finished_at is not None
+    assert entry.finished_at - entry.started_at >= 0.2
+
+
+async def test_misuse_gets_clear_errors(runtime: Any) -> None:
+    """Signalling a finished run, resuming a healthy one and an unknown status are refused."""
+    async with runtime() as rt:
+        await (await rt.start(arithmetic, 1, run_id="done")).result(timeout=10)
+        with pytest.raises(errors.RunError, match="already completed"):
+            await rt.signal("done", "late", 1)
+        with pytest.raises(errors.RunError, match="not quarantined"):
+            await rt.resume("done")
+        with pytest.raises(errors.ConfigurationError, match="unknown run status"):
+            await rt.list_runs(status="bogus")
+        with pytest.raises(errors.RunNotFoundError):
+            await rt.signal("ghost", "x", 1)

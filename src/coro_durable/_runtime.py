@@ -36,7 +36,7 @@ import anyio
 import anyio.abc
 
 from . import _codec, _workflow
-from ._journal import JournalEntry, RunRecord, RunStatus, verify_journal
+from ._journal import TERMINAL, JournalEntry, RunRecord, RunStatus, verify_journal
 from ._scheduler import Activation, Limits, ReplayReport, replay, store_call
 from ._store import Store, default_store_url, open_store
 from .errors import (
@@ -47,6 +47,7 @@ from .errors import (
     ResultTimeoutError,
     RunAlreadyExistsError,
     RunCancelledError,
+    RunError,
     RunFailedError,
     RunNotFoundError,
     RunQuarantinedError,
@@ -223,6 +224,11 @@ class Runtime:
             with anyio.CancelScope(shield=True):
                 await self.store.close()
 
+    @property
+    def active_runs(self) -> int:
+        """How many runs this worker is driving right now."""
+        return len(self._active)
+
     def _on_store_change(self) -> None:
         event, self._changed = self._changed, anyio.Event()
         try:
@@ -281,6 +287,11 @@ class Runtime:
         text = _codec.encode(
             payload, where=f"payload of signal {name!r}", limit=self.limits.max_payload_bytes
         )
+        run = await self._get(run_id)
+        if run.status in TERMINAL:
+            raise RunError(
+                f"run {run_id!r} is already {run.status}; nothing would ever read signal {name!r}"
+            )
         sid = signal_id or uuid.uuid4().hex
         delivered: bool = await self._call(self.store.deliver_signal, run_id, name, text, sid)
         return delivered
@@ -339,6 +350,9 @@ class Runtime:
     async def resume(self, run_id: str) -> RunInfo:
         """Release a quarantined run (after fixing what crashed it) so workers pick it up again."""
         self._check_open()
+        run = await self._get(run_id)
+        if run.status != RunStatus.QUARANTINED:
+            raise RunError(f"run {run_id!r} is {run.status}, not quarantined; nothing to resume")
         return RunInfo.from_record(await self._call(self.store.resume, run_id))
 
     async def list_runs(
@@ -351,8 +365,14 @@ class Runtime:
     ) -> list[RunInfo]:
         """Runs, newest first, filtered by status and workflow name."""
         self._check_open()
+        try:
+            wanted = RunStatus(status) if status is not None else None
+        except ValueError:
+            raise ConfigurationError(
+                f"unknown run status {status!r}; use one of {', '.join(s.value for s in RunStatus)}"
+            ) from None
         runs = await self.store.list_runs(
-            status=RunStatus(status) if status is not None else None,
+            status=wanted,
             workflow=workflow,
             limit=limit,
             offset=offset,
@@ -444,7 +464,21 @@ class Runtime:
                 journal = verify_journal(run_id, entries)
                 activation = Activation(self.store, run, journal, fn, self.limits)
                 self._activations[run_id] = (activation, scope)
-                await activation.execute()
+                log.info(
+                    "worker %s: claimed run %s (%s, epoch %d)",
+                    self.worker_id,
+                    run_id,
+                    run.workflow,
+                    epoch,
+                )
+                end = await activation.execute()
+                log.info(
+                    "worker %s: run %s %s%s",
+                    self.worker_id,
+                    run_id,
+                    end.how,
+                    f" waiting on {end.waiting_on}" if end.how == "parked" else "",
+                )
         except LeaseLost as exc:
             log.warning("worker %s: %s", self.worker_id, exc)
         except (NonDeterminismError, CorruptJournalError, UnknownWorkflowError) as exc:
@@ -457,7 +491,9 @@ class Runtime:
             # Runtime shutting down: hand the run back so another worker resumes it at once.
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 try:
-                    await self.store.park(run_id, epoch, time.time(), None)
+                    await self.store.park(
+                        run_id, epoch, time.time(), f"a worker (handed back by {self.worker_id})"
+                    )
                 except (Exception, LeaseLost):
                     pass
             raise

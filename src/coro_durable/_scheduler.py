@@ -431,8 +431,11 @@ class Activation:
         attempts: int = 0,
         due_at: float | None = None,
         finished: bool = False,
+        started_at: float | None = None,
     ) -> JournalEntry:
         now = time.time()
+        if pending is not None:
+            started_at = pending.started_at
         return JournalEntry(
             seq=leaf.seq,
             kind=leaf.effect.kind,
@@ -444,7 +447,7 @@ class Activation:
             error=error,
             attempts=attempts,
             key=f"{self.run_id}:{leaf.seq}",
-            started_at=pending.started_at if pending else now,
+            started_at=started_at or now,
             finished_at=now if finished else None,
             due_at=due_at,
         ).sealed()
@@ -487,6 +490,7 @@ class Activation:
         attempts = pending.attempts if pending else 0
         if pending is not None and pending.due_at is not None:
             await self._wait_until(pending.due_at, f"retry of step {leaf.name}")
+        started = time.time()  # when the first attempt of this activation began
         policy = effect.retry
         while True:
             attempts += 1
@@ -509,6 +513,7 @@ class Activation:
                             leaf,
                             "error",
                             pending=pending,
+                            started_at=started,
                             attempts=attempts,
                             finished=True,
                             error=_error_json(type(exc).__name__, str(exc)),
@@ -517,7 +522,13 @@ class Activation:
                     return Error(exc)
                 await self._write(
                     self._entry(
-                        leaf, "ok", pending=pending, result=text, attempts=attempts, finished=True
+                        leaf,
+                        "ok",
+                        pending=pending,
+                        started_at=started,
+                        result=text,
+                        attempts=attempts,
+                        finished=True,
                     )
                 )
                 return Value(decoded)
@@ -528,6 +539,7 @@ class Activation:
                         leaf,
                         "error",
                         pending=pending,
+                        started_at=started,
                         error=error,
                         attempts=attempts,
                         finished=True,
@@ -536,7 +548,13 @@ class Activation:
                 return Error(StepError(type_name, message, step=leaf.name, attempts=attempts))
             due = time.time() + policy.delay(attempts)
             pending = self._entry(
-                leaf, "pending", pending=pending, error=error, attempts=attempts, due_at=due
+                leaf,
+                "pending",
+                pending=pending,
+                started_at=started,
+                error=error,
+                attempts=attempts,
+                due_at=due,
             )
             await self._write(pending)
             await self._wait_until(due, f"retry of step {leaf.name}")

@@ -1,0 +1,953 @@
+"""The ``coro-durable`` command line (also ``python -m coro_durable``).
+
+    coro-durable demo                                  the crash-and-resume demo (examples/)
+    coro-durable worker --app myapp                    execute runs until SIGINT/SIGTERM
+    coro-durable start research '["durable AI"]'       start a run, print its id
+    coro-durable list [--status waiting]               runs, newest first
+    coro-durable show RUN [--json]                     status and the journal (the audit trail)
+    coro-durable signal RUN approval '{"ok": true}'    send a signal
+    coro-durable replay RUN --app myapp                does today's code still match the journal?
+    coro-durable result RUN [--timeout 30]             wait for the result
+    coro-durable cancel RUN | resume RUN
+
+The store is ``--store URL``, else ``$CORO_DURABLE_STORE``, else ``sqlite:///.coro_durable/runs.db``.
+Every command but ``worker`` opens a client-only Runtime (``worker=False``): it reads and writes
+the store and executes nothing. Exit codes: 0 success; 1 the run (or replay) did not succeed
+(failed, cancelled, quarantined, diverged); 2 an error (unknown run, bad store URL, bad JSON...),
+reported as one line on stderr, without a traceback.
+
+The demo is not in this package: it is examples/ai_pipeline.py, a readable example that is also
+the runnable showcase. ``coro-durable demo`` finds it in the source checkout (the current directory
+or the checkout this package is installed from in editable mode) and runs it with this Python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import importlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+
+from . import _codec, _workflow
+from ._journal import TERMINAL, JournalEntry, RunRecord, RunStatus
+from ._runtime import RunInfo, Runtime
+from ._store import Store, default_store_url, open_store
+from .errors import (
+    CoroDurableError,
+    LeaseLost,
+    RunCancelledError,
+    RunFailedError,
+    RunQuarantinedError,
+)
+
+__all__ = ["main", "format_table", "journal_table", "run_summary", "runs_table"]
+
+EXIT_OK, EXIT_NOT_OK, EXIT_ERROR = 0, 1, 2
+PROG = "coro-durable"
+
+log = logging.getLogger("coro_durable.worker")
+
+
+class CliError(Exception):
+    """A problem with what the user asked; printed as one line, exit code 2."""
+
+
+# -- entry point ------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "demo":  # the demo passes its options on to the example
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_ERROR
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `coro-durable show RUN --json | head`: the reader left; not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    except BaseException as exc:  # one clear line for the errors we know, tracebacks for bugs
+        code, message = _known_error(exc)
+        if message is None:
+            raise
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return code
+
+
+def _known_error(exc: BaseException) -> tuple[int, str | None]:
+    if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        return _known_error(exc.exceptions[0])
+    if isinstance(exc, RunFailedError | RunCancelledError | RunQuarantinedError):
+        return EXIT_NOT_OK, str(exc)
+    if isinstance(exc, CoroDurableError | CliError):
+        return EXIT_ERROR, str(exc)
+    return EXIT_ERROR, None
+
+
+# -- argument parsing --------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Durable execution for Python AI workflows: run workers, start, inspect, "
+        "signal and replay runs.",
+        epilog="The store is --store URL, else $CORO_DURABLE_STORE, else "
+        "sqlite:///.coro_durable/runs.db. Exit codes: 0 ok, 1 run failed/cancelled/quarantined "
+        "or replay diverged, 2 error.",
+    )
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        help="store URL: sqlite:///path/runs.db, memory://, postgresql://..., redis://... "
+        "(default: $CORO_DURABLE_STORE or sqlite:///.coro_durable/runs.db)",
+    )
+    parser.set_defaults(command=None)
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    def command(
+        name: str, handler: Callable[[argparse.Namespace], int], help: str, add_help: bool = True
+    ) -> Any:
+        p = sub.add_parser(name, help=help, description=help, add_help=add_help)
+        p.set_defaults(command=name, handler=handler)
+        return p
+
+    def app_option(p: argparse.ArgumentParser, required: bool = False) -> None:
+        p.add_argument(
+            "--app",
+            metavar="MODULE",
+            action="append",
+            default=[],
+            required=required,
+            help="module (or path/to/file.py) defining @cd.workflow functions; repeatable. "
+            "The current directory is importable.",
+        )
+
+    command(
+        "demo",
+        _cmd_demo,
+        "run the demo (examples/ai_pipeline.py): an AI pipeline whose worker is killed mid-run, "
+        "resumed and approved; options after `demo` go to the example (try `demo --help`)",
+        add_help=False,
+    ).add_argument("-h", "--help", action="store_true", dest="demo_help", help=argparse.SUPPRESS)
+
+    p = command("worker", _cmd_worker, "execute runs of the --app workflows until SIGINT/SIGTERM")
+    app_option(p, required=True)
+    p.add_argument(
+        "--concurrency", type=_positive_int, default=100, metavar="N", help="runs at once (100)"
+    )
+    p.add_argument(
+        "--lease-ttl",
+        type=_positive_float,
+        default=15.0,
+        metavar="S",
+        help="seconds a run stays owned without renewal; a dead worker's runs are taken over "
+        "after this (15)",
+    )
+    p.add_argument(
+        "--poll",
+        type=_positive_float,
+        default=0.25,
+        metavar="S",
+        help="seconds between store polls for new work (0.25)",
+    )
+    stop = p.add_mutually_exclusive_group()
+    stop.add_argument(
+        "--max-runs",
+        type=_positive_int,
+        metavar="N",
+        help="exit after N runs reached a final state (completed, failed, cancelled) here",
+    )
+    stop.add_argument(
+        "--exit-when-idle",
+        action="store_true",
+        help="exit once nothing is executing and no run is ready (waiting runs stay waiting)",
+    )
+
+    p = command("start", _cmd_start, "start a run and print its id")
+    p.add_argument("workflow", help="registered workflow name")
+    p.add_argument(
+        "inputs",
+        nargs="?",
+        default="[]",
+        metavar="JSON_ARGS",
+        help="JSON list of positional arguments ('[\"a\", 2]'), or a JSON object of keyword "
+        "arguments; any other JSON value is the single argument",
+    )
+    p.add_argument("--run-id", metavar="ID", help="run id (starting it again is idempotent)")
+    app_option(p)
+
+    p = command("list", _cmd_list, "list runs, newest first")
+    p.add_argument("--status", choices=[s.value for s in RunStatus])
+    p.add_argument("--workflow", metavar="NAME")
+    p.add_argument("--limit", type=_positive_int, default=50, metavar="N", help="(50)")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    p = command("show", _cmd_show, "show a run's status and its journal (the audit trail)")
+    p.add_argument("run_id", metavar="RUN")
+    p.add_argument("--json", action="store_true", help="print one JSON object for scripts")
+
+    p = command("signal", _cmd_signal, "send a signal with a JSON payload to a run")
+    p.add_argument("run_id", metavar="RUN")
+    p.add_argument("name", help="signal name, as in cd.await_signal(NAME)")
+    p.add_argument("payload", metavar="JSON", help="JSON payload ('null' for none)")
+    p.add_argument(
+        "--signal-id", metavar="ID", help="delivery id: resending the same id is a no-op"
+    )
+
+    p = command(
+        "replay",
+        _cmd_replay,
+        "re-execute a run's workflow against its journal, with no side effects; exit 1 if the "
+        "code diverged",
+    )
+    p.add_argument("run_id", metavar="RUN")
+    app_option(p)
+
+    p = command("result", _cmd_result, "wait for a run's result and print it as JSON")
+    p.add_argument("run_id", metavar="RUN")
+    p.add_argument("--timeout", type=_positive_float, metavar="S", help="give up after S seconds")
+
+    p = command("cancel", _cmd_cancel, "cancel a run (it sees RunCancelledError at its await)")
+    p.add_argument("run_id", metavar="RUN")
+
+    p = command("resume", _cmd_resume, "release a quarantined run after fixing what crashed it")
+    p.add_argument("run_id", metavar="RUN")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+# -- shared helpers --------------------------------------------------------------------------------------
+
+
+def _store_url(args: argparse.Namespace) -> str:
+    url: str = args.store or default_store_url()
+    return url
+
+
+def _client(args: argparse.Namespace, *, must_exist: bool = True) -> Runtime:
+    """A client-only Runtime on the chosen store. For a SQLite file that does not exist yet,
+    commands that only read (or act on existing runs) say so instead of creating an empty one."""
+    url = _store_url(args)
+    if must_exist:
+        path = _sqlite_path(url)
+        if path is not None and not path.exists():
+            raise CliError(
+                f"no SQLite store at {path} (from {url}); start a run first, or pick the store "
+                "with --store URL or $CORO_DURABLE_STORE"
+            )
+    return Runtime(url, worker=False)
+
+
+def _sqlite_path(url: str) -> Path | None:
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "sqlite" or not parts.path or ":memory:" in parts.path:
+        return None
+    return Path(parts.path[1:] if parts.path.startswith("/") else parts.path)
+
+
+def _parse_json(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CliError(
+            f"{what} is not valid JSON ({exc.msg} at character {exc.pos}): {text!r}. "
+            "Quote strings in JSON, e.g. '\"text\"' or '[\"a\", 2]'"
+        ) from None
+
+
+def _import_apps(apps: Sequence[str]) -> list[str]:
+    """Import the --app modules (so their @cd.workflow functions register); return their names.
+
+    ``MODULE`` is a dotted module name importable from the current directory, or a path to a
+    ``.py`` file (its folder is put on sys.path and it is imported under its file name)."""
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    names = []
+    for app in apps:
+        module = app
+        if app.endswith(".py") or os.sep in app or "/" in app:
+            path = Path(app).expanduser().resolve()
+            if not path.is_file():
+                raise CliError(f"--app {app}: no such file")
+            if str(path.parent) not in sys.path:
+                sys.path.insert(0, str(path.parent))
+            module = path.stem
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            if exc.name is not None and (module == exc.name or module.startswith(exc.name + ".")):
+                raise CliError(
+                    f"--app {app}: cannot import module {module!r} ({exc}); run from the folder "
+                    "that contains it or pass a path to the .py file"
+                ) from None
+            raise CliError(f"--app {app}: importing it failed:\n{traceback.format_exc()}") from None
+        except CoroDurableError:
+            raise
+        except Exception:
+            raise CliError(f"--app {app}: importing it failed:\n{traceback.format_exc()}") from None
+        names.append(module)
+    return names
+
+
+def _jsonable(value: Any) -> Any:
+    """A JSON-native form of a decoded value: codec-tagged where JSON has no type for it."""
+    return json.loads(_codec.encode(value))
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _iso(value: _dt.datetime | float | None) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, float | int):
+        value = _dt.datetime.fromtimestamp(value, _dt.UTC)
+    return value.isoformat(timespec="milliseconds")
+
+
+def _when(value: _dt.datetime | None) -> str:
+    if value is None:
+        return "-"
+    return value.astimezone(_dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())  # one line
+    return text if len(text) <= width else text[: max(width - 3, 1)] + "..."
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f}h"
+    return f"{seconds / 86400:.0f}d"
+
+
+def _terminal_width() -> int:
+    return max(shutil.get_terminal_size((120, 24)).columns, 80)
+
+
+# -- tables (also used by examples/ai_pipeline.py through `coro-durable show`) --------------------------
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, right: str = "") -> str:
+    """Plain-text columns; header names listed in ``right`` are right-aligned."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    aligned = [h in right.split(",") for h in headers]
+
+    def line(cells: Sequence[str]) -> str:
+        out = [
+            c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, aligned, strict=True)
+        ]
+        return "  ".join(out).rstrip()
+
+    return "\n".join([line(headers), *(line(r) for r in rows)])
+
+
+def runs_table(runs: Sequence[RunInfo]) -> str:
+    rows = [
+        [
+            r.run_id,
+            r.workflow,
+            r.status.value,
+            str(r.step),
+            r.waiting_on or ("" if r.status != RunStatus.QUARANTINED else "(quarantined)"),
+            _when(r.updated_at),
+        ]
+        for r in runs
+    ]
+    headers = ["run_id", "workflow", "status", "step", "waiting_on", "updated"]
+    return format_table(headers, rows, right="step")
+
+
+def _outcome(entry: JournalEntry) -> str:
+    if entry.status == "ok":
+        return entry.result if entry.result is not None else "null"
+    info = entry.error_info
+    if entry.status == "pending":
+        due = ""
+        if entry.due_at is not None:
+            left = entry.due_at - time.time()
+            due = f"due in {_duration(left)}" if left > 0 else "due now"
+        what = {"sleep": "timer", "signal": "waiting"}.get(entry.kind, "retrying")
+        last = f"; last error {info.get('type')}: {info.get('message')}" if info else ""
+        return f"({what}{', ' if due else ''}{due}{last})"
+    if info is None:
+        return "error"
+    return f"{info.get('type', 'Error')}: {info.get('message', '')}"
+
+
+def journal_table(entries: Sequence[JournalEntry], *, width: int | None = None) -> str:
+    """The journal as a readable table: seq, kind, name, status, attempts, key, duration and the
+    result or error (cut to fit ``width`` columns, the terminal's by default)."""
+    rows = []
+    for e in entries:
+        took = "-"
+        if e.finished_at is not None and e.kind in ("call", "sleep", "signal"):
+            took = _duration(max(e.finished_at - e.started_at, 0.0))
+        rows.append(
+            [
+                str(e.seq),
+                e.kind,
+                e.name or "-",
+                e.status,
+                str(e.attempts) if e.kind == "call" else "-",
+                e.key,
+                took,
+                _outcome(e),
+            ]
+        )
+    headers = ["seq", "kind", "name", "status", "attempts", "key", "duration", "result / error"]
+    if rows:
+        used = sum(max(len(h), *(len(r[i]) for r in rows)) + 2 for i, h in enumerate(headers[:-1]))
+        room = max((width or _terminal_width()) - used, 24)
+        for r in rows:
+            r[-1] = _clip(r[-1], room)
+    return format_table(headers, rows, right="seq,attempts,duration")
+
+
+def run_summary(info: RunInfo, *, width: int | None = None) -> str:
+    """The run's header: status, inputs, result or error, what it waits on, crashes."""
+    room = max((width or _terminal_width()) - 12, 40)
+    inputs = info.inputs.get("args", [])
+    shown = _compact(_jsonable(inputs))
+    if info.inputs.get("kwargs"):
+        shown += " " + _compact(_jsonable(info.inputs["kwargs"]))
+    pairs: list[tuple[str, str]] = [
+        ("run", info.run_id),
+        ("workflow", info.workflow),
+        ("status", info.status.value + (f" (owned by {info.owner})" if info.owner else "")),
+        ("step", str(info.step)),
+        ("inputs", _clip(shown, room)),
+    ]
+    if info.waiting_on:
+        until = f" until {_when(info.wake_at)}" if info.wake_at else ""
+        pairs.append(("waiting on", info.waiting_on + until))
+    if info.status == RunStatus.COMPLETED:
+        pairs.append(("result", _clip(_compact(_jsonable(info.result)), room)))
+    if info.error:
+        err = f"{info.error.get('type', 'Error')}: {info.error.get('message', '')}"
+        pairs.append(("error", _clip(err, room)))
+    if info.crash_count or info.status == RunStatus.QUARANTINED:
+        pairs.append(("crashes", f"{info.crash_count} in a row without progress"))
+    if info.last_error:
+        pairs.append(("last crash", _clip(info.last_error, room)))
+    pairs.append(("created", _when(info.created_at)))
+    pairs.append(("updated", _when(info.updated_at)))
+    key_width = max(len(k) for k, _ in pairs)
+    return "\n".join(f"{k.ljust(key_width)}  {v}" for k, v in pairs)
+
+
+def _info_json(info: RunInfo) -> dict[str, Any]:
+    return {
+        "run_id": info.run_id,
+        "workflow": info.workflow,
+        "status": info.status.value,
+        "step": info.step,
+        "waiting_on": info.waiting_on,
+        "inputs": _jsonable(info.inputs),
+        "result": _jsonable(info.result),
+        "error": info.error,
+        "crash_count": info.crash_count,
+        "last_error": info.last_error,
+        "owner": info.owner,
+        "wake_at": _iso(info.wake_at),
+        "created_at": _iso(info.created_at),
+        "updated_at": _iso(info.updated_at),
+    }
+
+
+def _entry_json(e: JournalEntry) -> dict[str, Any]:
+    return {
+        "seq": e.seq,
+        "kind": e.kind,
+        "name": e.name,
+        "status": e.status,
+        "args": _loads(e.args),
+        "result": _loads(e.result),
+        "error": e.error_info,
+        "attempts": e.attempts,
+        "key": e.key,
+        "started_at": _iso(e.started_at),
+        "finished_at": _iso(e.finished_at),
+        "due_at": _iso(e.due_at),
+    }
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+# -- client commands ------------------------------------------------------------------------------
+
+
+def _cmd_start(args: argparse.Namespace) -> int:
+    if args.app:
+        _import_apps(args.app)
+        _workflow.lookup(args.workflow)  # UnknownWorkflowError names the registered ones
+    inputs = _parse_json(args.inputs, "JSON_ARGS")
+    if isinstance(inputs, list):
+        call_args, call_kwargs = inputs, {}
+    elif isinstance(inputs, dict):
+        call_args, call_kwargs = [], inputs
+    else:
+        call_args, call_kwargs = [inputs], {}
+
+    async def go() -> int:
+        async with _client(args, must_exist=False) as rt:
+            handle = await rt.start(args.workflow, *call_args, run_id=args.run_id, **call_kwargs)
+        if not handle.created:
+            print(f"run {handle.run_id} already exists with these inputs", file=sys.stderr)
+        print(handle.run_id)
+        return EXIT_OK
+
+    return anyio.run(go)
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    async def go() -> int:
+        async with _client(args) as rt:
+            runs = await rt.list_runs(status=args.status, workflow=args.workflow, limit=args.limit)
+        if args.json:
+            _print_json([_info_json(r) for r in runs])
+        elif runs:
+            print(runs_table(runs))
+        else:
+            print("no runs" + (" match" if args.status or args.workflow else ""), file=sys.stderr)
+        return EXIT_OK
+
+    return anyio.run(go)
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    async def go() -> int:
+        async with _client(args) as rt:
+            info = await rt.describe(args.run_id)
+            entries = await rt.history(args.run_id)
+        if args.json:
+            _print_json({"run": _info_json(info), "journal": [_entry_json(e) for e in entries]})
+            return EXIT_OK
+        print(run_summary(info))
+        print()
+        print(journal_table(entries) if entries else "(the journal is empty)")
+        return EXIT_OK
+
+    return anyio.run(go)
+
+
+def _cmd_signal(args: argparse.Namespace) -> int:
+    payload = _parse_json(args.payload, "the signal payload")
+
+    async def go() -> int:
+        async with _client(args) as rt:
+            delivered = await rt.signal(args.run_id, args.name, payload, signal_id=args.signal_id)
+        if not delivered:
+            print(
+                f"signal {args.name!r} id {args.signal_id} was already delivered to run {args.run_id}"
+            )
+        else:
+            print(f"signal {args.name!r} delivered to run {args.run_id}")
+        return EXIT_OK
+
+    return anyio.run(go)
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    _import_apps(args.app)
+
+    async def go() -> int:
+        async with _client(args) as rt:
+            report = await rt.replay(args.run_id)
+        if report.matched:
+            print(f"match: run {report.run_id}: {report.detail}")
+            return EXIT_OK
+        print(
+            f"DIVERGED: run {report.run_id} at seq {report.replayed} of {report.total} journal "
+            f"entries: {report.detail}"
+        )
+        return EXIT_NOT_OK
+
+    return anyio.run(go)
+
+
+def _cmd_result(args: argparse.Namespace) -> int:
+    async def go() -> int:
+        async with _client(args) as rt:
+            value = await rt.result(args.run_id, timeout=args.timeout)
+        _print_json(_jsonable(value))
+        return EXIT_OK
+
+    return anyio.run(go)
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    async def go() -> int:
+        async with _client(args) as rt:
+            before = await rt.describe(args.run_id)
+            if before.status in TERMINAL:
+                print(f"run {args.run_id} is already {before.status.value}; nothing to cancel")
+                return EXIT_OK
+            await rt.cancel(args.run_id)
+            after = await rt.describe(args.run_id)
+        if after.status == RunStatus.CANCELLED:
+            print(f"run {args.run_id} cancelled")
+        else:
+            print(
+                f"cancellation of run {args.run_id} requested: a worker raises RunCancelledError "
+                "at its pending await (the workflow may clean up)"
+            )
+        return EXIT_OK
+
+    return anyio.run(go)
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    async def go() -> int:
+        async with _client(args) as rt:
+            before = await rt.describe(args.run_id)
+            if before.status != RunStatus.QUARANTINED:
+                raise CliError(
+                    f"run {args.run_id} is {before.status.value}, not quarantined; "
+                    "only quarantined runs are resumed"
+                )
+            after = await rt.resume(args.run_id)
+        print(f"run {args.run_id} resumed: {after.status.value}, a worker will pick it up")
+        return EXIT_OK
+
+    return anyio.run(go)
+
+
+# -- the worker ---------------------------------------------------------------------------------------
+
+
+class _WorkerState:
+    """What the worker command observes through its store: for logs, --max-runs, --exit-when-idle."""
+
+    def __init__(self) -> None:
+        self.in_flight: set[str] = set()
+        self.finished = 0
+        self.handed_back = 0
+        self.activity = 0  # bumped by every claim that got runs and every activation end
+        self.idle_mark = -1  # the activity count when a claim that found nothing started
+
+    def ended(self, run_id: str) -> None:
+        self.in_flight.discard(run_id)
+        self.activity += 1
+
+    @property
+    def idle(self) -> bool:
+        return not self.in_flight and self.idle_mark == self.activity
+
+
+class _ObservedStore:
+    """Delegates to the real store and logs the worker's claims, parks, finishes and crashes.
+
+    The Runtime drives everything; this only watches the store calls it makes."""
+
+    def __init__(self, inner: Store, state: _WorkerState) -> None:
+        self.inner = inner
+        self.url = inner.url
+        self.state = state
+
+    def __getattr__(self, name: str) -> Any:  # store-specific extras (settings(), ...)
+        return getattr(self.inner, name)
+
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def subscribe(self, listener: Callable[[], None]) -> Callable[[], None]:
+        return self.inner.subscribe(listener)
+
+    async def create_run(self, run: RunRecord) -> tuple[RunRecord, bool]:
+        return await self.inner.create_run(run)
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        return await self.inner.get_run(run_id)
+
+    async def list_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        workflow: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[RunRecord]:
+        return await self.inner.list_runs(
+            status=status, workflow=workflow, limit=limit, offset=offset
+        )
+
+    async def load_journal(self, run_id: str) -> list[JournalEntry]:
+        return await self.inner.load_journal(run_id)
+
+    async def append(self, run_id: str, epoch: int, entries: Sequence[JournalEntry]) -> None:
+        with self._fenced(run_id):
+            await self.inner.append(run_id, epoch, entries)
+
+    async def consume_signal(
+        self, run_id: str, epoch: int, name: str, entry: JournalEntry
+    ) -> JournalEntry | None:
+        with self._fenced(run_id):
+            return await self.inner.consume_signal(run_id, epoch, name, entry)
+
+    async def claim(
+        self,
+        worker: str,
+        *,
+        limit: int,
+        lease_ttl: float,
+        workflows: Sequence[str],
+        max_crashes: int,
+    ) -> list[RunRecord]:
+        mark = self.state.activity
+        runs = await self.inner.claim(
+            worker, limit=limit, lease_ttl=lease_ttl, workflows=workflows, max_crashes=max_crashes
+        )
+        if not runs:
+            self.state.idle_mark = mark
+        for run in runs:
+            self.state.in_flight.add(run.run_id)
+            self.state.activity += 1
+            resumed = f", resuming at step {run.steps}" if run.steps else ""
+            log.info(
+                "claimed run %s (%s, fencing token %d%s)",
+                run.run_id,
+                run.workflow,
+                run.epoch,
+                resumed,
+            )
+        return runs
+
+    async def renew(self, worker: str, leases: dict[str, int], lease_ttl: float) -> dict[str, bool]:
+        held = await self.inner.renew(worker, leases, lease_ttl)
+        for run_id in leases:
+            if run_id not in held and run_id in self.state.in_flight:
+                self.state.ended(run_id)  # the Runtime logs the warning and stops the activation
+        return held
+
+    async def park(
+        self, run_id: str, epoch: int, wake_at: float | None, waiting_on: str | None
+    ) -> None:
+        with self._fenced(run_id):
+            await self.inner.park(run_id, epoch, wake_at, waiting_on)
+        if run_id in self.state.in_flight:
+            if waiting_on and not waiting_on.startswith("a worker (handed back"):
+                until = ""
+                if wake_at is not None:
+                    until = f" until {_when(_dt.datetime.fromtimestamp(wake_at, _dt.UTC))}"
+                log.info("run %s parked, waiting on %s%s", run_id, waiting_on, until)
+            else:
+                self.state.handed_back += 1
+                log.info("run %s handed back (lease released for another worker)", run_id)
+            self.state.ended(run_id)
+
+    async def finish(
+        self, run_id: str, epoch: int, status: RunStatus, result: str | None, error: str | None
+    ) -> None:
+        with self._fenced(run_id):
+            await self.inner.finish(run_id, epoch, status, result, error)
+        detail = ""
+        if error:
+            info = json.loads(error)
+            detail = f": {info.get('type')}: {_clip(str(info.get('message')), 200)}"
+        log.info("finished run %s: %s%s", run_id, RunStatus(status).value, detail)
+        self.state.finished += 1
+        self.state.ended(run_id)
+
+    async def record_crash(
+        self, run_id: str, epoch: int | None, error: str, retry_at: float, max_crashes: int
+    ) -> RunRecord:
+        with self._fenced(run_id):
+            run = await self.inner.record_crash(run_id, epoch, error, retry_at, max_crashes)
+        if run.status == RunStatus.QUARANTINED:
+            log.warning(
+                "run %s quarantined (%s); fix it, then `coro-durable resume %s`",
+                run_id,
+                error,
+                run_id,
+            )
+        else:
+            log.warning(
+                "run %s crashed (%s); crash %d, retried later", run_id, error, run.crash_count
+            )
+        self.state.ended(run_id)
+        return run
+
+    async def resume(self, run_id: str) -> RunRecord:
+        return await self.inner.resume(run_id)
+
+    async def deliver_signal(self, run_id: str, name: str, payload: str, signal_id: str) -> bool:
+        return await self.inner.deliver_signal(run_id, name, payload, signal_id)
+
+    async def request_cancel(self, run_id: str) -> RunRecord:
+        return await self.inner.request_cancel(run_id)
+
+    def _fenced(self, run_id: str) -> _LeaseWatch:
+        return _LeaseWatch(self.state, run_id)
+
+
+class _LeaseWatch:
+    """Context manager: a fenced write that raised LeaseLost ends that run's activation here."""
+
+    def __init__(self, state: _WorkerState, run_id: str) -> None:
+        self.state, self.run_id = state, run_id
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        lost = exc_type is not None and issubclass(exc_type, LeaseLost)
+        if lost and self.run_id in self.state.in_flight:
+            self.state.ended(self.run_id)
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    modules = _import_apps(args.app)
+    names = _workflow.registered()
+    if not names:
+        raise CliError(
+            f"no workflows registered by {', '.join(args.app)}; decorate them with @cd.workflow"
+        )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("coro_durable")
+    old_level, old_propagate = root.level, root.propagate
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    root.propagate = False
+    try:
+        return anyio.run(_worker, args, modules, names)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+        root.propagate = old_propagate
+
+
+async def _worker(args: argparse.Namespace, modules: list[str], names: list[str]) -> int:
+    state = _WorkerState()
+    url = _store_url(args)
+    store = _ObservedStore(open_store(url), state)
+    runtime = Runtime(
+        store,  # delegates to the real store: structurally a Store
+        concurrency=args.concurrency,
+        lease_ttl=args.lease_ttl,
+        poll_interval=args.poll,
+    )
+    stop_reason = ""
+    async with anyio.create_task_group() as tg:
+
+        async def on_signals() -> None:
+            nonlocal stop_reason
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    stop_reason = signal.Signals(signum).name
+                    tg.cancel_scope.cancel()
+                    return
+
+        tg.start_soon(on_signals)
+        async with runtime:
+            log.info(
+                "worker %s on %s: workflows %s from %s (concurrency %d, lease %gs)",
+                runtime.worker_id,
+                url,
+                ", ".join(sorted(names)),
+                ", ".join(modules),
+                args.concurrency,
+                args.lease_ttl,
+            )
+            while True:
+                if args.max_runs is not None and state.finished >= args.max_runs:
+                    stop_reason = f"{state.finished} run(s) finished (--max-runs)"
+                    break
+                if args.exit_when_idle and state.idle:
+                    stop_reason = "idle (--exit-when-idle)"
+                    break
+                await anyio.sleep(min(args.poll, 0.05))
+            tg.cancel_scope.cancel()
+    handed = f"; handed back {state.handed_back} run(s) in progress" if state.handed_back else ""
+    log.info("worker stopped: %s%s", stop_reason or "cancelled", handed)
+    return EXIT_OK
+
+
+# -- the demo -------------------------------------------------------------------------------------------
+
+
+def _find_demo() -> Path | None:
+    here = Path(__file__).resolve()
+    for root in (Path.cwd(), *here.parents):
+        candidate = root / "examples" / "ai_pipeline.py"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    script = _find_demo()
+    if script is None:
+        raise CliError(
+            "the demo is examples/ai_pipeline.py in coro_durable's source checkout, and none was "
+            "found here. From a checkout, run `python examples/ai_pipeline.py` (or `make demo`)"
+        )
+    extra = [a for a in args.extra if a != "--"] + (["--help"] if args.demo_help else [])
+    return subprocess.call([sys.executable, str(script), *extra])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

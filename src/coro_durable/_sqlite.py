@@ -1,0 +1,739 @@
+"""SqliteStore: the store protocol on one SQLite file (``sqlite:///path/to/runs.db``), stdlib only.
+
+URL forms::
+
+    sqlite:///relative/path/runs.db          relative to the current directory
+    sqlite:////absolute/path/runs.db         absolute (four slashes)
+    sqlite:///runs.db?synchronous=NORMAL&busy_timeout=10000
+
+Durability. The file is opened in WAL mode with ``synchronous=FULL`` (the default): every commit
+fsyncs the write-ahead log before the call returns, so a committed journal entry survives a power
+loss. ``synchronous=NORMAL`` is faster but can lose the last commits on power loss (never on a
+mere process crash) and must be asked for explicitly. Parent directories are created.
+
+Concurrency. Each SqliteStore owns one ``sqlite3`` connection, opened with
+``check_same_thread=False`` and guarded by a ``threading.Lock``. Every operation is a plain
+function run in a worker thread through ``anyio.to_thread.run_sync`` (so neither asyncio's nor
+trio's event loop ever blocks on disk) and is exactly one transaction: ``BEGIN IMMEDIATE`` for
+writes, which takes SQLite's write lock up front, so the fencing check and the write it guards are
+atomic against every other connection, in this process or another. A connection that finds the
+write lock taken waits up to ``busy_timeout`` ms (default 5000), then gets
+:class:`~coro_durable.errors.StoreUnavailableError`. The worker thread is not abandoned on
+cancellation: a started transaction always commits or rolls back before the caller resumes.
+
+Listeners registered with ``subscribe`` are called on the event loop after the write returns; they
+hear about writes made through *this* store object only (other processes are found by polling).
+
+Schema. ``PRAGMA user_version`` records the schema version; ``_MIGRATIONS`` lists the steps to
+reach the current one. ``open()`` applies the missing steps in one ``BEGIN IMMEDIATE``
+transaction, so two processes opening a fresh file at once migrate it exactly once. A file written
+by a newer coro_durable is refused rather than misread.
+
+Every ``sqlite3`` exception is translated into the ``coro_durable.errors.StoreError`` tree at one
+boundary (``_translate``); none leaks.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import anyio.to_thread
+
+from ._journal import CANCELLED_ERROR, TERMINAL, JournalEntry, RunRecord, RunStatus
+from ._store import Listener
+from .errors import (
+    ConfigurationError,
+    ConflictError,
+    CorruptJournalError,
+    LeaseLost,
+    RunNotFoundError,
+    StoreError,
+    StoreUnavailableError,
+)
+
+__all__ = ["SqliteStore", "SCHEMA_VERSION"]
+
+T = TypeVar("T")
+
+# ---- schema --------------------------------------------------------------------------------------
+#
+# Times are REAL (time.time() floats). ``journal.due_at`` deliberately has no declared type: its
+# repr() is part of the entry checksum, and a REAL column would turn an int 5 into 5.0 on the way
+# back. RunStatus is stored as its string value, booleans as 0/1.
+
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: initial schema
+    (
+        """CREATE TABLE runs (
+            run_id TEXT PRIMARY KEY,
+            workflow TEXT NOT NULL,
+            input TEXT NOT NULL,
+            status TEXT NOT NULL,
+            epoch INTEGER NOT NULL,
+            owner TEXT,
+            lease_expires REAL,
+            wake_at REAL,
+            waiting_on TEXT,
+            cancel_requested INTEGER NOT NULL,
+            result TEXT,
+            error TEXT,
+            crash_count INTEGER NOT NULL,
+            last_error TEXT,
+            steps INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+        "CREATE INDEX runs_claim_wake ON runs (status, wake_at)",
+        "CREATE INDEX runs_claim_lease ON runs (status, lease_expires)",
+        "CREATE INDEX runs_created ON runs (created_at, run_id)",
+        "CREATE INDEX runs_status_created ON runs (status, created_at, run_id)",
+        "CREATE INDEX runs_workflow_created ON runs (workflow, created_at, run_id)",
+        """CREATE TABLE journal (
+            run_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            name TEXT NOT NULL,
+            digest TEXT NOT NULL,
+            status TEXT NOT NULL,
+            args TEXT,
+            result TEXT,
+            error TEXT,
+            attempts INTEGER NOT NULL,
+            key TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            finished_at REAL,
+            due_at,
+            checksum TEXT NOT NULL,
+            PRIMARY KEY (run_id, seq)
+        )""",
+        """CREATE TABLE signals (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_id TEXT NOT NULL,
+            signal_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            consumed INTEGER NOT NULL DEFAULT 0,
+            UNIQUE (run_id, signal_id)
+        )""",
+        "CREATE INDEX signals_unconsumed ON signals (run_id, name, id) WHERE consumed = 0",
+    ),
+)
+
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+_RUN_COLUMNS = (
+    "run_id", "workflow", "input", "status", "epoch", "owner", "lease_expires", "wake_at",
+    "waiting_on", "cancel_requested", "result", "error", "crash_count", "last_error", "steps",
+    "created_at", "updated_at",
+)  # fmt: skip
+_ENTRY_COLUMNS = (
+    "seq", "kind", "name", "digest", "status", "args", "result", "error", "attempts", "key",
+    "started_at", "finished_at", "due_at", "checksum",
+)  # fmt: skip
+
+_SELECT_RUN = f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs"
+_SQL_GET_RUN = f"{_SELECT_RUN} WHERE run_id = ?"
+_SQL_INSERT_RUN = (
+    f"INSERT INTO runs ({', '.join(_RUN_COLUMNS)}) VALUES ({', '.join('?' * len(_RUN_COLUMNS))}) "
+    "ON CONFLICT (run_id) DO NOTHING"
+)
+_SQL_LOAD_JOURNAL = f"SELECT {', '.join(_ENTRY_COLUMNS)} FROM journal WHERE run_id = ? ORDER BY seq"
+_SQL_INSERT_ENTRY = (
+    f"INSERT INTO journal (run_id, {', '.join(_ENTRY_COLUMNS)}) "
+    f"VALUES (?, {', '.join('?' * len(_ENTRY_COLUMNS))}) ON CONFLICT (run_id, seq) DO NOTHING"
+)
+_SQL_REPLACE_ENTRY = (
+    f"UPDATE journal SET {', '.join(f'{c} = ?' for c in _ENTRY_COLUMNS[1:])} "
+    "WHERE run_id = ? AND seq = ?"
+)
+_SQL_GET_ENTRY = "SELECT status, checksum, kind, name FROM journal WHERE run_id = ? AND seq = ?"
+# The fencing read: the run's token and status, and what the fenced writes need besides.
+_SQL_FENCE = "SELECT epoch, status, cancel_requested, crash_count, steps FROM runs WHERE run_id = ?"
+_SQL_APPENDED = "UPDATE runs SET steps = ?, crash_count = 0, updated_at = ? WHERE run_id = ?"
+_SQL_OLDEST_SIGNAL = (
+    "SELECT id, payload FROM signals WHERE run_id = ? AND name = ? AND consumed = 0 "
+    "ORDER BY id LIMIT 1"
+)
+_SQL_HAS_SIGNAL = "SELECT 1 FROM signals WHERE run_id = ? AND consumed = 0 LIMIT 1"
+
+_SYNCHRONOUS = ("FULL", "EXTRA", "NORMAL")
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+
+
+def _parse_url(url: str) -> tuple[str, str, int]:
+    """``(path, synchronous, busy_timeout_ms)`` from a ``sqlite:///`` URL."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "sqlite":
+        raise ConfigurationError(f"{url!r} is not a sqlite:/// URL")
+    if parts.netloc:
+        raise ConfigurationError(
+            f"SQLite URL {url!r} has a host part ({parts.netloc!r}); write sqlite:///relative.db "
+            "or sqlite:////absolute/path.db (three slashes, then the path)"
+        )
+    path = unquote(parts.path)[1:]  # drop the slash that ends "sqlite://"
+    if not path or path.endswith("/"):
+        raise ConfigurationError(
+            f"SQLite URL {url!r} names no database file; write sqlite:///path/to/runs.db"
+        )
+    if path == ":memory:":
+        raise ConfigurationError(
+            "sqlite:///:memory: is not supported (it would not be durable); use memory:// for an "
+            "in-process store"
+        )
+    synchronous, busy_timeout = "FULL", 5000
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key == "synchronous":
+            synchronous = value.upper()
+            if synchronous not in _SYNCHRONOUS:
+                raise ConfigurationError(
+                    f"SQLite URL {url!r}: synchronous must be FULL (default) or NORMAL, "
+                    f"not {value!r}"
+                )
+        elif key == "busy_timeout":
+            try:
+                busy_timeout = int(value)
+            except ValueError:
+                busy_timeout = -1
+            if busy_timeout < 0:
+                raise ConfigurationError(
+                    f"SQLite URL {url!r}: busy_timeout is a whole number of milliseconds, "
+                    f"not {value!r}"
+                )
+        else:
+            raise ConfigurationError(
+                f"SQLite URL {url!r}: unknown option {key!r} (known: synchronous, busy_timeout)"
+            )
+    return path, synchronous, busy_timeout
+
+
+def _run_from_row(row: Sequence[Any]) -> RunRecord:
+    values = list(row)
+    try:
+        values[3] = RunStatus(values[3])
+    except ValueError:
+        raise CorruptJournalError(
+            f"run {values[0]!r}: stored status {values[3]!r} is not a run status; the row was "
+            "modified outside coro_durable"
+        ) from None
+    values[9] = bool(values[9])
+    return RunRecord(*values)
+
+
+def _entry_params(run_id: str, e: JournalEntry) -> tuple[Any, ...]:
+    return (
+        run_id, e.seq, e.kind, e.name, e.digest, e.status, e.args, e.result, e.error, e.attempts,
+        e.key, e.started_at, e.finished_at, e.due_at, e.checksum,
+    )  # fmt: skip
+
+
+class SqliteStore:
+    """A store in one SQLite file (``sqlite:///path``), safe across threads and processes."""
+
+    def __init__(self, url: str = "sqlite:///.coro_durable/runs.db") -> None:
+        self.url = url
+        path, self.synchronous, self.busy_timeout = _parse_url(url)
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._listeners: list[Listener] = []
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({self.url!r})"
+
+    # -- plumbing -----------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self._read(lambda conn: None)
+
+    async def close(self) -> None:
+        await anyio.to_thread.run_sync(self._close_sync)
+
+    def _close_sync(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                try:
+                    conn.close()
+                except sqlite3.Error as exc:
+                    raise self._translate(exc) from exc
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def _notify(self) -> None:
+        for listener in list(self._listeners):
+            listener()
+
+    def _connect(self) -> sqlite3.Connection:
+        """Open the connection, set WAL and synchronous, and migrate (called under the lock)."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the directory for SQLite store {self.path}: {exc}"
+            ) from exc
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self.busy_timeout / 1000,
+            isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+            check_same_thread=False,  # used from anyio worker threads, one at a time (the lock)
+            cached_statements=256,
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout}")
+            self._enable_wal(conn)
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            self._migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> None:
+        # Switching a fresh file to WAL needs a moment of exclusive access; a concurrent opener can
+        # get SQLITE_BUSY without the busy handler being consulted, so retry within busy_timeout.
+        give_up = time.monotonic() + self.busy_timeout / 1000
+        while True:
+            try:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                break
+            except sqlite3.OperationalError as exc:
+                if _primary_code(exc) not in (_SQLITE_BUSY, _SQLITE_LOCKED):
+                    raise
+                if time.monotonic() > give_up:
+                    raise
+                time.sleep(0.005)
+        if str(mode).lower() != "wal":
+            raise StoreError(
+                f"SQLite store {self.path}: could not enable WAL mode (journal_mode is {mode!r}); "
+                "the file system may not support it (network file systems often do not)"
+            )
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]  # re-read under the lock
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"SQLite store {self.path} has schema version {version}, newer than this "
+                    f"coro_durable understands ({SCHEMA_VERSION}); upgrade coro_durable"
+                )
+            for step in _MIGRATIONS[version:]:
+                for statement in step:
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _run_locked(self, fn: Callable[[sqlite3.Connection], T], write: bool) -> T:
+        """Run ``fn`` as one transaction on the connection (in a worker thread)."""
+        with self._lock:
+            try:
+                if self._conn is None:
+                    self._conn = self._connect()
+                conn = self._conn
+                if not write:
+                    return fn(conn)  # a single SELECT is its own consistent snapshot
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = fn(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                return result
+            except sqlite3.Error as exc:
+                raise self._translate(exc) from exc
+            except (UnicodeError, OverflowError) as exc:
+                raise StoreError(f"SQLite store {self.path} cannot store a value: {exc}") from exc
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await anyio.to_thread.run_sync(self._run_locked, fn, False)
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await anyio.to_thread.run_sync(self._run_locked, fn, True)
+
+    def _translate(self, exc: sqlite3.Error) -> StoreError:
+        code = _primary_code(exc)
+        if code in (_SQLITE_BUSY, _SQLITE_LOCKED):
+            return StoreUnavailableError(
+                f"SQLite store {self.path} stayed locked by another connection for more than "
+                f"busy_timeout={self.busy_timeout} ms ({exc}); another process holds a long "
+                "write transaction, or raise busy_timeout in the URL"
+            )
+        return StoreError(f"SQLite store {self.path} failed: {type(exc).__name__}: {exc}")
+
+    # -- helpers (run inside a transaction) ---------------------------------------------------------
+
+    @staticmethod
+    def _fenced(conn: sqlite3.Connection, run_id: str, epoch: int) -> tuple[Any, ...]:
+        """(epoch, status, cancel_requested, crash_count, steps) of a run we hold, or raise."""
+        row = conn.execute(_SQL_FENCE, (run_id,)).fetchone()
+        if row is None:
+            raise RunNotFoundError(run_id)
+        if row[0] != epoch or row[1] != RunStatus.RUNNING.value:
+            raise LeaseLost(run_id, epoch, f"current token is {row[0]}, status {row[1]}")
+        return tuple(row)
+
+    @staticmethod
+    def _get(conn: sqlite3.Connection, run_id: str) -> RunRecord:
+        row = conn.execute(_SQL_GET_RUN, (run_id,)).fetchone()
+        if row is None:
+            raise RunNotFoundError(run_id)
+        return _run_from_row(row)
+
+    @staticmethod
+    def _append_in(
+        conn: sqlite3.Connection, run_id: str, steps: int, entries: Sequence[JournalEntry]
+    ) -> None:
+        """Write ``entries`` (the run is fenced); ``steps`` is the run's entry count before."""
+        for entry in entries:
+            params = _entry_params(run_id, entry)
+            if conn.execute(_SQL_INSERT_ENTRY, params).rowcount:
+                steps += 1  # the common case: a new seq, one statement
+                continue
+            existing = conn.execute(_SQL_GET_ENTRY, (run_id, entry.seq)).fetchone()
+            if existing[0] != "pending":
+                if existing[1] == entry.checksum:
+                    continue  # our own earlier write, acknowledgement lost
+                raise ConflictError(
+                    f"run {run_id!r}: seq {entry.seq} already holds a final "
+                    f"{existing[2]}({existing[3]}) entry"
+                )
+            conn.execute(_SQL_REPLACE_ENTRY, (*params[2:], run_id, entry.seq))
+        conn.execute(_SQL_APPENDED, (steps, time.time(), run_id))
+
+    # -- runs ---------------------------------------------------------------------------------------
+
+    async def create_run(self, run: RunRecord) -> tuple[RunRecord, bool]:
+        def op(conn: sqlite3.Connection) -> tuple[RunRecord, bool]:
+            stored = run.copy()
+            stored.created_at = stored.updated_at = time.time()
+            stored.status = RunStatus.PENDING
+            stored.wake_at = stored.created_at
+            params = [getattr(stored, c) for c in _RUN_COLUMNS]
+            params[3] = stored.status.value
+            params[9] = int(stored.cancel_requested)
+            if conn.execute(_SQL_INSERT_RUN, params).rowcount == 0:
+                return self._get(conn, run.run_id), False
+            return stored, True
+
+        result = await self._write(op)
+        if result[1]:
+            self._notify()
+        return result
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        def op(conn: sqlite3.Connection) -> RunRecord | None:
+            row = conn.execute(_SQL_GET_RUN, (run_id,)).fetchone()
+            return _run_from_row(row) if row is not None else None
+
+        return await self._read(op)
+
+    async def list_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        workflow: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[RunRecord]:
+        where: list[str] = []
+        params: list[Any] = []
+        if status is not None:
+            where.append("status = ?")
+            params.append(RunStatus(status).value)
+        if workflow is not None:
+            where.append("workflow = ?")
+            params.append(workflow)
+        sql = _SELECT_RUN
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, run_id DESC LIMIT ? OFFSET ?"
+        params += [limit, offset]
+
+        def op(conn: sqlite3.Connection) -> list[RunRecord]:
+            return [_run_from_row(row) for row in conn.execute(sql, params)]
+
+        return await self._read(op)
+
+    # -- journal ------------------------------------------------------------------------------------
+
+    async def load_journal(self, run_id: str) -> list[JournalEntry]:
+        def op(conn: sqlite3.Connection) -> list[JournalEntry]:
+            return [JournalEntry(*row) for row in conn.execute(_SQL_LOAD_JOURNAL, (run_id,))]
+
+        return await self._read(op)
+
+    async def append(self, run_id: str, epoch: int, entries: Sequence[JournalEntry]) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            fence = self._fenced(conn, run_id, epoch)
+            self._append_in(conn, run_id, fence[4], entries)
+
+        await self._write(op)
+
+    async def consume_signal(
+        self, run_id: str, epoch: int, name: str, entry: JournalEntry
+    ) -> JournalEntry | None:
+        def op(conn: sqlite3.Connection) -> JournalEntry | None:
+            fence = self._fenced(conn, run_id, epoch)
+            row = conn.execute(_SQL_OLDEST_SIGNAL, (run_id, name)).fetchone()
+            if row is None:
+                return None
+            final = entry.with_result(row[1], time.time())
+            self._append_in(conn, run_id, fence[4], [final])
+            conn.execute("UPDATE signals SET consumed = 1 WHERE id = ?", (row[0],))
+            return final
+
+        return await self._write(op)
+
+    # -- leases -------------------------------------------------------------------------------------
+
+    async def claim(
+        self,
+        worker: str,
+        *,
+        limit: int,
+        lease_ttl: float,
+        workflows: Sequence[str],
+        max_crashes: int,
+    ) -> list[RunRecord]:
+        names = sorted(set(workflows))
+        if not names or limit <= 0:
+            return []
+        candidates_sql = (
+            "SELECT run_id, status, crash_count, owner FROM runs "
+            f"WHERE workflow IN ({', '.join('?' * len(names))}) AND ("
+            "(status IN ('pending', 'waiting') AND wake_at <= ?) "
+            "OR (status = 'running' AND lease_expires <= ?)) "
+            "ORDER BY COALESCE(wake_at, 0.0), created_at, rowid LIMIT ?"
+        )
+
+        def op(conn: sqlite3.Connection) -> list[RunRecord]:
+            now = time.time()
+            claimed: list[str] = []
+            seen: set[str] = set()
+            while len(claimed) < limit:
+                # Quarantined takeovers do not count towards the limit, so page on until we
+                # have `limit` runs or run out; `seen` skips rows already handled.
+                want = limit - len(claimed) + len(seen)
+                rows = conn.execute(candidates_sql, (*names, now, now, want)).fetchall()
+                for run_id, status, crash_count, owner in rows:
+                    if run_id in seen or len(claimed) >= limit:
+                        continue
+                    seen.add(run_id)
+                    if status == RunStatus.RUNNING.value:
+                        # Its worker died or stalled: the takeover counts as a crash.
+                        crash_count += 1
+                        last_error = (
+                            f"worker {owner} lost its lease (crashed or stalled) while running"
+                        )
+                        if crash_count >= max_crashes:
+                            conn.execute(
+                                "UPDATE runs SET status = ?, crash_count = ?, last_error = ?, "
+                                "owner = NULL, lease_expires = NULL, wake_at = NULL, "
+                                "updated_at = ? WHERE run_id = ?",
+                                (RunStatus.QUARANTINED.value, crash_count, last_error, now, run_id),
+                            )
+                            continue
+                        conn.execute(
+                            "UPDATE runs SET crash_count = ?, last_error = ? WHERE run_id = ?",
+                            (crash_count, last_error, run_id),
+                        )
+                    conn.execute(
+                        "UPDATE runs SET status = 'running', epoch = epoch + 1, owner = ?, "
+                        "lease_expires = ?, wake_at = NULL, updated_at = ? WHERE run_id = ?",
+                        (worker, now + lease_ttl, now, run_id),
+                    )
+                    claimed.append(run_id)
+                if len(rows) < want:
+                    break
+            return [self._get(conn, run_id) for run_id in claimed]
+
+        return await self._write(op)
+
+    async def renew(self, worker: str, leases: dict[str, int], lease_ttl: float) -> dict[str, bool]:
+        items = list(leases.items())
+
+        def op(conn: sqlite3.Connection) -> dict[str, bool]:
+            now = time.time()
+            held: dict[str, bool] = {}
+            for run_id, epoch in items:
+                row = conn.execute(
+                    "SELECT cancel_requested FROM runs WHERE run_id = ? AND epoch = ? "
+                    "AND status = 'running' AND owner = ?",
+                    (run_id, epoch, worker),
+                ).fetchone()
+                if row is not None:
+                    conn.execute(
+                        "UPDATE runs SET lease_expires = ? WHERE run_id = ?",
+                        (now + lease_ttl, run_id),
+                    )
+                    held[run_id] = bool(row[0])
+            return held
+
+        return await self._write(op)
+
+    async def park(
+        self, run_id: str, epoch: int, wake_at: float | None, waiting_on: str | None
+    ) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            fence = self._fenced(conn, run_id, epoch)
+            now = time.time()
+            wake = wake_at
+            if fence[2] or conn.execute(_SQL_HAS_SIGNAL, (run_id,)).fetchone() is not None:
+                wake = now  # a signal or a cancel request is already here: no lost wake-up
+            conn.execute(
+                "UPDATE runs SET status = 'waiting', wake_at = ?, waiting_on = ?, owner = NULL, "
+                "lease_expires = NULL, updated_at = ? WHERE run_id = ?",
+                (wake, waiting_on, now, run_id),
+            )
+
+        await self._write(op)
+        self._notify()
+
+    async def finish(
+        self, run_id: str, epoch: int, status: RunStatus, result: str | None, error: str | None
+    ) -> None:
+        status_value = RunStatus(status).value
+
+        def op(conn: sqlite3.Connection) -> None:
+            self._fenced(conn, run_id, epoch)
+            conn.execute(
+                "UPDATE runs SET status = ?, result = ?, error = ?, owner = NULL, "
+                "lease_expires = NULL, wake_at = NULL, waiting_on = NULL, updated_at = ? "
+                "WHERE run_id = ?",
+                (status_value, result, error, time.time(), run_id),
+            )
+
+        await self._write(op)
+        self._notify()
+
+    async def record_crash(
+        self, run_id: str, epoch: int | None, error: str, retry_at: float, max_crashes: int
+    ) -> RunRecord:
+        def op(conn: sqlite3.Connection) -> RunRecord:
+            if epoch is None:
+                crash_count = self._get(conn, run_id).crash_count + 1
+            else:
+                crash_count = self._fenced(conn, run_id, epoch)[3] + 1
+            if epoch is None or crash_count >= max_crashes:
+                status, wake = RunStatus.QUARANTINED.value, None
+            else:
+                status, wake = RunStatus.WAITING.value, retry_at
+            conn.execute(
+                "UPDATE runs SET crash_count = ?, last_error = ?, owner = NULL, "
+                "lease_expires = NULL, status = ?, wake_at = ?, updated_at = ? WHERE run_id = ?",
+                (crash_count, error, status, wake, time.time(), run_id),
+            )
+            return self._get(conn, run_id)
+
+        result = await self._write(op)
+        self._notify()
+        return result
+
+    async def resume(self, run_id: str) -> RunRecord:
+        def op(conn: sqlite3.Connection) -> RunRecord:
+            now = time.time()
+            conn.execute(
+                "UPDATE runs SET status = 'pending', crash_count = 0, wake_at = ?, updated_at = ? "
+                "WHERE run_id = ? AND status = 'quarantined'",
+                (now, now, run_id),
+            )
+            return self._get(conn, run_id)
+
+        result = await self._write(op)
+        self._notify()
+        return result
+
+    # -- signals and cancellation -------------------------------------------------------------------
+
+    async def deliver_signal(self, run_id: str, name: str, payload: str, signal_id: str) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            run = conn.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if run is None:
+                raise RunNotFoundError(run_id)
+            inserted = conn.execute(
+                "INSERT INTO signals (run_id, signal_id, name, payload) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (run_id, signal_id) DO NOTHING",
+                (run_id, signal_id, name, payload),
+            ).rowcount
+            if not inserted:
+                return False
+            if run[0] == RunStatus.WAITING.value:
+                conn.execute("UPDATE runs SET wake_at = ? WHERE run_id = ?", (time.time(), run_id))
+            return True
+
+        delivered = await self._write(op)
+        if delivered:
+            self._notify()
+        return delivered
+
+    async def request_cancel(self, run_id: str) -> RunRecord:
+        def op(conn: sqlite3.Connection) -> RunRecord:
+            run = self._get(conn, run_id)
+            now = time.time()
+            if run.status == RunStatus.QUARANTINED or (
+                run.status == RunStatus.PENDING and run.steps == 0
+            ):
+                # Nothing is executing it: cancel on the spot.
+                conn.execute(
+                    "UPDATE runs SET status = 'cancelled', cancel_requested = 1, error = ?, "
+                    "wake_at = NULL, updated_at = ? WHERE run_id = ?",
+                    (CANCELLED_ERROR, now, run_id),
+                )
+            elif run.status not in TERMINAL:
+                if run.status in (RunStatus.WAITING, RunStatus.PENDING):
+                    conn.execute(
+                        "UPDATE runs SET cancel_requested = 1, wake_at = ? WHERE run_id = ?",
+                        (now, run_id),
+                    )
+                else:
+                    conn.execute("UPDATE runs SET cancel_requested = 1 WHERE run_id = ?", (run_id,))
+            return self._get(conn, run_id)
+
+        result = await self._write(op)
+        self._notify()
+        return result
+
+    # -- diagnostics ----------------------------------------------------------------------------------
+
+    async def settings(self) -> dict[str, Any]:
+        """The connection's effective ``journal_mode``, ``synchronous`` (0 OFF, 1 NORMAL, 2 FULL,
+        3 EXTRA), ``busy_timeout`` and ``schema_version``, as SQLite reports them."""
+
+        def op(conn: sqlite3.Connection) -> dict[str, Any]:
+            return {
+                name: conn.execute(f"PRAGMA {pragma}").fetchone()[0]
+                for name, pragma in (
+                    ("journal_mode", "journal_mode"),
+                    ("synchronous", "synchronous"),
+                    ("busy_timeout", "busy_timeout"),
+                    ("schema_version", "user_version"),
+                )
+            }
+
+        return await self._read(op)
+
+
+def _primary_code(exc: sqlite3.Error) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None

@@ -1,0 +1,583 @@
+"""The `coro-durable` CLI: in-process through main([...]) on a SQLite store in tmp_path, plus a few
+real processes (`python -m coro_durable`, the installed `coro-durable` script, SIGTERM)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coro_durable import _cli
+from coro_durable._cli import main
+
+CLI = [sys.executable, "-m", "coro_durable"]
+
+APP_V1 = """
+import anyio
+import coro_durable as cd
+
+
+def greet_step(name):
+    return f"hello {name}"
+
+
+def shout(text):
+    return text.upper()
+
+
+def explode(what):
+    raise ValueError(f"cannot handle {what}")
+
+
+async def slow_step():
+    await anyio.sleep(30)
+    return "slow"
+
+
+@cd.workflow(name="cli_greet")
+async def cli_greet(name, punctuation="!"):
+    return await cd.call(greet_step, name) + punctuation
+
+
+@cd.workflow(name="cli_approval")
+async def cli_approval(item):
+    draft = await cd.call(greet_step, item)
+    verdict = await cd.await_signal("approval", timeout=3600)
+    final = await cd.call(shout, draft)
+    return {"final": final, "verdict": verdict}
+
+
+@cd.workflow(name="cli_fail")
+async def cli_fail(what):
+    return await cd.call(explode, what, retry=cd.RetryPolicy(max_attempts=1))
+
+
+@cd.workflow(name="cli_slow")
+async def cli_slow():
+    return await cd.call(slow_step)
+"""
+
+# The same workflow name, changed code: it now calls shout() first, where the journal has greet_step.
+APP_V2 = """
+import coro_durable as cd
+
+
+def greet_step(name):
+    return f"hello {name}"
+
+
+def shout(text):
+    return text.upper()
+
+
+@cd.workflow(name="cli_approval")
+async def cli_approval(item):
+    loud = await cd.call(shout, item)
+    verdict = await cd.await_signal("approval", timeout=3600)
+    return {"final": loud, "verdict": verdict}
+"""
+
+
+@pytest.fixture(scope="session")
+def apps(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """Paths of the two app modules (v1 is imported in-process; v2 only in subprocesses)."""
+    folder = tmp_path_factory.mktemp("apps")
+    (folder / "cd_cli_app.py").write_text(APP_V1)
+    (folder / "cd_cli_app_v2.py").write_text(APP_V2)
+    return str(folder / "cd_cli_app.py"), str(folder / "cd_cli_app_v2.py")
+
+
+@pytest.fixture
+def app(apps: tuple[str, str]) -> str:
+    return apps[0]
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'runs.db'}"
+
+
+Cli = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], url: str) -> Cli:
+    """Run main(["--store", url, *args]) in-process; return (exit code, stdout, stderr)."""
+
+    def run(*args: str, store: str | None = url) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = main([*(["--store", store] if store else []), *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def work(cli: Cli, app: str) -> str:
+    """Let an in-process worker run everything runnable, then return its log."""
+    code, _, err = cli("worker", "--app", app, "--exit-when-idle", "--poll", "0.02")
+    assert code == 0, err
+    return err
+
+
+def show_json(cli: Cli, run_id: str) -> dict[str, Any]:
+    code, out, err = cli("show", run_id, "--json")
+    assert code == 0, err
+    data: dict[str, Any] = json.loads(out)
+    return data
+
+
+def fields(show_output: str) -> dict[str, str]:
+    """The `show` header (before the journal table) as {label: value}."""
+    header = show_output.split("\n\n")[0]
+    pairs = [re.split(r"  +", line, maxsplit=1) for line in header.split("\n")]
+    return {pair[0]: pair[1] for pair in pairs}
+
+
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "CORO_DURABLE_STORE"}
+
+
+# -- start / list / show / worker ------------------------------------------------------------------
+
+
+def test_start_work_list_and_show(cli: Cli, app: str) -> None:
+    """A run started from the CLI is executed by `worker`, then listed and shown with its journal."""
+    code, out, _ = cli("start", "cli_greet", '["ada"]', "--run-id", "r-1", "--app", app)
+    assert (code, out) == (0, "r-1\n")
+    code, out, _ = cli("list")
+    assert code == 0
+    assert out.split("\n")[0].split() == [
+        "run_id",
+        "workflow",
+        "status",
+        "step",
+        "waiting_on",
+        "updated",
+    ]
+    assert out.split("\n")[1].split()[:4] == ["r-1", "cli_greet", "pending", "0"]
+
+    log = work(cli, app)
+    assert "claimed run r-1 (cli_greet" in log
+    assert "finished run r-1: completed" in log
+
+    code, out, _ = cli("list")
+    assert out.split("\n")[1].split()[:4] == ["r-1", "cli_greet", "completed", "1"]
+    code, out, _ = cli("show", "r-1")
+    assert code == 0
+    head = fields(out)
+    assert (head["status"], head["result"], head["inputs"]) == (
+        "completed",
+        '"hello ada!"',
+        '["ada"]',
+    )
+    header, row = out.split("\n\n")[1].strip().split("\n")
+    assert header.split() == [
+        "seq",
+        "kind",
+        "name",
+        "status",
+        "attempts",
+        "key",
+        "duration",
+        "result",
+        "/",
+        "error",
+    ]
+    assert row.split()[:6] == ["0", "call", "greet_step", "ok", "1", "r-1:0"]
+    assert row.endswith('"hello ada"')
+
+    data = show_json(cli, "r-1")
+    assert data["run"]["status"] == "completed"
+    assert data["run"]["result"] == "hello ada!"
+    assert data["run"]["inputs"] == {"args": ["ada"], "kwargs": {}}
+    (entry,) = data["journal"]
+    assert entry["key"] == "r-1:0"
+    assert entry["args"] == [["ada"], {}]
+    assert entry["result"] == "hello ada"
+    assert (entry["kind"], entry["name"], entry["status"], entry["attempts"]) == (
+        "call",
+        "greet_step",
+        "ok",
+        1,
+    )
+
+
+def test_worker_max_runs(cli: Cli, app: str) -> None:
+    """worker --max-runs N exits 0 once N runs reached a final state on it."""
+    cli("start", "cli_greet", '["m"]', "--run-id", "m-1")
+    code, _, err = cli("worker", "--app", app, "--max-runs", "1", "--poll", "0.02")
+    assert code == 0
+    assert "finished run m-1: completed" in err
+    assert "worker stopped: 1 run(s) finished (--max-runs)" in err
+
+
+def test_start_inputs_forms_and_idempotency(cli: Cli, app: str) -> None:
+    """JSON_ARGS may be a list, an object (kwargs) or one value; restarting a run_id is idempotent
+    with the same inputs and refused with others."""
+    assert cli("start", "cli_greet", '{"name": "bo", "punctuation": "?"}', "--run-id", "kw")[0] == 0
+    assert cli("start", "cli_greet", '"cy"', "--run-id", "one")[0] == 0
+    code, out, err = cli("start", "cli_greet", '"cy"', "--run-id", "one")
+    assert (code, out) == (0, "one\n")
+    assert "already exists" in err
+    code, out, err = cli("start", "cli_greet", '"other"', "--run-id", "one")
+    assert code == 2
+    assert err.startswith("coro-durable: error: run 'one' already exists")
+    code, _, err = cli("start", "cli_greet", "[not json", "--run-id", "bad")
+    assert code == 2
+    assert "JSON_ARGS is not valid JSON" in err
+    work(cli, app)
+    assert show_json(cli, "kw")["run"]["result"] == "hello bo?"
+    assert show_json(cli, "one")["run"]["result"] == "hello cy!"
+    code, out, _ = cli("start", "cli_greet", '["x"]')  # a generated run id
+    assert code == 0
+    assert len(out.strip()) == 32
+
+
+def test_start_with_app_checks_the_workflow_name(cli: Cli, app: str) -> None:
+    """With --app, an unknown workflow name fails at once, naming the registered workflows."""
+    code, out, err = cli("start", "cli_nope", "[]", "--app", app)
+    assert (code, out) == (2, "")
+    assert "no workflow named 'cli_nope'" in err
+    assert "cli_greet" in err
+
+
+def test_list_filters_and_json(cli: Cli, app: str) -> None:
+    """list filters by status and workflow, limits, and prints JSON for scripts."""
+    for i in range(3):
+        cli("start", "cli_greet", f'["n{i}"]', "--run-id", f"g{i}")
+    cli("start", "cli_approval", '["doc"]', "--run-id", "a0")
+    work(cli, app)
+    code, out, _ = cli("list", "--status", "waiting")
+    assert code == 0
+    lines = out.strip().split("\n")
+    assert len(lines) == 2
+    assert lines[1].split()[:3] == ["a0", "cli_approval", "waiting"]
+    assert "signal 'approval'" in lines[1]
+    code, out, _ = cli("list", "--workflow", "cli_greet", "--json")
+    runs = json.loads(out)
+    assert sorted(r["run_id"] for r in runs) == ["g0", "g1", "g2"]
+    assert {r["status"] for r in runs} == {"completed"}
+    code, out, _ = cli("list", "--limit", "2", "--json")
+    assert len(json.loads(out)) == 2
+    code, out, err = cli("list", "--status", "failed")
+    assert (code, out) == (0, "")
+    assert "no runs match" in err
+
+
+# -- signals, results, cancel ----------------------------------------------------------------------
+
+
+def test_signal_wakes_a_waiting_run_once_per_signal_id(cli: Cli, app: str) -> None:
+    """`signal` delivers a JSON payload that the waiting run consumes; the same --signal-id twice
+    is delivered once; `result` prints the run's result as JSON."""
+    cli("start", "cli_approval", '["memo"]', "--run-id", "s-1")
+    work(cli, app)
+    info = show_json(cli, "s-1")["run"]
+    assert (info["status"], info["waiting_on"]) == ("waiting", "signal 'approval'")
+    code, out, _ = cli("show", "s-1")
+    assert fields(out)["waiting on"].startswith("signal 'approval' until ")
+    assert "(waiting, due in" in out
+
+    code, out, _ = cli("signal", "s-1", "approval", '{"ok": true}', "--signal-id", "sig-1")
+    assert (code, out) == (0, "signal 'approval' delivered to run s-1\n")
+    code, out, _ = cli("signal", "s-1", "approval", '{"ok": true}', "--signal-id", "sig-1")
+    assert code == 0
+    assert "already delivered" in out
+    work(cli, app)
+    code, out, _ = cli("result", "s-1")
+    assert code == 0
+    assert json.loads(out) == {"final": "HELLO MEMO", "verdict": {"ok": True}}
+    journal = show_json(cli, "s-1")["journal"]
+    assert [(e["kind"], e["name"], e["status"]) for e in journal] == [
+        ("call", "greet_step", "ok"),
+        ("signal", "approval", "ok"),
+        ("call", "shout", "ok"),
+    ]
+    code, _, err = cli("signal", "s-1", "approval", "{bad")
+    assert code == 2
+    assert "signal payload is not valid JSON" in err
+    code, _, err = cli("signal", "s-1", "approval", "null")
+    assert code == 2
+    assert "already completed" in err
+
+
+def test_failed_run_shows_its_error_and_result_exits_1(cli: Cli, app: str) -> None:
+    """A failed run: show prints the step's error, `result` exits 1 with one line, no traceback."""
+    cli("start", "cli_fail", '["lemons"]', "--run-id", "f-1")
+    work(cli, app)
+    code, out, _ = cli("show", "f-1")
+    head = fields(out)
+    assert head["status"] == "failed"
+    assert head["error"] == "ValueError: cannot handle lemons"  # the step's own error
+    assert "ValueError: cannot handle lemons" in out.split("\n\n")[1]
+    entry = show_json(cli, "f-1")["journal"][0]
+    assert entry["status"] == "error"
+    assert entry["error"] == {"type": "ValueError", "message": "cannot handle lemons"}
+    code, out, err = cli("result", "f-1")
+    assert (code, out) == (1, "")
+    assert err == "coro-durable: error: run 'f-1' failed: ValueError: cannot handle lemons\n"
+
+
+def test_cancel_pending_and_waiting_runs(cli: Cli, app: str) -> None:
+    """cancel ends a never-started run at once, and a waiting run at its pending await (via a
+    worker); cancelling a finished run is a no-op; result of a cancelled run exits 1."""
+    cli("start", "cli_greet", '["x"]', "--run-id", "c-new")
+    code, out, _ = cli("cancel", "c-new")
+    assert (code, out) == (0, "run c-new cancelled\n")
+    cli("start", "cli_approval", '["y"]', "--run-id", "c-wait")
+    work(cli, app)
+    code, out, _ = cli("cancel", "c-wait")
+    assert code == 0
+    assert "cancellation of run c-wait requested" in out
+    work(cli, app)
+    data = show_json(cli, "c-wait")
+    assert data["run"]["status"] == "cancelled"
+    assert data["journal"][-1]["error"]["type"] == "RunCancelledError"
+    code, out, _ = cli("cancel", "c-wait")
+    assert (code, out) == (0, "run c-wait is already cancelled; nothing to cancel\n")
+    code, _, err = cli("result", "c-wait")
+    assert code == 1
+    assert "was cancelled" in err
+
+
+# -- replay, quarantine, resume -----------------------------------------------------------------------
+
+
+def test_replay_matches_unchanged_code(cli: Cli, app: str) -> None:
+    """replay re-executes a waiting run and a completed run against their journals: match, exit 0."""
+    cli("start", "cli_approval", '["doc"]', "--run-id", "rp")
+    cli("start", "cli_greet", '["doc"]', "--run-id", "rp-done")
+    work(cli, app)
+    code, out, _ = cli("replay", "rp", "--app", app)
+    assert code == 0
+    assert out.startswith("match: run rp: matched; the run is waiting at seq 1")
+    code, out, _ = cli("replay", "rp-done", "--app", app)
+    assert code == 0
+    assert "matched all 1 entries; completed" in out
+
+
+def test_changed_code_diverges_is_quarantined_and_resumes(
+    cli: Cli, app: str, apps: tuple[str, str], url: str, tmp_path: Path
+) -> None:
+    """Deploying changed code: replay reports the first divergence (exit 1) and writes nothing; a
+    worker on the new code quarantines the run; after restoring the code `resume` releases it and
+    it completes."""
+    v2 = apps[1]
+    cli("start", "cli_approval", '["doc"]', "--run-id", "q-1")
+    work(cli, app)
+    before = show_json(cli, "q-1")
+
+    replay = subprocess.run(
+        [*CLI, "--store", url, "replay", "q-1", "--app", v2],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=clean_env(),
+        timeout=30,
+    )
+    assert replay.returncode == 1, replay.stderr
+    assert replay.stdout.startswith("DIVERGED: run q-1 at seq 0")
+    assert "call(greet_step)" in replay.stdout
+    assert "call(shout)" in replay.stdout
+    assert show_json(cli, "q-1") == before  # replay wrote nothing
+
+    cli("signal", "q-1", "approval", '"go"')
+    worker = subprocess.run(
+        [*CLI, "--store", url, "worker", "--app", v2, "--exit-when-idle", "--poll", "0.02"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=clean_env(),
+        timeout=30,
+    )
+    assert worker.returncode == 0, worker.stderr
+    assert "run q-1 quarantined" in worker.stderr
+    code, out, _ = cli("show", "q-1")
+    head = fields(out)
+    assert head["status"] == "quarantined"
+    assert head["last crash"].startswith("NonDeterminismError: run 'q-1' diverged")
+    code, _, err = cli("result", "q-1")
+    assert code == 1
+    assert "quarantined" in err
+
+    code, out, _ = cli("resume", "q-1")
+    assert (code, out) == (0, "run q-1 resumed: pending, a worker will pick it up\n")
+    work(cli, app)  # the old code again
+    assert show_json(cli, "q-1")["run"]["result"] == {"final": "HELLO DOC", "verdict": "go"}
+    code, _, err = cli("resume", "q-1")
+    assert code == 2
+    assert err == (
+        "coro-durable: error: run q-1 is completed, not quarantined; "
+        "only quarantined runs are resumed\n"
+    )
+
+
+# -- errors, stores, entry points -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["show", "nope"],
+        ["show", "nope", "--json"],
+        ["signal", "nope", "approval", "{}"],
+        ["cancel", "nope"],
+        ["resume", "nope"],
+        ["result", "nope", "--timeout", "1"],
+        ["replay", "nope"],
+    ],
+)
+def test_unknown_run_is_one_line_exit_2(cli: Cli, app: str, args: list[str]) -> None:
+    """Every command on an unknown run prints one error line naming it, exit code 2."""
+    cli("start", "cli_greet", '["x"]', "--run-id", "exists")  # the store exists
+    code, out, err = cli(*args)
+    assert (code, out) == (2, "")
+    assert err == (
+        "coro-durable: error: no run with id 'nope' in this store; check the id and the store URL\n"
+    )
+
+
+def test_store_option_and_environment_variable(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store is --store, else $CORO_DURABLE_STORE, else .coro_durable/runs.db in the cwd."""
+    env_url = f"sqlite:///{tmp_path / 'env.db'}"
+    flag_url = f"sqlite:///{tmp_path / 'flag.db'}"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CORO_DURABLE_STORE", env_url)
+    assert cli("start", "cli_greet", '["e"]', "--run-id", "in-env", store=None)[0] == 0
+    assert cli("start", "cli_greet", '["f"]', "--run-id", "in-flag", store=flag_url)[0] == 0
+    ids = [r["run_id"] for r in json.loads(cli("list", "--json", store=None)[1])]
+    assert ids == ["in-env"]
+    ids = [r["run_id"] for r in json.loads(cli("list", "--json", store=flag_url)[1])]
+    assert ids == ["in-flag"]
+
+    monkeypatch.delenv("CORO_DURABLE_STORE")
+    code, _, err = cli("list", store=None)
+    assert code == 2
+    assert "no SQLite store at .coro_durable/runs.db" in err
+    assert not (tmp_path / ".coro_durable").exists()  # reading did not create a store
+    assert cli("start", "cli_greet", '["d"]', "--run-id", "in-default", store=None)[0] == 0
+    assert (tmp_path / ".coro_durable" / "runs.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("store", "message"),
+    [
+        ("nosuch://x", "no coro_durable store is installed for URL scheme 'nosuch'"),
+        ("postgresql://localhost/db", "pip install coro-durable-postgres"),
+        ("runs.db", "has no scheme"),
+    ],
+)
+def test_bad_store_urls_are_one_line_errors(cli: Cli, store: str, message: str) -> None:
+    """An unusable store URL is reported in one line with what to do, exit 2."""
+    code, _, err = cli("start", "cli_greet", '["x"]', store=store)
+    assert code == 2
+    assert message in err
+    assert err.count("\n") == 1
+
+
+def test_worker_reports_an_app_that_cannot_be_imported(cli: Cli, tmp_path: Path) -> None:
+    """worker --app with a missing module or file says so in one line, exit 2."""
+    code, _, err = cli("worker", "--app", "cd_no_such_module_xyz")
+    assert code == 2
+    assert "cannot import module 'cd_no_such_module_xyz'" in err
+    code, _, err = cli("worker", "--app", str(tmp_path / "missing.py"))
+    assert code == 2
+    assert "no such file" in err
+
+
+def test_usage_errors_exit_2(cli: Cli) -> None:
+    """No command, or bad option values, print usage and exit 2."""
+    assert cli(store=None)[0] == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["list", "--status", "sleeping"])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["worker", "--app", "x", "--concurrency", "0"])
+    assert exc.value.code == 2
+
+
+def test_demo_command_explains_where_the_demo_is(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a source checkout, `demo` says how to run examples/ai_pipeline.py."""
+    monkeypatch.setattr(_cli, "_find_demo", lambda: None)
+    code, _, err = cli("demo", store=None)
+    assert code == 2
+    assert "python examples/ai_pipeline.py" in err
+
+
+def test_real_processes_python_m_and_console_script(url: str, app: str, tmp_path: Path) -> None:
+    """`python -m coro_durable` and the installed `coro-durable` script work as processes, and an
+    error comes out as one line without a traceback."""
+    env = clean_env()
+    started = subprocess.run(
+        [*CLI, "--store", url, "start", "cli_greet", '["p"]', "--run-id", "proc-1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+    assert (started.returncode, started.stdout) == (0, "proc-1\n")
+    script = Path(sys.executable).with_name("coro-durable")
+    command = [str(script)] if script.exists() else CLI
+    env["CORO_DURABLE_STORE"] = url
+    shown = subprocess.run(
+        [*command, "show", "proc-1"], capture_output=True, text=True, env=env, timeout=30
+    )
+    assert shown.returncode == 0
+    assert fields(shown.stdout)["status"] == "pending"
+    missing = subprocess.run(
+        [*command, "show", "nope"], capture_output=True, text=True, env=env, timeout=30
+    )
+    assert missing.returncode == 2
+    assert "Traceback" not in missing.stderr
+    assert missing.stderr.startswith("coro-durable: error: no run with id 'nope'")
+
+
+def test_worker_exits_cleanly_on_sigterm_and_hands_back_its_run(
+    cli: Cli, url: str, app: str, tmp_path: Path
+) -> None:
+    """SIGTERM stops a worker with exit code 0; the run it was executing is handed back (pending,
+    no owner, due now) so another worker resumes it at once instead of waiting for the lease to expire."""
+    cli("start", "cli_slow", "[]", "--run-id", "slow")
+    proc = subprocess.Popen(
+        [*CLI, "--store", url, "worker", "--app", app, "--poll", "0.02", "--lease-ttl", "30"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+        cwd=tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while show_json(cli, "slow")["run"]["status"] != "running":
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "claimed run slow (cli_slow" in err
+    assert "run slow handed back" in err
+    assert "worker stopped: SIGTERM; handed back 1 run(s) in progress" in err
+    assert "Traceback" not in err
+    run = show_json(cli, "slow")["run"]
+    assert run["owner"] is None
+    assert run["status"] in ("pending", "waiting")  # the store parks it with wake_at = now
+    if run["status"] == "waiting":
+        assert run["waiting_on"].startswith("a worker (handed back by")
+        assert datetime.fromisoformat(run["wake_at"]) <= datetime.now(UTC)
