@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
+import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,8 +50,8 @@ def store_url(store_kind: str, tmp_path: Path) -> str:
     if store_kind == "sqlite":
         return f"sqlite:///{tmp_path / 'runs.db'}"
     if store_kind == "postgres":
-        return f"{PG_URL}?schema={tag}"
-    return f"{REDIS_URL}?prefix={tag}:&durability=volatile"
+        return pg_test_url(tag)
+    return redis_test_url(f"{tag}:")
 
 
 @pytest.fixture
@@ -74,3 +77,118 @@ async def store(make_store: Callable[[], cd.Store]) -> AsyncIterator[cd.Store]:
         yield s
     finally:
         await s.close()
+
+
+# -- Postgres -------------------------------------------------------------------------------------
+# Each Postgres test works in its own schema (cdt_<hex>); the session drops every schema it handed
+# out when it ends, so parallel sessions and leftovers cannot interfere.
+PG_SCHEMAS: set[str] = set()
+
+
+def pg_test_url(schema: str | None = None, **params: str) -> str:
+    """PG_URL with a fresh (or the given) test schema, registered for dropping at session end."""
+    schema = schema or f"cdt_{uuid.uuid4().hex[:12]}"
+    PG_SCHEMAS.add(schema)
+    query = "&".join(f"{k}={v}" for k, v in {"schema": schema, **params}.items())
+    return f"{PG_URL}{'&' if '?' in PG_URL else '?'}{query}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_postgres_schemas() -> Iterator[None]:
+    yield
+    if not PG_SCHEMAS:
+        return
+    import psycopg
+
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        for schema in sorted(PG_SCHEMAS):
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    PG_SCHEMAS.clear()
+
+
+# -- Redis ----------------------------------------------------------------------------------------
+# Each Redis test works under its own key prefix (cdt_<hex>:) on the shared server; the session
+# deletes the keys of every prefix it handed out when it ends (one SCAN over cdt_* keys, so other
+# sessions' prefixes running in parallel are left alone).
+REDIS_PREFIXES: set[str] = set()
+
+
+def redis_test_url(prefix: str | None = None, **params: str) -> str:
+    """REDIS_URL with a fresh (or the given) key prefix, registered for deletion at session end.
+
+    ``durability=volatile`` unless given: the machine's Redis runs with ``appendonly no``."""
+    prefix = prefix or f"cdt_{uuid.uuid4().hex[:12]}:"
+    REDIS_PREFIXES.add(prefix)
+    options = {"prefix": prefix, "durability": "volatile", **params}
+    query = "&".join(f"{k}={v}" for k, v in options.items())
+    return f"{REDIS_URL}{'&' if '?' in REDIS_URL else '?'}{query}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _delete_redis_prefixes() -> Iterator[None]:
+    yield
+    if not REDIS_PREFIXES:
+        return
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        doomed: list[bytes] = []
+        for key in client.scan_iter(match="cdt_*", count=5000):
+            head, sep, _ = key.partition(b":")
+            if sep and (head + b":").decode() in REDIS_PREFIXES:
+                doomed.append(key)
+                if len(doomed) >= 5000:
+                    client.unlink(*doomed)
+                    doomed.clear()
+        if doomed:
+            client.unlink(*doomed)
+    finally:
+        client.close()
+    REDIS_PREFIXES.clear()
+
+
+_REDIS_CONFIG_LOCK: list[Any] = [uuid.uuid4().hex, 0]  # this process's lock token, nesting depth
+
+
+@contextlib.contextmanager
+def redis_server_config(**settings: str) -> Iterator[dict[str, str]]:
+    """Set Redis server settings (``appendonly="yes"``, ...) for a block, then restore them.
+
+    The server is shared by every test session on the machine, so changes are serialised by a
+    lock key (other sessions' tests using this helper wait their turn) and always undone.
+    Yields the settings as they were before."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    lock, token = "cdt_server_config_lock", _REDIS_CONFIG_LOCK[0]
+    outermost = _REDIS_CONFIG_LOCK[1] == 0  # nested blocks reuse the lock this process holds
+    give_up = time.monotonic() + 120
+    while outermost and not client.set(lock, token, nx=True, px=120_000):
+        if time.monotonic() > give_up:
+            raise TimeoutError("another test session held the Redis config lock for 120 s")
+        time.sleep(0.05)
+    _REDIS_CONFIG_LOCK[1] += 1
+    before: dict[str, str] = {}
+    try:
+        for name in settings:
+            before.update({_text(k): _text(v) for k, v in client.config_get(name).items()})
+        for name, value in settings.items():
+            client.config_set(name, value)
+        yield dict(before)
+    finally:
+        try:
+            for name, value in before.items():
+                client.config_set(name, value)
+        finally:
+            _REDIS_CONFIG_LOCK[1] -= 1
+            if outermost:
+                client.eval(
+                    "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end",
+                    1, lock, token,
+                )  # fmt: skip
+            client.close()
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value

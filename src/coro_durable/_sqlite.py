@@ -14,12 +14,17 @@ mere process crash) and must be asked for explicitly. Parent directories are cre
 Concurrency. Each SqliteStore owns one ``sqlite3`` connection, opened with
 ``check_same_thread=False`` and guarded by a ``threading.Lock``. Every operation is a plain
 function run in a worker thread through ``anyio.to_thread.run_sync`` (so neither asyncio's nor
-trio's event loop ever blocks on disk) and is exactly one transaction: ``BEGIN IMMEDIATE`` for
-writes, which takes SQLite's write lock up front, so the fencing check and the write it guards are
-atomic against every other connection, in this process or another. A connection that finds the
-write lock taken waits up to ``busy_timeout`` ms (default 5000), then gets
-:class:`~coro_durable.errors.StoreUnavailableError`. The worker thread is not abandoned on
-cancellation: a started transaction always commits or rolls back before the caller resumes.
+trio's event loop ever blocks on disk), under the store's own capacity limiter of one thread: its
+operations queue on the event loop rather than as threads blocked on the lock, and slow
+synchronous steps filling anyio's default thread pool cannot delay a journal append or a lease
+renewal.
+
+Each operation is exactly one transaction: ``BEGIN IMMEDIATE`` for writes, which takes SQLite's
+write lock up front, so the fencing check and the write it guards are atomic against every other
+connection, in this process or another. A connection that finds the write lock taken waits up to
+``busy_timeout`` ms (default 5000), then gets :class:`~coro_durable.errors.StoreUnavailableError`.
+The worker thread is not abandoned on cancellation: a started transaction always commits or rolls
+back before the caller resumes.
 
 Listeners registered with ``subscribe`` are called on the event loop after the write returns; they
 hear about writes made through *this* store object only (other processes are found by polling).
@@ -35,6 +40,7 @@ boundary (``_translate``); none leaks.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 import time
@@ -43,6 +49,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+import anyio
 import anyio.to_thread
 
 from ._journal import CANCELLED_ERROR, TERMINAL, JournalEntry, RunRecord, RunStatus
@@ -240,6 +247,7 @@ class SqliteStore:
         path, self.synchronous, self.busy_timeout = _parse_url(url)
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._limiters: dict[str, anyio.CapacityLimiter] = {}  # one per kind of event loop
         self._conn: sqlite3.Connection | None = None
         self._listeners: list[Listener] = []
 
@@ -252,7 +260,7 @@ class SqliteStore:
         await self._read(lambda conn: None)
 
     async def close(self) -> None:
-        await anyio.to_thread.run_sync(self._close_sync)
+        await anyio.to_thread.run_sync(self._close_sync, limiter=self._limiter())
 
     def _close_sync(self) -> None:
         with self._lock:
@@ -365,11 +373,24 @@ class SqliteStore:
             except (UnicodeError, OverflowError) as exc:
                 raise StoreError(f"SQLite store {self.path} cannot store a value: {exc}") from exc
 
+    def _limiter(self) -> anyio.CapacityLimiter:
+        """This store's one-thread limiter for the running kind of event loop (a limiter made
+        under asyncio does not work under trio, and a store object may meet both)."""
+        try:
+            asyncio.get_running_loop()
+            kind = "asyncio"
+        except RuntimeError:
+            kind = "trio"
+        limiter = self._limiters.get(kind)
+        if limiter is None:
+            limiter = self._limiters[kind] = anyio.CapacityLimiter(1)
+        return limiter
+
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await anyio.to_thread.run_sync(self._run_locked, fn, False)
+        return await anyio.to_thread.run_sync(self._run_locked, fn, False, limiter=self._limiter())
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await anyio.to_thread.run_sync(self._run_locked, fn, True)
+        return await anyio.to_thread.run_sync(self._run_locked, fn, True, limiter=self._limiter())
 
     def _translate(self, exc: sqlite3.Error) -> StoreError:
         code = _primary_code(exc)

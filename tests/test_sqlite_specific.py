@@ -1,0 +1,432 @@
+"""SqliteStore specifics the generic conformance suite cannot see: the file, its settings, its
+schema, its URL, cross-process safety and error translation."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import pytest
+
+from coro_durable._journal import JournalEntry, RunRecord, RunStatus, verify_journal
+from coro_durable._sqlite import SCHEMA_VERSION, SqliteStore
+from coro_durable._store import open_store
+from coro_durable.errors import (
+    ConfigurationError,
+    LeaseLost,
+    StoreError,
+    StoreUnavailableError,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+def url(path: Path, query: str = "") -> str:
+    return f"sqlite:///{path}" + (f"?{query}" if query else "")
+
+
+def raw(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(path, isolation_level=None)
+
+
+async def test_wal_and_synchronous_full_by_default(tmp_path: Path) -> None:
+    """The store runs in WAL mode with synchronous=FULL and a 5 s busy timeout by default."""
+    store = SqliteStore(url(tmp_path / "runs.db"))
+    await store.open()
+    try:
+        settings = await store.settings()
+        assert settings == {
+            "journal_mode": "wal",
+            "synchronous": 2,  # FULL
+            "busy_timeout": 5000,
+            "schema_version": SCHEMA_VERSION,
+        }
+    finally:
+        await store.close()
+    conn = raw(tmp_path / "runs.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # persistent in the file
+    conn.close()
+
+
+async def test_url_options_set_synchronous_and_busy_timeout(tmp_path: Path) -> None:
+    """?synchronous=NORMAL&busy_timeout=1234 reach the connection."""
+    store = SqliteStore(url(tmp_path / "runs.db", "synchronous=normal&busy_timeout=1234"))
+    await store.open()
+    try:
+        settings = await store.settings()
+        assert settings["synchronous"] == 1 and settings["busy_timeout"] == 1234
+    finally:
+        await store.close()
+
+
+async def test_schema_version_is_recorded(tmp_path: Path) -> None:
+    """open() creates the tables and records the schema version in PRAGMA user_version."""
+    store = SqliteStore(url(tmp_path / "runs.db"))
+    await store.open()
+    await store.close()
+    conn = raw(tmp_path / "runs.db")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION >= 1
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"runs", "journal", "signals"} <= tables
+    indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"runs_claim_wake", "runs_claim_lease", "runs_created"} <= indexes
+    conn.close()
+
+
+async def test_open_is_idempotent_and_concurrent_opens_are_safe(tmp_path: Path) -> None:
+    """open() twice, and several stores opening a fresh file at once, all succeed and share it."""
+    path = tmp_path / "fresh.db"
+    stores = [SqliteStore(url(path)) for _ in range(5)]
+    async with anyio.create_task_group() as tg:
+        for s in stores:
+            tg.start_soon(s.open)
+    try:
+        await stores[0].open()
+        for i, s in enumerate(stores):
+            await s.create_run(RunRecord(f"r{i}", "wf", "{}"))
+        assert len(await stores[4].list_runs()) == 5
+    finally:
+        for s in stores:
+            await s.close()
+            await s.close()  # idempotent
+
+
+async def test_operations_open_the_store_lazily_and_after_close(tmp_path: Path) -> None:
+    """A store used before open() (or after close()) connects on first use."""
+    store = SqliteStore(url(tmp_path / "runs.db"))
+    await store.create_run(RunRecord("r1", "wf", "{}"))
+    await store.close()
+    run = await store.get_run("r1")
+    assert run is not None and run.status == RunStatus.PENDING
+    await store.close()
+
+
+def test_one_store_object_under_asyncio_then_trio(tmp_path: Path) -> None:
+    """A store object keeps working when event loops of both kinds use it in turn."""
+    store = SqliteStore(url(tmp_path / "runs.db"))
+
+    async def use(run_id: str) -> None:
+        await store.create_run(RunRecord(run_id, "wf", "{}"))
+        assert await store.get_run(run_id) is not None
+
+    anyio.run(use, "a", backend="asyncio")
+    anyio.run(use, "b", backend="trio")
+    anyio.run(use, "c", backend="asyncio")
+    anyio.run(store.close, backend="trio")
+
+
+async def test_a_full_default_thread_pool_does_not_block_the_store(tmp_path: Path) -> None:
+    """Store operations use their own thread, so blocking steps that fill anyio's default thread
+    pool cannot delay a journal write or a lease renewal."""
+    store = SqliteStore(url(tmp_path / "runs.db"))
+    release = threading.Event()
+    pool = anyio.to_thread.current_default_thread_limiter()
+
+    async def blocking_step() -> None:
+        await anyio.to_thread.run_sync(release.wait)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for _ in range(int(pool.total_tokens)):
+                tg.start_soon(blocking_step)
+            try:
+                while pool.available_tokens:
+                    await anyio.sleep(0.01)
+                with anyio.fail_after(5):
+                    await store.create_run(RunRecord("r1", "wf", "{}"))
+                    [run] = await store.claim(
+                        "w", limit=1, lease_ttl=30, workflows=["wf"], max_crashes=3
+                    )
+                    assert await store.renew("w", {"r1": run.epoch}, 30) == {"r1": False}
+            finally:
+                release.set()  # let the blocking steps end, or the task group never exits
+    finally:
+        await store.close()
+
+
+async def test_data_survives_reopening(tmp_path: Path) -> None:
+    """Runs, journals and signals written by one store object are there for the next."""
+    path = tmp_path / "runs.db"
+    first = SqliteStore(url(path))
+    await first.create_run(RunRecord("r1", "wf", "{}"))
+    epoch = (await first.claim("w", limit=1, lease_ttl=30, workflows=["wf"], max_crashes=3))[
+        0
+    ].epoch
+    e = JournalEntry(0, "call", "f", "d", "ok", result="1", key="r1:0").sealed()
+    await first.append("r1", epoch, [e])
+    await first.deliver_signal("r1", "go", '"yes"', "s1")
+    await first.close()
+    second = SqliteStore(url(path))
+    try:
+        assert await second.load_journal("r1") == [e]
+        got = await second.consume_signal(
+            "r1", epoch, "go", JournalEntry(1, "signal", "go", "", "pending")
+        )
+        assert got is not None and got.result == '"yes"'
+        verify_journal("r1", await second.load_journal("r1"))
+    finally:
+        await second.close()
+
+
+async def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    """A file written by a newer coro_durable (higher schema version) is refused, not misread."""
+    path = tmp_path / "runs.db"
+    conn = raw(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="newer"):
+        await SqliteStore(url(path)).open()
+
+
+# ---- URLs ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "path", "synchronous", "busy_timeout"),
+    [
+        ("sqlite:///runs.db", "runs.db", "FULL", 5000),
+        ("sqlite:///data/dir/runs.db", "data/dir/runs.db", "FULL", 5000),
+        ("sqlite:////abs/dir/runs.db", "/abs/dir/runs.db", "FULL", 5000),
+        ("sqlite:///runs.db?synchronous=NORMAL", "runs.db", "NORMAL", 5000),
+        ("sqlite:///runs.db?busy_timeout=250&synchronous=full", "runs.db", "FULL", 250),
+        ("SQLITE:///my%20runs.db", "my runs.db", "FULL", 5000),
+    ],
+)
+def test_url_forms(given: str, path: str, synchronous: str, busy_timeout: int) -> None:
+    """Relative, absolute, percent-encoded paths and query options are understood."""
+    store = SqliteStore(given)
+    assert store.path == Path(path)
+    assert (store.synchronous, store.busy_timeout) == (synchronous, busy_timeout)
+    assert store.url == given
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "sqlite://host/runs.db",
+        "sqlite://",
+        "sqlite:///",
+        "sqlite:///dir/",
+        "sqlite:///:memory:",
+        "sqlite:///runs.db?synchronous=OFF",
+        "sqlite:///runs.db?busy_timeout=soon",
+        "sqlite:///runs.db?busy_timeout=-1",
+        "sqlite:///runs.db?journal_mode=DELETE",
+        "memory://",
+    ],
+)
+def test_bad_urls_raise_configuration_error(bad: str) -> None:
+    """Malformed SQLite URLs fail at construction with a ConfigurationError saying why."""
+    with pytest.raises(ConfigurationError):
+        SqliteStore(bad)
+
+
+async def test_open_store_builds_a_sqlite_store_and_creates_parent_dirs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """open_store('sqlite:///a/b/runs.db') gives a SqliteStore; open() creates a/b/ (relative)."""
+    monkeypatch.chdir(tmp_path)
+    store = open_store("sqlite:///a/b/runs.db")
+    assert isinstance(store, SqliteStore)
+    await store.open()
+    await store.close()
+    assert (tmp_path / "a" / "b" / "runs.db").is_file()
+
+
+# ---- errors ----------------------------------------------------------------------------------------
+
+
+async def test_a_directory_path_raises_store_error(tmp_path: Path) -> None:
+    """A path that is a directory gives StoreError (not sqlite3.OperationalError)."""
+    (tmp_path / "adir.db").mkdir()
+    with pytest.raises(StoreError) as info:
+        await SqliteStore(url(tmp_path / "adir.db")).open()
+    assert not isinstance(info.value, sqlite3.Error)
+    assert isinstance(info.value.__cause__, sqlite3.Error)
+
+
+async def test_a_file_in_place_of_the_directory_raises_store_error(tmp_path: Path) -> None:
+    """A parent that is a file (directory cannot be created) gives StoreError."""
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreError, match="directory"):
+        await SqliteStore(url(tmp_path / "file" / "runs.db")).open()
+
+
+async def test_a_non_database_file_raises_store_error(tmp_path: Path) -> None:
+    """A file that is not an SQLite database gives StoreError."""
+    path = tmp_path / "notes.db"
+    path.write_bytes(b"this is not a database, just some text " * 100)
+    with pytest.raises(StoreError):
+        await SqliteStore(url(path)).open()
+
+
+async def test_unstorable_value_raises_store_error(tmp_path: Path) -> None:
+    """A value sqlite3 cannot bind (a lone surrogate) gives StoreError, and nothing is written."""
+    store = SqliteStore(url(tmp_path / "runs.db"))
+    try:
+        with pytest.raises(StoreError):
+            await store.create_run(RunRecord("r1", "wf", '"\udc80"'))
+        assert await store.get_run("r1") is None
+    finally:
+        await store.close()
+
+
+async def test_locked_past_busy_timeout_raises_store_unavailable(tmp_path: Path) -> None:
+    """A write blocked by another connection's lock for longer than busy_timeout gives
+    StoreUnavailableError; once the lock is gone the same store works."""
+    path = tmp_path / "runs.db"
+    store = SqliteStore(url(path, "busy_timeout=100"))
+    await store.open()
+    blocker = raw(path)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError, match="busy_timeout"):
+            await store.create_run(RunRecord("r1", "wf", "{}"))
+        assert time.monotonic() - started >= 0.09
+        assert await store.get_run("r1") is None  # readers are not blocked in WAL mode
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    try:
+        await store.create_run(RunRecord("r1", "wf", "{}"))
+        assert await store.get_run("r1") is not None
+    finally:
+        await store.close()
+
+
+async def test_fencing_holds_against_a_writer_in_another_connection(tmp_path: Path) -> None:
+    """An epoch bumped by another connection (a takeover elsewhere) fences our next write."""
+    path = tmp_path / "runs.db"
+    store = SqliteStore(url(path))
+    try:
+        await store.create_run(RunRecord("r1", "wf", "{}"))
+        [run] = await store.claim("w", limit=1, lease_ttl=30, workflows=["wf"], max_crashes=3)
+        conn = raw(path)
+        conn.execute("UPDATE runs SET epoch = epoch + 1 WHERE run_id = 'r1'")
+        conn.close()
+        with pytest.raises(LeaseLost):
+            await store.append(
+                "r1", run.epoch, [JournalEntry(0, "call", "f", "d", "ok", result="1").sealed()]
+            )
+        assert await store.load_journal("r1") == []
+    finally:
+        await store.close()
+
+
+# ---- several processes ---------------------------------------------------------------------------
+
+_WORKER = textwrap.dedent(
+    """
+    import json, sys, time, anyio
+    from coro_durable._sqlite import SqliteStore
+    from coro_durable._journal import JournalEntry
+
+    async def main(url, name, start_at):
+        store = SqliteStore(url)
+        await store.open()
+        await anyio.sleep(float(start_at) - time.time())  # all processes start claiming together
+        got = []
+        while True:
+            runs = await store.claim(name, limit=2, lease_ttl=60, workflows=["wf"], max_crashes=3)
+            if not runs:
+                break
+            for run in runs:
+                entry = JournalEntry(0, "call", "f", "d", "ok", result=json.dumps(name)).sealed()
+                await store.append(run.run_id, run.epoch, [entry])
+                got.append(run.run_id)
+        await store.close()
+        print(json.dumps(got))
+
+    anyio.run(main, *sys.argv[1:])
+    """
+)
+
+
+def run_processes(script: str, *args: str, count: int) -> list[str]:
+    """Run ``count`` copies of ``script`` that start working together; return their outputs."""
+    start_at = str(time.time() + 1.0)  # after every interpreter has started
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, *args, f"p{i}", start_at],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(count)
+    ]
+    outputs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        outputs.append(out)
+    return outputs
+
+
+@pytest.mark.slow
+def test_processes_claiming_one_file_never_share_a_run(tmp_path: Path) -> None:
+    """Three processes claiming and journaling from one file at once each get disjoint runs."""
+    path = tmp_path / "shared.db"
+    n = 90
+
+    async def seed() -> None:
+        store = SqliteStore(url(path))
+        try:
+            for i in range(n):
+                await store.create_run(RunRecord(f"r{i:03}", "wf", "{}"))
+        finally:
+            await store.close()
+
+    async def check() -> None:
+        store = SqliteStore(url(path))
+        try:
+            for run in await store.list_runs(limit=n):
+                assert run.epoch == 1 and run.steps == 1
+                journal = await store.load_journal(run.run_id)
+                assert journal[0].value == run.owner  # journaled by the process that claimed it
+        finally:
+            await store.close()
+
+    anyio.run(seed)
+    claimed = [r for out in run_processes(_WORKER, url(path), count=3) for r in json.loads(out)]
+    assert sorted(claimed) == [f"r{i:03}" for i in range(n)]  # each run exactly once
+    anyio.run(check)
+
+
+_OPENER = textwrap.dedent(
+    """
+    import sys, time, anyio
+    from coro_durable._sqlite import SqliteStore
+    from coro_durable._journal import RunRecord
+
+    async def main(url, name, start_at):
+        time.sleep(max(0.0, float(start_at) - time.time()))
+        store = SqliteStore(url)
+        await store.open()  # all processes create and migrate the fresh file at once
+        await store.create_run(RunRecord(name, "wf", "{}"))
+        await store.close()
+
+    anyio.run(main, *sys.argv[1:])
+    """
+)
+
+
+@pytest.mark.slow
+def test_processes_opening_a_fresh_file_at_once_migrate_it_once(tmp_path: Path) -> None:
+    """Four processes opening the same new file together all succeed on one schema."""
+    path = tmp_path / "fresh.db"
+    run_processes(_OPENER, url(path), count=4)
+    conn = raw(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert sorted(r[0] for r in conn.execute("SELECT run_id FROM runs")) == [
+        "p0", "p1", "p2", "p3"
+    ]  # fmt: skip
+    conn.close()
