@@ -30,12 +30,14 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, Self
 
 import anyio
 import anyio.abc
 
 from . import _codec, _workflow
+from ._faults import SimulatedCrash, fault
 from ._journal import TERMINAL, JournalEntry, RunRecord, RunStatus, verify_journal
 from ._scheduler import Activation, Limits, ReplayReport, replay, store_call
 from ._store import Store, default_store_url, open_store
@@ -192,6 +194,7 @@ class Runtime:
         self._tg: anyio.abc.TaskGroup | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._open = False
+        self._crashed: SimulatedCrash | None = None  # set when fault injection "killed" us
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -210,12 +213,20 @@ class Runtime:
             self._tg.start_soon(self._renew_loop)
         return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
         self._open = False
+        suppress = False
         try:
             if self._tg is not None:
                 self._tg.cancel_scope.cancel()
-                await self._tg.__aexit__(None, None, None)
+                # The body of `async with` runs inside our task group's scope: a cancellation the
+                # group itself caused (a simulated crash) is absorbed here, nothing else is.
+                suppress = bool(await self._tg.__aexit__(exc_type, exc, tb))
                 self._tg = None
         finally:
             if self._unsubscribe is not None:
@@ -223,6 +234,7 @@ class Runtime:
                 self._unsubscribe = None
             with anyio.CancelScope(shield=True):
                 await self.store.close()
+        return suppress
 
     @property
     def active_runs(self) -> int:
@@ -431,6 +443,7 @@ class Runtime:
                 continue
             leases = dict(self._active)
             try:
+                fault("renew", self.worker_id)
                 held = await self.store.renew(self.worker_id, leases, self.lease_ttl)
             except Exception:
                 log.exception("worker %s: renewing leases failed; will retry", self.worker_id)
@@ -459,6 +472,7 @@ class Runtime:
         self._activations[run_id] = (None, scope)
         try:
             with scope:
+                fault("X10", run_id)
                 fn = _workflow.lookup(run.workflow)
                 entries = await self._call(self.store.load_journal, run_id)
                 journal = verify_journal(run_id, entries)
@@ -481,6 +495,13 @@ class Runtime:
                 )
         except LeaseLost as exc:
             log.warning("worker %s: %s", self.worker_id, exc)
+        except SimulatedCrash as exc:
+            # Fault injection: this "process" dies here. Nothing more is written, no lease is
+            # handed back; every other activation of this Runtime stops too.
+            log.warning("worker %s: %s; the worker stops as if killed", self.worker_id, exc)
+            self._crashed = exc
+            if self._tg is not None:
+                self._tg.cancel_scope.cancel()
         except (NonDeterminismError, CorruptJournalError, UnknownWorkflowError) as exc:
             log.error("worker %s: run %s quarantined: %s", self.worker_id, run_id, exc)
             await self._record_crash(run_id, None, exc)
@@ -488,6 +509,8 @@ class Runtime:
             log.exception("worker %s: run %s crashed its activation", self.worker_id, run_id)
             await self._record_crash(run_id, epoch, exc)
         except anyio.get_cancelled_exc_class():
+            if self._crashed is not None:
+                raise  # a crashed process hands nothing back
             # Runtime shutting down: hand the run back so another worker resumes it at once.
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 try:

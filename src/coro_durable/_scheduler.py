@@ -53,6 +53,7 @@ from ._effects import (
     _current_key,
     digest,
 )
+from ._faults import SimulatedCrash, fault
 from ._journal import TERMINAL, JournalEntry, RunRecord, RunStatus
 from ._store import Store
 from .errors import (
@@ -238,6 +239,8 @@ class Activation:
                         throw = None
                     else:
                         yielded = coro.send(send)
+                        if send is not None:
+                            fault("X7", self.run_id, self.next_seq)
                 except StopIteration as stop:
                     return await self._complete(stop.value)
                 except RunCancelledError as exc:
@@ -249,6 +252,7 @@ class Activation:
                     continue
                 try:
                     send = await self._resolve(yielded)
+                    fault("X6", self.run_id, self.next_seq - 1)
                 except SerializationError as exc:  # arguments that cannot be journaled
                     throw = exc
                 except _Park as park:
@@ -284,31 +288,24 @@ class Activation:
             if self.run.status == RunStatus.COMPLETED and self.run.result != text:
                 raise _ReplayEnd(self.next_seq, "a different return value than recorded")
             return ActivationEnd("completed")
-        await store_call(
-            self.limits.store_deadline,
-            self.store.finish,
-            self.run_id,
-            self.epoch,
-            RunStatus.COMPLETED,
-            text,
-            None,
-        )
+        await self._finish(RunStatus.COMPLETED, text, None)
         return ActivationEnd("completed")
 
     async def _finish_error(self, status: RunStatus, exc: BaseException) -> ActivationEnd:
         if self.replay_only:
             return ActivationEnd("cancelled" if status == RunStatus.CANCELLED else "failed")
         type_name, message = _exception_info(exc)
-        await store_call(
-            self.limits.store_deadline,
-            self.store.finish,
-            self.run_id,
-            self.epoch,
-            status,
-            None,
-            _error_json(type_name, message),
-        )
+        await self._finish(status, None, _error_json(type_name, message))
         return ActivationEnd("cancelled" if status == RunStatus.CANCELLED else "failed")
+
+    async def _finish(self, status: RunStatus, result: str | None, error: str | None) -> None:
+        fault("X8", self.run_id)
+
+        async def commit() -> None:
+            await self.store.finish(self.run_id, self.epoch, status, result, error)
+            fault("X9", self.run_id)
+
+        await store_call(self.limits.store_deadline, commit)
 
     # -- resolving effects ------------------------------------------------------------------------------
 
@@ -339,7 +336,7 @@ class Activation:
                 outcomes[leaf.seq] = await self._resolve_leaf(leaf)
             except _Park as park:
                 parks.append(park)
-            except (Exception, LeaseLost) as exc:  # re-raised below, not as an exception group
+            except (Exception, LeaseLost, SimulatedCrash) as exc:  # re-raised below, unwrapped
                 failures.append(exc)
 
         async with anyio.create_task_group() as tg:
@@ -402,6 +399,7 @@ class Activation:
         if self.cancel_requested and not self.cancel_injected:
             return await self._inject_cancel(leaf, pending)
         effect = leaf.effect
+        fault("X1", self.run_id, leaf.seq)
         if isinstance(effect, Call):
             return await self._run_call(effect, leaf, pending)
         if isinstance(effect, Sleep):
@@ -454,9 +452,13 @@ class Activation:
 
     async def _write(self, entry: JournalEntry) -> None:
         """Persist an entry, fenced by our epoch; only then may its outcome be fed."""
-        await store_call(
-            self.limits.store_deadline, self.store.append, self.run_id, self.epoch, [entry]
-        )
+
+        async def commit() -> None:
+            fault("commit.fail", self.run_id, entry.seq)
+            await self.store.append(self.run_id, self.epoch, [entry])
+            fault("X5", self.run_id, entry.seq)
+
+        await store_call(self.limits.store_deadline, commit)
         self._remember(entry)
 
     def _remember(self, entry: JournalEntry) -> None:
@@ -496,6 +498,7 @@ class Activation:
             attempts += 1
             try:
                 value = await self._invoke(effect, leaf)
+                fault("X3", self.run_id, leaf.seq)
             except Exception as exc:
                 type_name, message = _exception_info(exc)
                 if isinstance(exc, TimeoutError) and effect.timeout is not None and not message:
@@ -507,6 +510,7 @@ class Activation:
                         where=f"result of step {leaf.name} (seq {leaf.seq})",
                         limit=self.limits.max_payload_bytes,
                     )
+                    fault("X4", self.run_id, leaf.seq)
                 except SerializationError as exc:  # terminal: retrying would not help
                     await self._write(
                         self._entry(
@@ -557,6 +561,7 @@ class Activation:
                 due_at=due,
             )
             await self._write(pending)
+            fault("X2", self.run_id, leaf.seq)
             await self._wait_until(due, f"retry of step {leaf.name}")
 
     async def _invoke(self, effect: Call, leaf: _Leaf) -> Any:
@@ -586,6 +591,7 @@ class Activation:
             if due > time.time():
                 pending = self._entry(leaf, "pending", due_at=due)
                 await self._write(pending)
+                fault("X2", self.run_id, leaf.seq)
         await self._wait_until(due, f"timer until {_iso(due)}")
         await self._write(
             self._entry(leaf, "ok", pending=pending, result="null", due_at=due, finished=True)
@@ -597,6 +603,7 @@ class Activation:
     ) -> Outcome:
         deadline = pending.due_at if pending is not None else None
         template = self._entry(leaf, "ok", pending=pending, due_at=deadline)
+        fault("X11", self.run_id, leaf.seq)
         got = await store_call(
             self.limits.store_deadline,
             self.store.consume_signal,
@@ -613,6 +620,7 @@ class Activation:
             if effect.timeout > 0:
                 pending = self._entry(leaf, "pending", due_at=deadline)
                 await self._write(pending)
+                fault("X2", self.run_id, leaf.seq)
         if deadline is not None and deadline <= time.time():
             exc = SignalTimeout(
                 f"no signal {effect.signal!r} arrived for run {self.run_id!r} within "
