@@ -99,23 +99,17 @@ class JournalEntry:
     # ---- checksums -----------------------------------------------------------------------------
 
     def compute_checksum(self) -> str:
-        material = "\x1f".join(
-            str(x)
-            for x in (
-                self.seq,
-                self.kind,
-                self.name,
-                self.digest,
-                self.status,
-                self.args,
-                self.result,
-                self.error,
-                self.attempts,
-                self.key,
-                repr(self.due_at),
-            )
+        material = (
+            f"{self.seq}\x1f{self.kind}\x1f{self.name}\x1f{self.digest}\x1f{self.status}\x1f"
+            f"{self.args}\x1f{self.result}\x1f{self.error}\x1f{self.attempts}\x1f{self.key}\x1f"
+            f"{self.due_at!r}"
         )
         return hashlib.blake2b(material.encode(), digest_size=8).hexdigest()
+
+    def seal(self) -> JournalEntry:
+        """Fill in the checksum of a freshly built entry (in place; returns it)."""
+        object.__setattr__(self, "checksum", self.compute_checksum())
+        return self
 
     def sealed(self) -> JournalEntry:
         """This entry with its checksum filled in."""

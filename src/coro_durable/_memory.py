@@ -74,8 +74,9 @@ class MemoryStore:
         return any(not s.consumed for s in self._signals.get(run_id, ()))
 
     def _append_locked(self, run: RunRecord, entries: Sequence[JournalEntry]) -> None:
-        # Work on a copy so that a rejected entry leaves the whole batch unwritten (atomic append).
-        journal = dict(self._journals[run.run_id])
+        # Check the whole batch before writing any of it, so a rejected entry leaves it unwritten.
+        journal = self._journals[run.run_id]
+        accepted = []
         for entry in entries:
             existing = journal.get(entry.seq)
             if existing is not None and existing.final:
@@ -85,8 +86,9 @@ class MemoryStore:
                     f"run {run.run_id!r}: seq {entry.seq} already holds a final "
                     f"{existing.describe()} entry"
                 )
+            accepted.append(entry)
+        for entry in accepted:
             journal[entry.seq] = entry
-        self._journals[run.run_id] = journal
         run.steps = len(journal)
         run.crash_count = 0
         run.updated_at = time.time()

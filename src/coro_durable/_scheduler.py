@@ -77,6 +77,8 @@ __all__ = ["Activation", "ActivationEnd", "Limits", "ReplayReport", "store_call"
 T = TypeVar("T")
 
 _EMPTY_DIGEST = digest("")
+_NO_ARGS = "[[],{}]"  # what _codec.encode([[], {}]) gives
+_NO_ARGS_DIGEST = digest(_NO_ARGS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,7 +450,7 @@ class Activation:
             started_at=started_at or now,
             finished_at=now if finished else None,
             due_at=due_at,
-        ).sealed()
+        ).seal()
 
     async def _write(self, entry: JournalEntry) -> None:
         """Persist an entry, fenced by our epoch; only then may its outcome be fed."""
@@ -650,6 +652,8 @@ def _iso(ts: float) -> str:
 def _identity(effect: Effect, limit: int) -> tuple[str, str | None, str]:
     """(name, arguments JSON, digest) of an effect, as the journal records and compares them."""
     if isinstance(effect, Call):
+        if not effect.args and not effect.kwargs:
+            return effect.name, _NO_ARGS, _NO_ARGS_DIGEST
         args = _codec.encode(
             [list(effect.args), effect.kwargs],
             where=f"arguments of step {effect.name}",
