@@ -76,9 +76,9 @@ class MemoryStore:
     def _append_locked(self, run: RunRecord, entries: Sequence[JournalEntry]) -> None:
         # Check the whole batch before writing any of it, so a rejected entry leaves it unwritten.
         journal = self._journals[run.run_id]
-        accepted = []
+        accepted: dict[int, JournalEntry] = {}
         for entry in entries:
-            existing = journal.get(entry.seq)
+            existing = accepted.get(entry.seq) or journal.get(entry.seq)
             if existing is not None and existing.final:
                 if existing.checksum == entry.checksum:
                     continue  # our own earlier write, acknowledgement lost
@@ -86,9 +86,8 @@ class MemoryStore:
                     f"run {run.run_id!r}: seq {entry.seq} already holds a final "
                     f"{existing.describe()} entry"
                 )
-            accepted.append(entry)
-        for entry in accepted:
-            journal[entry.seq] = entry
+            accepted[entry.seq] = entry
+        journal.update(accepted)
         run.steps = len(journal)
         run.crash_count = 0
         run.updated_at = time.time()
