@@ -126,7 +126,9 @@ class _ReplayEnd(Exception):
         self.effect = effect
 
 
-_TRANSIENT_EXCLUDED = (ConflictError, CorruptJournalError, StoreUnavailableError, RunNotFoundError)
+# Errors that retrying cannot fix. Everything else in the StoreError tree (connection lost, busy,
+# unavailable) is retried until the deadline.
+_TRANSIENT_EXCLUDED = (ConflictError, CorruptJournalError, RunNotFoundError)
 
 
 async def store_call(deadline: float, op: Callable[..., Awaitable[T]], *args: Any) -> T:
