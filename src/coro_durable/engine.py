@@ -1,0 +1,94 @@
+"""The adapter SPI: what an engine adapter (Temporal, Restate, Inngest) needs to run workflows.
+
+Workflows yield effect objects (see ``coro_durable._effects``); an adapter maps each one to its
+engine's durable primitive and sends back an outcome. This module is the stable surface for that:
+
+    result = await engine.drive(workflow_fn(*args, **kwargs), resolve)
+
+where ``resolve(effect) -> Outcome`` is the adapter's async function: ``Value(x)`` or ``Error(exc)``
+per effect, exactly one per yielded effect (the driver contract). ``Call`` carries ``fn``, ``args``,
+``kwargs``, ``retry`` (a RetryPolicy) and ``timeout``; ``Sleep`` ``seconds`` or ``until``;
+``AwaitSignal`` ``signal`` and ``timeout``; ``Gather`` ``effects`` and ``return_exceptions``;
+``Now``, ``Uuid4`` and ``Random`` nothing. Inside a step the adapter runs the step function under
+``step_context(key)`` so ``cd.idempotency_key()`` works there too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from typing import Any
+
+from ._effects import (
+    AwaitSignal,
+    Call,
+    Effect,
+    Error,
+    Gather,
+    Now,
+    Outcome,
+    Random,
+    RetryPolicy,
+    Sleep,
+    Uuid4,
+    Value,
+    _current_key,
+    step_name,
+)
+from ._workflow import lookup, workflow_name
+from .errors import NotAnEffectError
+
+__all__ = [
+    "AwaitSignal",
+    "Call",
+    "Effect",
+    "Error",
+    "Gather",
+    "Now",
+    "Outcome",
+    "Random",
+    "RetryPolicy",
+    "Sleep",
+    "Uuid4",
+    "Value",
+    "drive",
+    "lookup",
+    "step_context",
+    "step_name",
+    "workflow_name",
+]
+
+
+async def drive(
+    coro: Coroutine[Any, Any, Any], resolve: Callable[[Effect], Awaitable[Outcome]]
+) -> Any:
+    """Run a workflow coroutine to completion, resolving each effect it yields with ``resolve``.
+
+    Returns the workflow's result, or raises what it raised. Awaiting a non-effect raises
+    NotAnEffectError inside the workflow, at that await.
+    """
+    send: Outcome | None = None
+    throw: BaseException | None = None
+    try:
+        while True:
+            try:
+                yielded = coro.throw(throw) if throw is not None else coro.send(send)
+            except StopIteration as stop:
+                return stop.value
+            throw = None
+            if isinstance(yielded, Effect):
+                send = await resolve(yielded)
+            else:
+                throw = NotAnEffectError(yielded)
+    finally:
+        coro.close()
+
+
+@contextlib.contextmanager
+def step_context(key: str) -> Iterator[None]:
+    """Make ``cd.idempotency_key()`` return ``key`` while a step runs on an engine."""
+    token = _current_key.set(key)
+    try:
+        yield
+    finally:
+        _current_key.reset(token)
