@@ -32,6 +32,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
@@ -40,7 +41,7 @@ from . import _codec, _workflow
 from ._faults import SimulatedCrash, fault
 from ._journal import TERMINAL, JournalEntry, RunRecord, RunStatus, verify_journal
 from ._scheduler import Activation, Limits, ReplayReport, replay, store_call
-from ._store import Store, default_store_url, open_store
+from ._store import Store, default_store_url, open_store, plugin_class
 from .errors import (
     ConfigurationError,
     CorruptJournalError,
@@ -151,6 +152,17 @@ class Runtime:
             longer ones park the run (it then holds no task, lease or connection).
         store_deadline: how long store failures are retried before the run counts a crash.
     """
+
+    def __new__(cls, store: str | Store | None = None, **options: Any) -> Runtime:
+        """``Runtime("temporal://...")`` (or restate://, inngest://) returns that engine's runtime,
+        which offers the same methods; any other URL or Store gives an embedded Runtime."""
+        scheme = urlsplit(store).scheme.lower() if isinstance(store, str) else ""
+        if isinstance(store, str) and scheme not in ("", "memory", "sqlite"):
+            plugin = plugin_class(store)
+            if getattr(plugin, "is_engine", False):
+                engine: Runtime = plugin(store, **options)
+                return engine
+        return super().__new__(cls)
 
     def __init__(
         self,

@@ -37,7 +37,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from ._journal import JournalEntry, RunRecord, RunStatus
@@ -184,6 +184,19 @@ def open_store(url: str) -> Store:
         from ._sqlite import SqliteStore
 
         return SqliteStore(url)
+    factory = plugin_class(url)
+    store: Store = factory(url)
+    return store
+
+
+def plugin_class(url: str) -> Any:
+    """The class registered for ``url``'s scheme in the ``coro_durable.stores`` group.
+
+    Engine adapters (Temporal, Restate, Inngest) register there too; their classes carry
+    ``is_engine = True`` and ``Runtime(url)`` returns an instance of them instead of an embedded
+    Runtime.
+    """
+    scheme = urlsplit(url).scheme.lower()
     ep = _entry_points().get(scheme)
     if ep is None:
         package = _PLUGINS.get(scheme)
@@ -195,9 +208,7 @@ def open_store(url: str) -> Store:
         raise StorePluginMissingError(
             f"no coro_durable store is installed for URL scheme {scheme!r} ({hint})"
         )
-    factory = ep.load()
-    store: Store = factory(url)
-    return store
+    return ep.load()
 
 
 def default_store_url() -> str:
