@@ -207,6 +207,7 @@ class Runtime:
         self._unsubscribe: Callable[[], None] | None = None
         self._open = False
         self._crashed: SimulatedCrash | None = None  # set when fault injection "killed" us
+        self._loop_scopes: list[anyio.CancelScope] = []  # the worker's own loops
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -230,15 +231,12 @@ class Runtime:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool:
+    ) -> None:
         self._open = False
-        suppress = False
         try:
             if self._tg is not None:
                 self._tg.cancel_scope.cancel()
-                # The body of `async with` runs inside our task group's scope: a cancellation the
-                # group itself caused (a simulated crash) is absorbed here, nothing else is.
-                suppress = bool(await self._tg.__aexit__(exc_type, exc, tb))
+                await self._tg.__aexit__(exc_type, exc, tb)
                 self._tg = None
         finally:
             if self._unsubscribe is not None:
@@ -246,7 +244,6 @@ class Runtime:
                 self._unsubscribe = None
             with anyio.CancelScope(shield=True):
                 await self.store.close()
-        return suppress
 
     @property
     def active_runs(self) -> int:
@@ -424,6 +421,11 @@ class Runtime:
     # -- the worker -----------------------------------------------------------------------------------
 
     async def _worker_loop(self) -> None:
+        with anyio.CancelScope() as scope:
+            self._loop_scopes.append(scope)
+            await self._claim_forever()
+
+    async def _claim_forever(self) -> None:
         assert self._tg is not None
         while True:
             free = self.concurrency - len(self._active)
@@ -449,6 +451,11 @@ class Runtime:
                 await self._wait_changed(self.poll_interval)
 
     async def _renew_loop(self) -> None:
+        with anyio.CancelScope() as scope:
+            self._loop_scopes.append(scope)
+            await self._renew_forever()
+
+    async def _renew_forever(self) -> None:
         while True:
             await anyio.sleep(self.lease_ttl / 3)
             if not self._active:
@@ -512,8 +519,8 @@ class Runtime:
             # handed back; every other activation of this Runtime stops too.
             log.warning("worker %s: %s; the worker stops as if killed", self.worker_id, exc)
             self._crashed = exc
-            if self._tg is not None:
-                self._tg.cancel_scope.cancel()
+            for scope_ in [*self._loop_scopes, *(sc for _, sc in self._activations.values())]:
+                scope_.cancel()
         except (NonDeterminismError, CorruptJournalError, UnknownWorkflowError) as exc:
             log.error("worker %s: run %s quarantined: %s", self.worker_id, run_id, exc)
             await self._record_crash(run_id, None, exc)
@@ -533,8 +540,13 @@ class Runtime:
                     pass
             raise
         finally:
-            self._active.pop(run_id, None)
-            self._activations.pop(run_id, None)
+            # After a lost lease this worker may have claimed the run again while this stale
+            # activation was still running: leave the newer activation's entries alone, or its
+            # lease would never be renewed and it would lose the run in turn.
+            if self._active.get(run_id) == epoch:
+                del self._active[run_id]
+            if self._activations.get(run_id, (None, None))[1] is scope:
+                del self._activations[run_id]
             self._on_store_change()
 
     async def _record_crash(self, run_id: str, epoch: int | None, exc: Exception) -> None:
