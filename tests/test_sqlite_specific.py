@@ -333,7 +333,7 @@ _WORKER = textwrap.dedent(
     async def main(url, name, start_at):
         store = SqliteStore(url)
         await store.open()
-        await anyio.sleep(float(start_at) - time.time())  # all processes start claiming together
+        await anyio.sleep(max(0.0, float(start_at) - time.time()))  # all processes start claiming together
         got = []
         while True:
             runs = await store.claim(name, limit=2, lease_ttl=60, workflows=["wf"], max_crashes=3)
@@ -353,7 +353,7 @@ _WORKER = textwrap.dedent(
 
 def run_processes(script: str, *args: str, count: int) -> list[str]:
     """Run ``count`` copies of ``script`` that start working together; return their outputs."""
-    start_at = str(time.time() + 1.0)  # after every interpreter has started
+    start_at = str(time.time() + 2.0)  # after every interpreter has started
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", script, *args, f"p{i}", start_at],
@@ -363,12 +363,19 @@ def run_processes(script: str, *args: str, count: int) -> list[str]:
         )
         for i in range(count)
     ]
-    outputs = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err
-        outputs.append(out)
-    return outputs
+    results = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=60)
+            results.append((proc.returncode, out, err))
+    finally:
+        for proc in procs:  # never leave a process or its pipes behind for the next test
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+    for code, _, err in results:
+        assert code == 0, err
+    return [out for _, out, _ in results]
 
 
 @pytest.mark.slow
