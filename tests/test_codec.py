@@ -113,3 +113,10 @@ def test_corrupt_text_is_a_typed_error() -> None:
         _codec.decode("{not json")
     with pytest.raises(errors.SerializationError, match="unknown journal value tag"):
         _codec.decode('{"$cd":"martian","v":1}')
+
+
+def test_lone_surrogates_round_trip_as_storable_text() -> None:
+    """Strings with lone surrogates round-trip, encoded as text every store can keep (UTF-8)."""
+    text, decoded = _codec.roundtrip({"s": "a\ud800b"})
+    assert decoded == {"s": "a\ud800b"}
+    text.encode()  # no UnicodeEncodeError

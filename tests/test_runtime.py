@@ -221,7 +221,7 @@ async def typed_results() -> Any:
 
 
 @cd.workflow
-async def cancellable() -> str:
+async def cancellable_run() -> str:
     await cd.call(add, 1, 1)
     try:
         await cd.await_signal("never")
@@ -502,7 +502,7 @@ async def test_dataclass_results_round_trip(runtime: Any) -> None:
 async def test_cancel_a_waiting_run(runtime: Any) -> None:
     """cancel raises RunCancelledError at the pending await; cleanup effects still run."""
     async with runtime() as rt:
-        handle = await rt.start(cancellable, run_id="cx")
+        handle = await rt.start(cancellable_run, run_id="cx")
         with anyio.fail_after(5):
             while (await rt.describe("cx")).status != cd.RunStatus.WAITING:
                 await anyio.sleep(0.01)

@@ -165,7 +165,13 @@ def encode(value: Any, *, where: str = "value", limit: int | None = None) -> str
         text = "null"
     else:
         try:
-            text = json.dumps(_to_json(value, where), separators=(",", ":"), ensure_ascii=False)
+            data = _to_json(value, where)
+            text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+            try:
+                if not text.isascii():
+                    text.encode()
+            except UnicodeEncodeError:  # lone surrogates: escape them, so every store can keep it
+                text = json.dumps(data, separators=(",", ":"))
         except (ValueError, RecursionError) as exc:
             raise SerializationError(f"{where}: cannot encode value: {exc}") from exc
     if limit is not None and len(text) > limit and len(text.encode()) > limit:
