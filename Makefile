@@ -5,10 +5,12 @@ BIN     = $(VENV)/bin
 
 .PHONY: setup demo test lint typecheck pytest services clean
 
-$(BIN)/.installed: pyproject.toml
+PLUGINS = backends/redis
+
+$(BIN)/.installed: pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev]' $(addprefix -e ,$(PLUGINS))
 	touch $@
 
 setup: $(BIN)/.installed            ## create .venv and install the project with its dev tools
@@ -20,8 +22,8 @@ services:                            ## make sure PostgreSQL and Redis answer (s
 	bash scripts/ensure-services.sh
 
 lint: setup
-	$(BIN)/ruff check src tests examples benchmarks
-	$(BIN)/ruff format --check src tests examples benchmarks
+	$(BIN)/ruff check src tests examples benchmarks $(PLUGINS)
+	$(BIN)/ruff format --check src tests examples benchmarks $(PLUGINS)
 
 typecheck: setup
 	$(BIN)/mypy

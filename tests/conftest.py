@@ -81,8 +81,11 @@ async def store(make_store: Callable[[], cd.Store]) -> AsyncIterator[cd.Store]:
 
 # -- Postgres -------------------------------------------------------------------------------------
 # Each Postgres test works in its own schema (cdt_<hex>); the session drops every schema it handed
-# out when it ends, so parallel sessions and leftovers cannot interfere.
+# out when it ends, so parallel sessions and leftovers cannot interfere. Schemas left behind by a
+# killed session are dropped by a later one once they are PG_STALE_AFTER old (by the time their
+# schema_version row was written), which no live session's schema can be.
 PG_SCHEMAS: set[str] = set()
+PG_STALE_AFTER = "2 hours"
 
 
 def pg_test_url(schema: str | None = None, **params: str) -> str:
@@ -103,6 +106,20 @@ def _drop_postgres_schemas() -> Iterator[None]:
     with psycopg.connect(PG_URL, autocommit=True) as conn:
         for schema in sorted(PG_SCHEMAS):
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        leftovers = conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'cdt\\_%' "
+            "AND to_regclass(quote_ident(nspname) || '.schema_version') IS NOT NULL"
+        ).fetchall()
+        for (schema,) in leftovers:
+            try:  # another session may be dropping it right now
+                stale = conn.execute(
+                    f'SELECT max(applied_at) < now() - %s::interval FROM "{schema}".schema_version',
+                    [PG_STALE_AFTER],
+                ).fetchone()
+                if stale and stale[0]:
+                    conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            except psycopg.Error:
+                pass
     PG_SCHEMAS.clear()
 
 
@@ -190,5 +207,5 @@ def redis_server_config(**settings: str) -> Iterator[dict[str, str]]:
             client.close()
 
 
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def _text(value: str | bytes | None) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

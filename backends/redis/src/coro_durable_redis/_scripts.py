@@ -1,0 +1,522 @@
+"""The Lua scripts of the Redis store: every write is one script, so it is atomic on the server.
+
+Each script is the shared ``_PRELUDE`` (helpers for the key layout, the server clock, the fence,
+the secondary indexes and the schedule sets) followed by its body. ``ARGV[1]`` is always the key
+prefix; the other arguments are listed above each body. Replies are tables whose first element
+says what happened (``ok``, ``missing``, ``lease``, ``conflict``, ``gone``), so the Python side
+never parses error messages.
+
+Conventions:
+
+* Times are the server's ``TIME`` (seconds as a double) and are written with ``%.17g`` so that
+  Python's ``float()`` reads back exactly the same double. Times that come from the client
+  (``wake_at``, ``retry_at``) are stored as the client's ``repr()``, verbatim.
+* An optional string argument is ``''`` for None and ``'=' .. value`` otherwise (``opt``).
+* ``op:<token>`` remembers, for ten minutes, that a write whose reply may have been lost has
+  landed: the Python side retries a write with the same token after a connection error, and the
+  script recognises its own earlier write instead of failing the fence or applying it twice.
+* Lua here is 5.1: no ``goto``, and numbers passed to ``redis.call`` would be formatted with
+  ``%.14g``, so every number is formatted explicitly before it is sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+__all__ = ["Script", "SCRIPTS", "LAYOUT_VERSION"]
+
+#: Version of the key layout below; stored in ``<prefix>meta``. A store refuses a newer layout.
+LAYOUT_VERSION = 1
+
+_PRELUDE = r"""
+if redis.replicate_commands then pcall(redis.replicate_commands) end  -- Redis < 5: effects replication for TIME
+local P = ARGV[1]
+
+local function clock()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+
+local function num(x)
+  return string.format('%.17g', x)
+end
+
+local function opt(s)
+  if s == '' then return nil end
+  return string.sub(s, 2)
+end
+
+local function rk(id) return P .. 'run:' .. id end
+
+-- A run as the client reads it: the RunRecord's fields in their order (false for None).
+local FIELDS = {'run_id', 'workflow', 'input', 'status', 'epoch', 'owner', 'lease_expires',
+                'wake_at', 'waiting_on', 'cancel_requested', 'result', 'error', 'crash_count',
+                'last_error', 'steps', 'created_at', 'updated_at'}
+local function row(key) return redis.call('HMGET', key, unpack(FIELDS)) end
+local function jk(id) return P .. 'journal:' .. id end
+local function sq(id) return P .. 'sigq:' .. id end
+
+-- {'missing'} / {'lease', epoch, status} when the caller does not hold the run at `epoch`.
+local function fence(id, epoch)
+  local f = redis.call('HMGET', rk(id), 'epoch', 'status')
+  if not f[1] then return {'missing'} end
+  if f[1] ~= epoch or f[2] ~= 'running' then return {'lease', f[1], f[2] or ''} end
+  return false
+end
+
+-- Secondary indexes for list_runs, scored by created_at: by status, by status and workflow.
+local function reindex(id, wf, old, new, created)
+  if old == new then return end
+  if old then
+    redis.call('ZREM', P .. 'ix:st:' .. old, id)
+    redis.call('ZREM', P .. 'ix:wfst:' .. old .. ':' .. wf, id)
+  end
+  redis.call('ZADD', P .. 'ix:st:' .. new, created, id)
+  redis.call('ZADD', P .. 'ix:wfst:' .. new .. ':' .. wf, created, id)
+end
+
+-- A run is in at most one schedule set: due (pending/waiting with a wake_at) or lease (running).
+-- The timeline holds the union, for watchers to know when work next falls due.
+local function schedule(id, wf, kind, at)
+  if kind == 'due' then
+    redis.call('ZREM', P .. 'lease:' .. wf, id)
+    redis.call('ZADD', P .. 'due:' .. wf, at, id)
+    redis.call('ZADD', P .. 'timeline', at, id)
+  elseif kind == 'lease' then
+    redis.call('ZREM', P .. 'due:' .. wf, id)
+    redis.call('ZADD', P .. 'lease:' .. wf, at, id)
+    redis.call('ZADD', P .. 'timeline', at, id)
+  else
+    redis.call('ZREM', P .. 'due:' .. wf, id)
+    redis.call('ZREM', P .. 'lease:' .. wf, id)
+    redis.call('ZREM', P .. 'timeline', id)
+  end
+end
+
+local function wake(origin, at)
+  redis.call('PUBLISH', P .. 'wake', origin .. '|' .. (at or ''))
+end
+
+local function remember(token, value)
+  redis.call('SET', P .. 'op:' .. token, value, 'EX', 600)
+end
+
+local function done_before(token)
+  return redis.call('EXISTS', P .. 'op:' .. token) == 1
+end
+
+-- Check journal entries given as quads (seq, status, checksum, value) in ARGV[first..last].
+-- Returns the seqs and values to write, or a conflict reply. Writes nothing.
+local function stage(id, first, last)
+  local key = jk(id)
+  local staged, order = {}, {}
+  for i = first, last, 4 do
+    local seq, ck, value = ARGV[i], ARGV[i + 2], ARGV[i + 3]
+    local cur = staged[seq] or redis.call('HGET', key, seq)
+    local keep = false
+    if cur then
+      local st, cck = string.match(cur, '^([^|]*)|([^|]*)|')
+      if st ~= 'pending' then
+        if cck ~= ck then return nil, {'conflict', seq, cur} end
+        keep = true  -- identical final entry: our own earlier write, acknowledgement lost
+      end
+    end
+    if not keep then
+      if not staged[seq] then order[#order + 1] = seq end
+      staged[seq] = value
+    end
+  end
+  return {staged, order}, nil
+end
+
+local function commit(id, plan, now)
+  local staged, order = plan[1], plan[2]
+  local key = jk(id)
+  if #order > 0 then
+    local args = {}
+    for _, seq in ipairs(order) do
+      args[#args + 1] = seq
+      args[#args + 1] = staged[seq]
+    end
+    redis.call('HSET', key, unpack(args))
+  end
+  redis.call('HSET', rk(id), 'steps', redis.call('HLEN', key), 'crash_count', '0',
+             'updated_at', now)
+end
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    name: str
+    source: str
+    sha: str
+
+
+def _script(name: str, body: str) -> Script:
+    source = _PRELUDE + body
+    return Script(name, source, hashlib.sha1(source.encode()).hexdigest())
+
+
+# ---- runs ------------------------------------------------------------------------------------
+
+# ARGV: P, origin, token, run_id, workflow, then field/value pairs of the other fields.
+# -> {created (1/0), row}
+_CREATE = r"""
+local id, wf = ARGV[4], ARGV[5]
+local key = rk(id)
+if redis.call('EXISTS', key) == 1 then
+  if done_before(ARGV[3]) then return {1, row(key)} end
+  return {0, row(key)}
+end
+local now = num(clock())
+local fields = {'run_id', id, 'workflow', wf, 'status', 'pending', 'wake_at', now,
+                'created_at', now, 'updated_at', now}
+for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', key, unpack(fields))
+redis.call('ZADD', P .. 'ix:all', now, id)
+redis.call('ZADD', P .. 'ix:wf:' .. wf, now, id)
+reindex(id, wf, nil, 'pending', now)
+schedule(id, wf, 'due', now)
+remember(ARGV[3], '1')
+wake(ARGV[2], now)
+return {1, row(key)}
+"""
+
+# ARGV: P, run_id -> row (empty when unknown)
+_GET = r"""
+return row(rk(ARGV[2]))
+"""
+
+# ARGV: P, index key (after the prefix), start, stop -> JSON [[row...], ...] newest first.
+# One JSON text rather than nested arrays: thousands of rows decode in C on the client side.
+_LIST = r"""
+local ids = redis.call('ZREVRANGE', P .. ARGV[2], ARGV[3], ARGV[4])
+if #ids == 0 then return '[]' end
+local out = {}
+for i, id in ipairs(ids) do out[i] = row(rk(id)) end
+return cjson.encode(out)
+"""
+
+# ---- journal -----------------------------------------------------------------------------------
+
+# ARGV: P, run_id, epoch, then quads (seq, status, checksum, value) -> {'ok'} or a refusal
+_APPEND = r"""
+local id = ARGV[2]
+local bad = fence(id, ARGV[3])
+if bad then return bad end
+local plan, conflict = stage(id, 4, #ARGV)
+if conflict then return conflict end
+commit(id, plan, num(clock()))
+return {'ok'}
+"""
+
+# ARGV: P, run_id, epoch -> {'ok', unconsumed signals oldest first} or a refusal
+_SIGNALS = r"""
+local bad = fence(ARGV[2], ARGV[3])
+if bad then return bad end
+return {'ok', redis.call('LRANGE', sq(ARGV[2]), 0, -1)}
+"""
+
+# ARGV: P, token, run_id, epoch, signal element, then one quad (seq, status, checksum, value)
+# -> {'ok'}, {'gone'} (the signal was taken meanwhile) or a refusal
+_CONSUME = r"""
+local id = ARGV[3]
+if done_before(ARGV[2]) then return {'ok'} end
+local bad = fence(id, ARGV[4])
+if bad then return bad end
+local plan, conflict = stage(id, 6, #ARGV)
+if conflict then return conflict end
+if redis.call('LREM', sq(id), 1, ARGV[5]) == 0 then return {'gone'} end
+commit(id, plan, num(clock()))
+remember(ARGV[2], '1')
+return {'ok'}
+"""
+
+# ---- leases --------------------------------------------------------------------------------------
+
+# ARGV: P, token, worker, limit, lease_ttl, max_crashes, workflow names...
+# -> {row...} of the runs claimed, in claim order
+_CLAIM = r"""
+local token, worker = ARGV[2], ARGV[3]
+local limit, ttl, max_crashes = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local out = {}
+local previous = redis.call('GET', P .. 'op:' .. token)
+if previous then  -- our earlier attempt landed: hand back what it claimed, if still ours
+  local got = cjson.decode(previous)
+  for i = 1, #got, 2 do
+    local f = redis.call('HMGET', rk(got[i]), 'epoch', 'status', 'owner')
+    if f[1] == got[i + 1] and f[2] == 'running' and f[3] == worker then
+      out[#out + 1] = row(rk(got[i]))
+    end
+  end
+  return out
+end
+
+local now = clock()
+local nows = num(now)
+local cands, seen = {}, {}
+local function add(id, wf, key, lease)
+  if not seen[id] then
+    seen[id] = true
+    cands[#cands + 1] = {id = id, wf = wf, key = key, lease = lease}
+  end
+end
+for i = 7, #ARGV do
+  local wf = ARGV[i]
+  -- Expired leases first (their workers died); bounded, oldest run first after sorting.
+  local expired = redis.call('ZRANGEBYSCORE', P .. 'lease:' .. wf, '-inf', nows,
+                             'LIMIT', 0, limit + 1000)
+  for _, id in ipairs(expired) do add(id, wf, 0, true) end
+  local due = redis.call('ZRANGEBYSCORE', P .. 'due:' .. wf, '-inf', nows, 'WITHSCORES',
+                         'LIMIT', 0, limit)
+  for j = 1, #due, 2 do add(due[j], wf, tonumber(due[j + 1]), false) end
+  if #due == 2 * limit then  -- runs tied with the last one are ordered by created_at
+    local last = due[#due]
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'due:' .. wf, last, last)) do
+      add(id, wf, tonumber(last), false)
+    end
+  end
+end
+for _, c in ipairs(cands) do
+  local f = redis.call('HMGET', rk(c.id), 'created_at', 'status', 'crash_count', 'owner')
+  c.created, c.status, c.crashes, c.owner = tonumber(f[1]) or 0, f[2], f[3], f[4]
+  c.created_s = f[1]
+end
+table.sort(cands, function(a, b)
+  if a.key ~= b.key then return a.key < b.key end
+  if a.created ~= b.created then return a.created < b.created end
+  return a.id < b.id
+end)
+
+local record = {}
+for _, c in ipairs(cands) do
+  if #record >= 2 * limit then break end
+  local key = rk(c.id)
+  local take = true
+  if c.lease then
+    -- its worker stopped renewing: the takeover counts as a crash
+    local crashes = (tonumber(c.crashes) or 0) + 1
+    redis.call('HSET', key, 'crash_count', tostring(crashes), 'last_error',
+               'worker ' .. (c.owner or 'None') .. ' lost its lease (crashed or stalled) while running')
+    if crashes >= max_crashes then
+      take = false
+      redis.call('HSET', key, 'status', 'quarantined', 'updated_at', nows)
+      redis.call('HDEL', key, 'owner', 'lease_expires', 'wake_at')
+      reindex(c.id, c.wf, c.status, 'quarantined', c.created_s)
+      schedule(c.id, c.wf, nil)
+    end
+  end
+  if take then
+    local epoch = redis.call('HINCRBY', key, 'epoch', 1)
+    local expires = num(now + ttl)
+    redis.call('HSET', key, 'status', 'running', 'owner', worker, 'lease_expires', expires,
+               'updated_at', nows)
+    redis.call('HDEL', key, 'wake_at')
+    reindex(c.id, c.wf, c.status, 'running', c.created_s)
+    schedule(c.id, c.wf, 'lease', expires)
+    record[#record + 1] = c.id
+    record[#record + 1] = tostring(epoch)
+    out[#out + 1] = row(key)
+  end
+end
+if #record > 0 then remember(token, cjson.encode(record)) end
+return out
+"""
+
+# ARGV: P, worker, lease_ttl, then pairs (run_id, epoch) -> flat {run_id, cancel_requested, ...}
+_RENEW = r"""
+local worker = ARGV[2]
+local now = clock()
+local expires = num(now + tonumber(ARGV[3]))
+local out = {}
+for i = 4, #ARGV, 2 do
+  local id = ARGV[i]
+  local key = rk(id)
+  local f = redis.call('HMGET', key, 'epoch', 'status', 'owner', 'cancel_requested', 'workflow')
+  if f[1] == ARGV[i + 1] and f[2] == 'running' and f[3] == worker then
+    redis.call('HSET', key, 'lease_expires', expires)
+    schedule(id, f[5], 'lease', expires)
+    out[#out + 1] = id
+    out[#out + 1] = f[4] or '0'
+  end
+end
+return out
+"""
+
+# ARGV: P, origin, token, run_id, epoch, opt(wake_at), opt(waiting_on) -> {'ok'} or a refusal
+_PARK = r"""
+local id = ARGV[4]
+if done_before(ARGV[3]) then return {'ok'} end
+local bad = fence(id, ARGV[5])
+if bad then return bad end
+local key = rk(id)
+local now = num(clock())
+local at, waiting_on = opt(ARGV[6]), opt(ARGV[7])
+local f = redis.call('HMGET', key, 'cancel_requested', 'workflow', 'created_at')
+if f[1] == '1' or redis.call('LLEN', sq(id)) > 0 then
+  at = now  -- a signal or a cancel request is already here: no lost wake-up
+end
+redis.call('HSET', key, 'status', 'waiting', 'updated_at', now)
+redis.call('HDEL', key, 'owner', 'lease_expires')
+if at then redis.call('HSET', key, 'wake_at', at) else redis.call('HDEL', key, 'wake_at') end
+if waiting_on then
+  redis.call('HSET', key, 'waiting_on', waiting_on)
+else
+  redis.call('HDEL', key, 'waiting_on')
+end
+reindex(id, f[2], 'running', 'waiting', f[3])
+if at then schedule(id, f[2], 'due', at) else schedule(id, f[2], nil) end
+remember(ARGV[3], '1')
+wake(ARGV[2], at)
+return {'ok'}
+"""
+
+# ARGV: P, token, run_id, epoch, status, opt(result), opt(error) -> {'ok'} or a refusal
+_FINISH = r"""
+local id = ARGV[3]
+if done_before(ARGV[2]) then return {'ok'} end
+local bad = fence(id, ARGV[4])
+if bad then return bad end
+local key = rk(id)
+local status, result, err = ARGV[5], opt(ARGV[6]), opt(ARGV[7])
+local f = redis.call('HMGET', key, 'workflow', 'created_at')
+redis.call('HSET', key, 'status', status, 'updated_at', num(clock()))
+redis.call('HDEL', key, 'owner', 'lease_expires', 'wake_at', 'waiting_on')
+if result then redis.call('HSET', key, 'result', result) else redis.call('HDEL', key, 'result') end
+if err then redis.call('HSET', key, 'error', err) else redis.call('HDEL', key, 'error') end
+reindex(id, f[1], 'running', status, f[2])
+schedule(id, f[1], nil)
+remember(ARGV[2], '1')
+return {'ok'}
+"""
+
+# ARGV: P, origin, token, run_id, opt(epoch), error, retry_at, max_crashes
+# -> {'ok', row} or a refusal
+_CRASH = r"""
+local id = ARGV[4]
+local key = rk(id)
+if done_before(ARGV[3]) then return {'ok', row(key)} end
+local epoch = opt(ARGV[5])
+if epoch then
+  local bad = fence(id, epoch)
+  if bad then return bad end
+elseif redis.call('EXISTS', key) == 0 then
+  return {'missing'}
+end
+local f = redis.call('HMGET', key, 'status', 'workflow', 'created_at')
+local crashes = redis.call('HINCRBY', key, 'crash_count', 1)
+redis.call('HSET', key, 'last_error', ARGV[6], 'updated_at', num(clock()))
+redis.call('HDEL', key, 'owner', 'lease_expires')
+local status = 'waiting'
+if not epoch or crashes >= tonumber(ARGV[8]) then
+  status = 'quarantined'
+  redis.call('HDEL', key, 'wake_at')
+  schedule(id, f[2], nil)
+else
+  redis.call('HSET', key, 'wake_at', ARGV[7])
+  schedule(id, f[2], 'due', ARGV[7])
+  wake(ARGV[2], ARGV[7])
+end
+redis.call('HSET', key, 'status', status)
+reindex(id, f[2], f[1], status, f[3])
+remember(ARGV[3], '1')
+return {'ok', row(key)}
+"""
+
+# ARGV: P, origin, run_id -> {'ok', row} or {'missing'}
+_RESUME = r"""
+local id = ARGV[3]
+local key = rk(id)
+local f = redis.call('HMGET', key, 'status', 'workflow', 'created_at')
+if not f[1] then return {'missing'} end
+if f[1] == 'quarantined' then
+  local now = num(clock())
+  redis.call('HSET', key, 'status', 'pending', 'crash_count', '0', 'wake_at', now,
+             'updated_at', now)
+  reindex(id, f[2], 'quarantined', 'pending', f[3])
+  schedule(id, f[2], 'due', now)
+  wake(ARGV[2], now)
+end
+return {'ok', row(key)}
+"""
+
+# ---- signals and cancellation ----------------------------------------------------------------------
+
+# ARGV: P, origin, token, run_id, signal_id, signal element -> {'ok', 1 delivered / 0 duplicate}
+_DELIVER = r"""
+local id = ARGV[4]
+local key = rk(id)
+if done_before(ARGV[3]) then return {'ok', 1} end
+local f = redis.call('HMGET', key, 'status', 'workflow')
+if not f[1] then return {'missing'} end
+if redis.call('SADD', P .. 'sigids:' .. id, ARGV[5]) == 0 then return {'ok', 0} end
+redis.call('RPUSH', sq(id), ARGV[6])
+local at = nil
+if f[1] == 'waiting' then
+  at = num(clock())
+  redis.call('HSET', key, 'wake_at', at)
+  schedule(id, f[2], 'due', at)
+end
+remember(ARGV[3], '1')
+wake(ARGV[2], at)
+return {'ok', 1}
+"""
+
+# ARGV: P, origin, run_id, error JSON of a run cancelled on the spot -> {'ok', row}
+_CANCEL = r"""
+local id = ARGV[3]
+local key = rk(id)
+local f = redis.call('HMGET', key, 'status', 'workflow', 'created_at', 'steps')
+if not f[1] then return {'missing'} end
+local status = f[1]
+local now = num(clock())
+if status == 'quarantined' or (status == 'pending' and f[4] == '0') then
+  -- nothing is executing it: cancel on the spot
+  redis.call('HSET', key, 'status', 'cancelled', 'cancel_requested', '1', 'error', ARGV[4],
+             'updated_at', now)
+  redis.call('HDEL', key, 'wake_at')
+  reindex(id, f[2], status, 'cancelled', f[3])
+  schedule(id, f[2], nil)
+elseif status ~= 'completed' and status ~= 'failed' and status ~= 'cancelled' then
+  redis.call('HSET', key, 'cancel_requested', '1')
+  if status == 'waiting' or status == 'pending' then
+    redis.call('HSET', key, 'wake_at', now)
+    schedule(id, f[2], 'due', now)
+    wake(ARGV[2], now)
+  end
+end
+return {'ok', row(key)}
+"""
+
+# ---- watching ----------------------------------------------------------------------------------------
+
+# ARGV: P -> {server now, the next future time in the timeline or ''}
+_NEXT_WAKE = r"""
+local now = clock()
+local nx = redis.call('ZRANGEBYSCORE', P .. 'timeline', '(' .. num(now), '+inf', 'WITHSCORES',
+                      'LIMIT', 0, 1)
+return {num(now), nx[2] or ''}
+"""
+
+SCRIPTS: dict[str, Script] = {
+    s.name: s
+    for s in (
+        _script("create", _CREATE),
+        _script("get", _GET),
+        _script("list", _LIST),
+        _script("append", _APPEND),
+        _script("signals", _SIGNALS),
+        _script("consume", _CONSUME),
+        _script("claim", _CLAIM),
+        _script("renew", _RENEW),
+        _script("park", _PARK),
+        _script("finish", _FINISH),
+        _script("crash", _CRASH),
+        _script("resume", _RESUME),
+        _script("deliver", _DELIVER),
+        _script("cancel", _CANCEL),
+        _script("next_wake", _NEXT_WAKE),
+    )
+}

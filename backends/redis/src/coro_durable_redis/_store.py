@@ -1,0 +1,756 @@
+"""RedisStore: the store protocol on Redis. The user-facing documentation (URL parameters, key
+layout, durability modes) is the package docstring, in ``coro_durable_redis/__init__.py``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, NoReturn, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import anyio
+import redis
+import redis.exceptions as rex
+
+from coro_durable._journal import CANCELLED_ERROR, JournalEntry, RunRecord, RunStatus
+from coro_durable._store import Listener
+from coro_durable.errors import (
+    ConfigurationError,
+    ConflictError,
+    CorruptJournalError,
+    LeaseLost,
+    RunNotFoundError,
+    StoreError,
+    StoreUnavailableError,
+)
+
+from ._native import NativeTransport, native_options
+from ._scripts import LAYOUT_VERSION, SCRIPTS
+from ._transport import Arg, AsyncioTransport, ThreadTransport, Transport
+
+__all__ = ["RedisStore", "RedisDurabilityError", "DURABILITY_MODES"]
+
+log = logging.getLogger("coro_durable.redis")
+
+T = TypeVar("T")
+
+DURABILITY_MODES = ("strict", "always", "volatile")
+_TRANSPORTS = ("auto", "native", "asyncio", "thread")
+_OUR_PARAMS = ("prefix", "durability", "transport", "threads", "retry_window", "open_timeout")
+_DEFAULT_PREFIX = "coro_durable:"
+
+# The longest a watcher sleeps without asking the server when work next falls due.
+_WATCH_BACKSTOP = 30.0
+
+
+class RedisDurabilityError(ConfigurationError):
+    """The Redis server does not persist writes the way the store URL's ``durability`` asks."""
+
+
+# ---- URL ------------------------------------------------------------------------------------------
+
+
+def _parse_url(url: str) -> tuple[str, dict[str, str], str]:
+    """``(redis-py URL without our parameters, our parameters, URL safe to show)``."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("redis", "rediss", "unix"):
+        raise ConfigurationError(
+            f"{_safe(url)!r} is not a Redis URL; write redis://host:6379/0 (or rediss:// for TLS)"
+        )
+    ours: dict[str, str] = {}
+    theirs: list[tuple[str, str]] = []
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key in _OUR_PARAMS:
+            if key in ours:
+                raise ConfigurationError(f"Redis store URL {_safe(url)!r} gives {key} twice")
+            ours[key] = value
+        else:
+            theirs.append((key, value))
+    stripped = urlunsplit(parts._replace(query=urlencode(theirs)))
+    return stripped, ours, _safe(url)
+
+
+def _safe(url: str) -> str:
+    """The URL without credentials or query, for messages and logs."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "") if parts.netloc else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _positive(url: str, key: str, value: str | None, default: float) -> float:
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not (number >= 0 and math.isfinite(number)):
+        raise ConfigurationError(
+            f"Redis store URL {url!r}: {key} is a number of seconds >= 0, not {value!r}"
+        )
+    return number
+
+
+# ---- encoding -------------------------------------------------------------------------------------
+#
+# Everything is sent as bytes we encoded ourselves (``surrogatepass``: a lone surrogate in a payload
+# is stored and read back as it was instead of failing the write) and read back as bytes.
+
+
+def _b(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _s(data: Any) -> str:
+    if isinstance(data, bytes):
+        try:
+            return data.decode("utf-8", "surrogatepass")
+        except UnicodeDecodeError:  # not written by us: keep what can be read (checksums catch it)
+            return data.decode("utf-8", "replace")
+    return str(data)
+
+
+def _opt(value: str | None) -> bytes:
+    return b"" if value is None else b"=" + _b(value)
+
+
+def _opt_time(value: float | None) -> bytes:
+    return b"" if value is None else b"=" + _b(repr(float(value)))
+
+
+_RUN_STRINGS = ("owner", "waiting_on", "result", "error", "last_error")
+
+
+def _run_fields(run: RunRecord) -> list[bytes]:
+    """Field/value pairs of a new run's hash, beside those the create script sets itself."""
+    pairs: list[bytes] = [
+        b"input", _b(run.input),
+        b"epoch", _b(str(int(run.epoch))),
+        b"cancel_requested", b"1" if run.cancel_requested else b"0",
+        b"crash_count", _b(str(int(run.crash_count))),
+        b"steps", _b(str(int(run.steps))),
+    ]  # fmt: skip
+    for name in _RUN_STRINGS:
+        value = getattr(run, name)
+        if value is not None:
+            pairs += [_b(name), _b(value)]
+    if run.lease_expires is not None:
+        pairs += [b"lease_expires", _b(repr(float(run.lease_expires)))]
+    return pairs
+
+
+def _run_from_row(row: Sequence[Any]) -> RunRecord:
+    """A RunRecord from a script's row: the run hash's fields in RunRecord order (see ``row``)."""
+    v: list[Any] = [
+        x if type(x) is str else None if x is None or x is False else _s(x) for x in row
+    ]
+    try:
+        if len(v) != 17 or None in (v[0], v[1], v[2], v[3], v[15], v[16]):
+            raise ValueError("a required field is missing")
+        return RunRecord(
+            v[0], v[1], v[2], RunStatus(v[3]), int(v[4] or 0), v[5], _float(v[6]),
+            _float(v[7]), v[8], v[9] == "1", v[10], v[11], int(v[12] or 0), v[13],
+            int(v[14] or 0), float(v[15]), float(v[16]),
+        )  # fmt: skip
+    except (TypeError, ValueError) as exc:
+        raise CorruptJournalError(
+            f"run {v[0] if v else '?'!r}: its Redis hash is missing or has a malformed field "
+            f"({type(exc).__name__}: {exc}); it was modified outside coro_durable"
+        ) from None
+
+
+def _float(value: str | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _entry_quad(entry: JournalEntry) -> list[bytes]:
+    """``seq, status, checksum, stored value`` of a journal entry, as the scripts take them."""
+    if "|" in entry.status or "|" in entry.checksum:
+        raise StoreError(
+            f"journal entry seq {entry.seq} has a status or checksum containing '|', which the "
+            "Redis store cannot frame; entries come from JournalEntry.sealed()"
+        )
+    fields = [
+        entry.seq, entry.kind, entry.name, entry.digest, entry.status, entry.args, entry.result,
+        entry.error, entry.attempts, entry.key, entry.started_at, entry.finished_at, entry.due_at,
+        entry.checksum,
+    ]  # fmt: skip
+    body = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+    value = f"{entry.status}|{entry.checksum}|{body}"
+    return [_b(str(int(entry.seq))), _b(entry.status), _b(entry.checksum), _b(value)]
+
+
+def _entry_from_value(run_id: str, raw: Any) -> JournalEntry:
+    text = _s(raw)
+    try:
+        fields = json.loads(text.split("|", 2)[2])
+        if not isinstance(fields, list) or len(fields) != 14:
+            raise ValueError("not a 14-field entry")
+        return JournalEntry(*fields)
+    except (IndexError, ValueError, TypeError) as exc:
+        raise CorruptJournalError(
+            f"run {run_id!r}: a journal entry in Redis cannot be decoded ({exc}); it was torn or "
+            "modified outside coro_durable. The run is quarantined rather than replayed with a "
+            "wrong value; inspect it with `coro-durable show`"
+        ) from None
+
+
+def _pairs(reply: Any) -> dict[str, str]:
+    """CONFIG GET / INFO replies as {str: str}, whatever shape redis-py parsed them into."""
+    if isinstance(reply, dict):
+        return {_s(k): _s(v) for k, v in reply.items()}
+    if isinstance(reply, list | tuple):
+        return {_s(reply[i]): _s(reply[i + 1]) for i in range(0, len(reply) - 1, 2)}
+    if isinstance(reply, bytes | str):
+        out: dict[str, str] = {}
+        for line in _s(reply).splitlines():
+            key, sep, value = line.partition(":")
+            if sep:
+                out[key.strip()] = value.strip()
+        return out
+    return {}
+
+
+# ---- errors ---------------------------------------------------------------------------------------
+
+_TRANSIENT_REPLIES = ("READONLY", "LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "OOM", "NOREPLICAS")
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Connection trouble and server states that pass (failover, loading, busy, out of memory)."""
+    if isinstance(exc, rex.AuthenticationError | rex.AuthorizationError | rex.NoPermissionError):
+        return False
+    if isinstance(exc, rex.ConnectionError | rex.TimeoutError | OSError):
+        return True
+    if isinstance(exc, rex.ReadOnlyError | rex.OutOfMemoryError | rex.BusyLoadingError):
+        return True
+    if isinstance(exc, rex.ResponseError):
+        return str(exc).split(" ", 1)[0].upper() in _TRANSIENT_REPLIES
+    return isinstance(exc, rex.MaxConnectionsError)
+
+
+class RedisStore:
+    """A store on a Redis server (``redis://host:port/db?prefix=...``); see the package docs."""
+
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0") -> None:
+        self.url = url
+        self._redis_url, ours, self.where = _parse_url(url)
+        self.prefix = ours.get("prefix", _DEFAULT_PREFIX)
+        if not self.prefix:
+            raise ConfigurationError(
+                f"Redis store URL {self.where!r}: prefix must not be empty (it scopes every key)"
+            )
+        self.durability = ours.get("durability", "strict").lower()
+        if self.durability not in DURABILITY_MODES:
+            raise ConfigurationError(
+                f"Redis store URL {self.where!r}: durability must be one of "
+                f"{', '.join(DURABILITY_MODES)}, not {ours['durability']!r}"
+            )
+        self.transport = ours.get("transport", "auto").lower()
+        if self.transport not in _TRANSPORTS:
+            raise ConfigurationError(
+                f"Redis store URL {self.where!r}: transport must be one of "
+                f"{', '.join(_TRANSPORTS)}, not {ours['transport']!r}"
+            )
+        self.threads = int(_positive(self.where, "threads", ours.get("threads"), 16)) or 1
+        self.retry_window = _positive(self.where, "retry_window", ours.get("retry_window"), 2.0)
+        self.open_timeout = _positive(self.where, "open_timeout", ours.get("open_timeout"), 10.0)
+        try:  # let redis-py reject unknown or malformed parameters now, not at the first command
+            redis.ConnectionPool.from_url(self._redis_url).make_connection()
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(
+                f"Redis store URL {self.where!r} has an option redis-py does not accept: {exc}. "
+                f"coro_durable's own options are {', '.join(_OUR_PARAMS)}; the others go to "
+                "redis-py (socket_timeout, client_name, ...)"
+            ) from None
+        self._native_kwargs, unsupported = native_options(self._redis_url)
+        self._native_ok = not unsupported
+        if self.transport == "native" and unsupported:
+            raise ConfigurationError(
+                f"Redis store URL {self.where!r}: transport=native does not support the option(s) "
+                f"{', '.join(unsupported)}; drop them or use transport=thread"
+            )
+        self._origin = uuid.uuid4().hex[:12]  # tags our pub/sub messages: we notify ourselves
+        self._channel = _b(self.prefix + "wake")
+        self._listeners: list[Listener] = []
+        self._asyncio: AsyncioTransport | None = None
+        self._native: NativeTransport | None = None
+        self._thread: ThreadTransport | None = None
+        self._opened = False
+        self._clock_offset = 0.0  # server time minus anyio.current_time(), measured by watch()
+        self.server: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self.where!r}, prefix={self.prefix!r})"
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _transport(self) -> Transport:
+        on_asyncio = _on_asyncio()
+        choice = self.transport
+        if choice == "auto":
+            # redis-py's asyncio client under asyncio; under trio (no redis-py support) the native
+            # client, or redis-py in threads for URL options the native client does not handle
+            choice = "asyncio" if on_asyncio else ("native" if self._native_ok else "thread")
+        if choice == "asyncio":
+            if not on_asyncio:
+                raise ConfigurationError(
+                    f"Redis store {self.where!r}: transport=asyncio needs an asyncio event loop; "
+                    "use transport=auto or native"
+                )
+            if self._asyncio is None or not self._asyncio.usable():
+                self._asyncio = AsyncioTransport(self._redis_url)
+            return self._asyncio
+        if choice == "native":
+            if self._native is None or not self._native.usable():
+                self._native = NativeTransport(self._native_kwargs)
+            return self._native
+        if self._thread is None:
+            self._thread = ThreadTransport(self._redis_url, self.threads)
+        return self._thread
+
+    def _translate(self, exc: BaseException) -> StoreError:
+        what = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, rex.AuthenticationError | rex.AuthorizationError):
+            return StoreUnavailableError(
+                f"Redis at {self.where} refused our credentials ({what}); fix the user and "
+                "password in the store URL"
+            )
+        if isinstance(exc, rex.NoPermissionError):
+            return StoreUnavailableError(
+                f"Redis at {self.where} denied a command to our user ({what}); its ACL must allow "
+                "EVALSHA, SCRIPT LOAD, SUBSCRIBE, PUBLISH, INFO, CONFIG GET (or run with "
+                "durability=volatile), TIME and the hash, list, set, sorted-set and string "
+                f"commands, on the keys and channel starting with {self.prefix!r}"
+            )
+        if _is_transient(exc):
+            return StoreError(f"Redis at {self.where} is unreachable or busy ({what}); retrying")
+        return StoreError(f"Redis at {self.where} failed ({what})")
+
+    async def _io(self, fn: Callable[[Transport], Awaitable[T]]) -> T:
+        """Run ``fn`` on the transport, retrying connection trouble for ``retry_window`` seconds.
+
+        Callers make every retried write recognisable (identical journal entries, or an operation
+        token the script remembers), so a write whose reply was lost is never applied twice.
+        """
+        give_up: float | None = None
+        delay = 0.01
+        while True:
+            try:
+                return await fn(self._transport())
+            except (rex.RedisError, OSError) as exc:
+                error = self._translate(exc)
+                if not _is_transient(exc):
+                    raise error from exc
+                now = time.monotonic()
+                if give_up is None:
+                    give_up = now + self.retry_window
+                if now + delay > give_up:
+                    raise error from exc
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    async def _script(self, name: str, args: Sequence[Arg]) -> Any:
+        script = SCRIPTS[name]
+        full: list[Arg] = [_b(self.prefix), *args]
+        return await self._io(lambda t: t.script(script, full))
+
+    def _refused(self, reply: Sequence[Any], run_id: str, epoch: int | None) -> NoReturn:
+        kind = _s(reply[0])
+        if kind == "missing":
+            raise RunNotFoundError(run_id)
+        if kind == "lease":
+            raise LeaseLost(
+                run_id, epoch or 0, f"current token is {_s(reply[1])}, status {_s(reply[2])}"
+            )
+        if kind == "conflict":
+            existing = _entry_from_value(run_id, reply[2])
+            raise ConflictError(
+                f"run {run_id!r}: seq {_s(reply[1])} already holds a final "
+                f"{existing.describe()} entry"
+            )
+        raise StoreError(f"Redis store {self.where}: unexpected script reply {reply!r}")
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def _notify(self) -> None:
+        for listener in list(self._listeners):
+            listener()
+
+    # -- opening ------------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect, check the server's persistence against ``durability``, load the scripts.
+
+        Connection trouble is retried for ``open_timeout`` seconds, then StoreUnavailableError.
+        """
+        if self._opened:
+            return
+        try:
+            await self._open_retrying()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.close()  # a store that failed to open holds no connection
+            raise
+        self._opened = True
+
+    async def _open_retrying(self) -> None:
+        give_up = time.monotonic() + self.open_timeout
+        delay = 0.05
+        while True:
+            try:
+                await self._open_once()
+                break
+            except (rex.RedisError, OSError) as exc:
+                if not _is_transient(exc):
+                    raise self._translate(exc) from exc
+                left = give_up - time.monotonic()
+                if left <= 0:
+                    raise StoreUnavailableError(
+                        f"Redis at {self.where} did not answer within open_timeout="
+                        f"{self.open_timeout:g}s ({type(exc).__name__}: {exc}); check that the "
+                        "server is running and the URL's host, port and TLS scheme are right"
+                    ) from exc
+            await anyio.sleep(min(delay, max(left, 0.0)))
+            delay = min(delay * 2, 1.0)
+
+    async def _open_once(self) -> None:
+        transport = self._transport()
+        await self._check_durability(transport)
+        meta = _b(self.prefix + "meta")
+        await transport.command("HSETNX", meta, "layout", str(LAYOUT_VERSION))
+        layout = int(_s(await transport.command("HGET", meta, "layout")))
+        if layout > LAYOUT_VERSION:
+            raise StoreError(
+                f"Redis store {self.where} prefix {self.prefix!r} holds key layout version "
+                f"{layout}, newer than this coro_durable_redis understands ({LAYOUT_VERSION}); "
+                "upgrade coro-durable-redis"
+            )
+        for script in SCRIPTS.values():
+            await transport.command("SCRIPT", "LOAD", script.source)
+
+    async def _check_durability(self, transport: Transport) -> None:
+        settings: dict[str, str] = {}
+        try:
+            settings.update(_pairs(await transport.command("CONFIG", "GET", "appendonly")))
+            settings.update(_pairs(await transport.command("CONFIG", "GET", "appendfsync")))
+        except rex.ResponseError:  # CONFIG is disabled or renamed (managed services): ask INFO
+            try:
+                persistence = _pairs(await transport.command("INFO", "persistence"))
+            except rex.ResponseError:
+                persistence = {}  # unknowable: strict modes refuse below, volatile does not care
+            if "aof_enabled" in persistence:
+                settings["appendonly"] = "yes" if persistence["aof_enabled"] == "1" else "no"
+        info: dict[str, str] = {}
+        for section in ("server", "memory"):
+            try:
+                info.update(_pairs(await transport.command("INFO", section)))
+            except rex.ResponseError:
+                pass
+        self.server = {
+            "redis_version": info.get("redis_version", "unknown"),
+            "appendonly": settings.get("appendonly", "unknown"),
+            "appendfsync": settings.get("appendfsync", "unknown"),
+            "maxmemory": info.get("maxmemory", "unknown"),
+            "maxmemory_policy": info.get("maxmemory_policy", "unknown"),
+            "durability": self.durability,
+        }
+        if self.durability == "volatile":
+            return
+        appendonly, fsync = self.server["appendonly"], self.server["appendfsync"]
+        opt_in = (
+            "or, for tests and data you can afford to lose, accept the risk with "
+            "`durability=volatile` in the store URL"
+        )
+        if appendonly != "yes":
+            seen = "appendonly no" if appendonly == "no" else "its persistence cannot be read"
+            raise RedisDurabilityError(
+                f"Redis at {self.where} runs without an append-only file ({seen}): every run, "
+                "journal entry and signal would be lost when the server restarts (RDB snapshots "
+                "lose everything since the last one), so coro_durable refuses to use it. Turn "
+                "persistence on (`CONFIG SET appendonly yes`, and `appendonly yes` in redis.conf, "
+                f"with appendfsync everysec or always), {opt_in}"
+            )
+        policy = self.server["maxmemory_policy"]
+        if policy.startswith("allkeys-") and self.server["maxmemory"] != "0":
+            raise RedisDurabilityError(
+                f"Redis at {self.where} evicts keys when it reaches maxmemory "
+                f"(maxmemory-policy {policy}): runs and journal entries could silently vanish, so "
+                "coro_durable refuses to use it. Set `CONFIG SET maxmemory-policy noeviction` "
+                "(writes then fail loudly when memory is full, and the store retries them), or a "
+                f"volatile-* policy, which only evicts keys with a TTL, {opt_in}"
+            )
+        if fsync == "no" or (self.durability == "always" and fsync != "always"):
+            wanted = "always" if self.durability == "always" else "everysec or always"
+            raise RedisDurabilityError(
+                f"Redis at {self.where} has appendfsync {fsync}, but durability={self.durability} "
+                f"needs appendfsync {wanted}: with `no` the OS decides when writes reach the disk "
+                "(about 30 s on Linux), with `everysec` a machine crash can lose the last second "
+                f"of acknowledged writes. Set `CONFIG SET appendfsync {wanted.split()[-1]}`, "
+                f"{opt_in}"
+            )
+
+    async def close(self) -> None:
+        self._opened = False
+        transports = (self._asyncio, self._native, self._thread)
+        self._asyncio = self._native = self._thread = None
+        for transport in transports:
+            if transport is not None and transport.usable():
+                try:
+                    await transport.close()
+                except (rex.RedisError, OSError) as exc:
+                    log.debug("closing %s: %s", self.where, exc)
+
+    async def settings(self) -> dict[str, str]:
+        """What the server said at ``open()``: redis_version, appendonly, appendfsync, and the
+        store's durability mode and transport for this event loop."""
+        return {**self.server, "transport": self._transport().name}
+
+    # -- notifications ------------------------------------------------------------------------------
+
+    async def watch(self) -> None:
+        """Call the listeners when another process publishes new work, and when the next timer or
+        lease expiry in the store falls due. Runs until cancelled (the Runtime runs it)."""
+        delay = 0.05
+        while True:
+            try:
+                async with self._transport().subscribe(_s(self._channel)) as sub:
+                    delay = 0.05
+                    self._notify()  # (re)subscribed: anything published before was missed
+                    due = await self._next_wake()
+                    while True:
+                        now = anyio.current_time()
+                        wait = _WATCH_BACKSTOP if due is None else max(due - now, 0.002)
+                        message = await sub.get(min(wait, _WATCH_BACKSTOP))
+                        if message is None:
+                            if due is not None and anyio.current_time() >= due:
+                                self._notify()
+                            else:  # a quiet backstop period: is the subscription alive?
+                                await sub.ping()
+                            due = await self._next_wake()
+                            continue
+                        origin, _, at = _s(message).partition("|")
+                        local = float(at) - self._clock_offset if at else None
+                        if local is not None and local > anyio.current_time() + 0.001:
+                            if due is None or local < due:
+                                due = local  # a future timer: wake the listeners then
+                        elif origin != self._origin:  # work now (ours was notified directly)
+                            self._notify()
+            except Exception as exc:  # never let a watcher crash the Runtime; retry
+                log.warning(
+                    "Redis store %s: listening for wake-ups failed (%s: %s); retrying in %.2fs",
+                    self.where, type(exc).__name__, exc, delay,
+                )  # fmt: skip
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _next_wake(self) -> float | None:
+        """anyio.current_time() at which the store's next future timer or lease expiry falls."""
+        reply = await self._script("next_wake", [])
+        server_now = float(_s(reply[0]))
+        self._clock_offset = server_now - anyio.current_time()
+        nxt = _s(reply[1])
+        return float(nxt) - self._clock_offset if nxt else None
+
+    # -- runs ---------------------------------------------------------------------------------------
+
+    async def create_run(self, run: RunRecord) -> tuple[RunRecord, bool]:
+        args = [
+            _b(self._origin), _b(uuid.uuid4().hex), _b(run.run_id), _b(run.workflow),
+            *_run_fields(run),
+        ]  # fmt: skip
+        reply = await self._script("create", args)
+        created = int(reply[0]) == 1
+        stored = _run_from_row(reply[1])
+        if created:
+            self._notify()
+        return stored, created
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        reply = await self._script("get", [_b(run_id)])
+        return _run_from_row(reply) if reply and reply[0] is not None else None
+
+    async def list_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        workflow: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[RunRecord]:
+        if limit <= 0:
+            return []
+        if status is not None and workflow is not None:
+            index = f"ix:wfst:{RunStatus(status).value}:{workflow}"
+        elif status is not None:
+            index = f"ix:st:{RunStatus(status).value}"
+        elif workflow is not None:
+            index = f"ix:wf:{workflow}"
+        else:
+            index = "ix:all"
+        start = max(offset, 0)
+        reply = await self._script("list", [_b(index), _b(str(start)), _b(str(start + limit - 1))])
+        try:
+            rows = json.loads(_s(reply))
+        except ValueError as exc:
+            raise CorruptJournalError(
+                f"Redis store {self.where}: unreadable run list ({exc})"
+            ) from None
+        return [_run_from_row(row) for row in rows if row and isinstance(row[0], str)]
+
+    # -- journal ------------------------------------------------------------------------------------
+
+    async def load_journal(self, run_id: str) -> list[JournalEntry]:
+        key = _b(f"{self.prefix}journal:{run_id}")
+        values = await self._io(lambda t: t.command("HVALS", key))
+        entries = [_entry_from_value(run_id, v) for v in values]
+        entries.sort(key=lambda e: e.seq)
+        return entries
+
+    async def append(self, run_id: str, epoch: int, entries: Sequence[JournalEntry]) -> None:
+        args: list[Arg] = [_b(run_id), _b(str(epoch))]
+        for entry in entries:
+            args += _entry_quad(entry)
+        reply = await self._script("append", args)
+        if _s(reply[0]) != "ok":
+            self._refused(reply, run_id, epoch)
+
+    async def consume_signal(
+        self, run_id: str, epoch: int, name: str, entry: JournalEntry
+    ) -> JournalEntry | None:
+        while True:
+            reply = await self._script("signals", [_b(run_id), _b(str(epoch))])
+            if _s(reply[0]) != "ok":
+                self._refused(reply, run_id, epoch)
+            for element in reply[1]:
+                _signal_id, signal_name, payload = json.loads(_s(element))
+                if signal_name == name:
+                    break
+            else:
+                return None
+            final = entry.with_result(payload, time.time())
+            args = [_b(uuid.uuid4().hex), _b(run_id), _b(str(epoch)), element]
+            taken = await self._script("consume", [*args, *_entry_quad(final)])
+            outcome = _s(taken[0])
+            if outcome == "ok":
+                return final
+            if outcome != "gone":  # "gone": taken meanwhile (cannot happen to the lease owner)
+                self._refused(taken, run_id, epoch)
+
+    # -- leases -------------------------------------------------------------------------------------
+
+    async def claim(
+        self,
+        worker: str,
+        *,
+        limit: int,
+        lease_ttl: float,
+        workflows: Sequence[str],
+        max_crashes: int,
+    ) -> list[RunRecord]:
+        names = sorted(set(workflows))
+        if not names or limit <= 0:
+            return []
+        args = [
+            _b(uuid.uuid4().hex), _b(worker), _b(str(int(limit))), _b(repr(float(lease_ttl))),
+            _b(str(int(max_crashes))), *(_b(n) for n in names),
+        ]  # fmt: skip
+        reply = await self._script("claim", args)
+        return [_run_from_row(flat) for flat in reply]
+
+    async def renew(self, worker: str, leases: dict[str, int], lease_ttl: float) -> dict[str, bool]:
+        if not leases:
+            return {}
+        args: list[Arg] = [_b(worker), _b(repr(float(lease_ttl)))]
+        for run_id, epoch in leases.items():
+            args += [_b(run_id), _b(str(epoch))]
+        reply = await self._script("renew", args)
+        return {_s(reply[i]): _s(reply[i + 1]) == "1" for i in range(0, len(reply) - 1, 2)}
+
+    async def park(
+        self, run_id: str, epoch: int, wake_at: float | None, waiting_on: str | None
+    ) -> None:
+        args = [
+            _b(self._origin), _b(uuid.uuid4().hex), _b(run_id), _b(str(epoch)),
+            _opt_time(wake_at), _opt(waiting_on),
+        ]  # fmt: skip
+        reply = await self._script("park", args)
+        if _s(reply[0]) != "ok":
+            self._refused(reply, run_id, epoch)
+        self._notify()
+
+    async def finish(
+        self, run_id: str, epoch: int, status: RunStatus, result: str | None, error: str | None
+    ) -> None:
+        args = [
+            _b(uuid.uuid4().hex), _b(run_id), _b(str(epoch)), _b(RunStatus(status).value),
+            _opt(result), _opt(error),
+        ]  # fmt: skip
+        reply = await self._script("finish", args)
+        if _s(reply[0]) != "ok":
+            self._refused(reply, run_id, epoch)
+        self._notify()
+
+    async def record_crash(
+        self, run_id: str, epoch: int | None, error: str, retry_at: float, max_crashes: int
+    ) -> RunRecord:
+        args = [
+            _b(self._origin), _b(uuid.uuid4().hex), _b(run_id),
+            b"" if epoch is None else b"=" + _b(str(epoch)), _b(error),
+            _b(repr(float(retry_at))), _b(str(int(max_crashes))),
+        ]  # fmt: skip
+        reply = await self._script("crash", args)
+        if _s(reply[0]) != "ok":
+            self._refused(reply, run_id, epoch)
+        self._notify()
+        return _run_from_row(reply[1])
+
+    async def resume(self, run_id: str) -> RunRecord:
+        reply = await self._script("resume", [_b(self._origin), _b(run_id)])
+        if _s(reply[0]) != "ok":
+            self._refused(reply, run_id, None)
+        self._notify()
+        return _run_from_row(reply[1])
+
+    # -- signals and cancellation -------------------------------------------------------------------
+
+    async def deliver_signal(self, run_id: str, name: str, payload: str, signal_id: str) -> bool:
+        element = json.dumps([signal_id, name, payload], ensure_ascii=False)
+        args = [_b(self._origin), _b(uuid.uuid4().hex), _b(run_id), _b(signal_id), _b(element)]
+        reply = await self._script("deliver", args)
+        if _s(reply[0]) != "ok":
+            self._refused(reply, run_id, None)
+        delivered = int(reply[1]) == 1
+        if delivered:
+            self._notify()
+        return delivered
+
+    async def request_cancel(self, run_id: str) -> RunRecord:
+        reply = await self._script("cancel", [_b(self._origin), _b(run_id), _b(CANCELLED_ERROR)])
+        if _s(reply[0]) != "ok":
+            self._refused(reply, run_id, None)
+        self._notify()
+        return _run_from_row(reply[1])
+
+
+def _on_asyncio() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
