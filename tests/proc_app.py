@@ -7,6 +7,7 @@ IGNORE, like an API honouring an Idempotency-Key) and `invocations` logs every p
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import sys
@@ -54,6 +55,11 @@ async def twenty_steps(seconds: float) -> int:
 
 
 @cd.workflow
+async def ten_steps(seconds: float) -> int:
+    return sum([await cd.call(apply_effect, i, seconds) for i in range(10)])
+
+
+@cd.workflow
 async def poisoned() -> str:
     await cd.call(explode, 0.3)
     return "survived"
@@ -65,6 +71,8 @@ async def healthy(i: int) -> int:
 
 
 async def main(store: str) -> None:
+    if os.environ.get("PROC_LOG"):
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     max_crashes = int(os.environ.get("PROC_MAX_CRASHES", "3"))
     async with cd.Runtime(store, lease_ttl=0.5, poll_interval=0.02, max_crashes=max_crashes):
         await anyio.sleep_forever()
