@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 
 .PHONY: setup demo test lint typecheck pytest services clean
 
-PLUGINS = backends/redis
+PLUGINS = backends/postgres backends/redis
 
 $(BIN)/.installed: pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 	$(PYTHON) -m venv $(VENV)

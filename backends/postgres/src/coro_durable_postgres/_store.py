@@ -1,0 +1,686 @@
+"""PostgresStore: the coro_durable store protocol on PostgreSQL (see the package docstring)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import psycopg
+
+from coro_durable._journal import CANCELLED_ERROR, JournalEntry, RunRecord, RunStatus
+from coro_durable.errors import (
+    ConfigurationError,
+    ConflictError,
+    CorruptJournalError,
+    LeaseLost,
+    RunNotFoundError,
+    StoreError,
+    StoreUnavailableError,
+)
+
+from ._driver import AsyncDriver, Params, Row, ThreadDriver, make_driver, translate
+from ._sql import ENTRY_COLUMNS, RUN_COLUMNS, SCHEMA_VERSION, Statements
+from ._url import Options, parse_url
+
+__all__ = ["PostgresStore"]
+
+log = logging.getLogger("coro_durable.postgres")
+
+Listener = Callable[[], None]
+
+#: How often ``watch`` re-reads the next due time and checks its LISTEN connection (seconds).
+RESYNC_INTERVAL = 30.0
+_MIN_SERVER_VERSION = 120000
+
+
+def _run_from_row(row: Sequence[Any]) -> RunRecord:
+    values = list(row[: len(RUN_COLUMNS)])
+    try:
+        values[3] = RunStatus(values[3])
+    except ValueError:
+        raise CorruptJournalError(
+            f"run {values[0]!r}: stored status {values[3]!r} is not a run status; the row was "
+            "modified outside coro_durable"
+        ) from None
+    return RunRecord(*values)
+
+
+def _due_at(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise CorruptJournalError(
+            f"journal due_at {text!r} is not a number; the row was modified outside coro_durable"
+        ) from None
+
+
+def _entry_from_row(row: Sequence[Any]) -> JournalEntry:
+    values = list(row)
+    values[12] = _due_at(values[12])
+    return JournalEntry(*values)
+
+
+def _no_nul(what: str, value: str) -> None:
+    if "\x00" in value:
+        raise ConfigurationError(
+            f"{what} {value!r} contains a NUL character, which PostgreSQL text cannot store"
+        )
+
+
+def _single(entry: JournalEntry) -> dict[str, Any]:
+    """Parameters of the one-entry append statement."""
+    params = {column: getattr(entry, column) for column in ENTRY_COLUMNS}
+    params["due_at"] = None if entry.due_at is None else repr(entry.due_at)
+    return params
+
+
+def _batch(entries: Sequence[JournalEntry]) -> tuple[dict[str, list[Any]], tuple[int, str] | None]:
+    """Column arrays for the append statement: one effective entry per seq.
+
+    A batch may name a seq more than once; the store protocol applies its entries in order, so
+    the effective entry is the first final one (or the last pending one), later entries must
+    equal it, and ``uniform`` says whether all of them are identical (required when the seq
+    already holds a final entry). Returns the arrays and the first seq the batch contradicts
+    itself on, if any.
+    """
+    groups: dict[int, list[JournalEntry]] = {}
+    for entry in entries:
+        groups.setdefault(entry.seq, []).append(entry)
+    columns: dict[str, list[Any]] = {c: [] for c in ENTRY_COLUMNS}
+    columns["uniform"] = []
+    contradiction: tuple[int, str] | None = None
+    for seq, group in groups.items():
+        chosen = next((e for e in group if e.final), group[-1])
+        if chosen.final:
+            later = group[group.index(chosen) + 1 :]
+            if contradiction is None and any(e.checksum != chosen.checksum for e in later):
+                contradiction = (seq, chosen.describe())
+        for column in ENTRY_COLUMNS:
+            columns[column].append(getattr(chosen, column))
+        columns["uniform"].append(all(e.checksum == group[0].checksum for e in group))
+    # One Python type per array (psycopg refuses mixed int/float lists); due_at keeps its repr.
+    columns["due_at"] = [None if d is None else repr(d) for d in columns["due_at"]]
+    for column in ("started_at", "finished_at"):
+        columns[column] = [None if t is None else float(t) for t in columns[column]]
+    for column in ("seq", "attempts"):
+        columns[column] = [int(n) for n in columns[column]]
+    return columns, contradiction
+
+
+class PostgresStore:
+    """A store in a PostgreSQL schema (``postgresql://user@host:5432/db?schema=name``).
+
+    Safe for many worker processes on one database. Use it as ``Runtime(PostgresStore(url))`` or
+    ``Runtime(url)``; the URL options are documented in :mod:`coro_durable_postgres`.
+    """
+
+    def __init__(self, url: str = "postgresql://localhost/postgres") -> None:
+        self.url = url
+        self.options: Options = parse_url(url)
+        self.schema = self.options.schema
+        self._quoted = f'"{self.schema}"'
+        self._sql = Statements(self._quoted)
+        self._driver: AsyncDriver | ThreadDriver | None = None
+        self._opening: anyio.Lock | None = None
+        self._listeners: list[Listener] = []
+        # Notifications carry this token; a store ignores its own (it told its listeners already).
+        self._origin = uuid.uuid4().hex[:12]
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self.options.redacted!r}, schema={self.schema!r})"
+
+    @property
+    def driver(self) -> str | None:
+        """``"async"`` (asyncio pool) or ``"thread"`` (blocking pool in threads), once open."""
+        return self._driver.kind if self._driver is not None else None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect (retrying an unreachable server up to ``open_timeout``), create or migrate the
+        schema, and open the connection pool. Idempotent."""
+        if self._driver is not None:
+            return
+        if self._opening is None:
+            self._opening = anyio.Lock()
+        async with self._opening:
+            if self._driver is not None:
+                return
+            await self._migrate()
+            driver = make_driver(self.options)
+            await driver.open()
+            self._driver = driver
+
+    async def close(self) -> None:
+        """Close the pool. Idempotent; a closed store reopens on its next use."""
+        driver, self._driver = self._driver, None
+        self._opening = None  # a reopen may happen on another event loop
+        if driver is not None:
+            await driver.close()
+
+    async def _migrate(self) -> None:
+        give_up = time.monotonic() + self.options.open_timeout
+        delay = 0.05
+        while True:
+            try:
+                await anyio.to_thread.run_sync(self._migrate_sync)
+                return
+            except psycopg.OperationalError as exc:
+                if _refused_by_server(exc):  # bad credentials, no such database, bad option
+                    raise StoreError(
+                        f"cannot use PostgreSQL store {self.options.redacted}: {_first_line(exc)}"
+                    ) from exc
+                remaining = give_up - time.monotonic()
+                if remaining <= 0:
+                    raise StoreUnavailableError(
+                        f"PostgreSQL store {self.options.redacted} stayed unreachable for "
+                        f"open_timeout={self.options.open_timeout:g}s: {_first_line(exc)}. Check "
+                        "that the server is running and the host, port and database in the URL"
+                    ) from exc
+            except psycopg.Error as exc:
+                raise translate(exc, self.options) from exc
+            await anyio.sleep(min(delay, remaining))
+            delay = min(delay * 2, 1.0)
+
+    def _migrate_sync(self) -> None:
+        """Bring the schema to SCHEMA_VERSION (in a worker thread, on its own connection).
+
+        Two processes opening a fresh database at once serialise on a transaction-scoped advisory
+        lock keyed by the schema name; the second one finds the work done.
+        """
+        with psycopg.connect(self.options.dsn, autocommit=True) as conn:
+            if conn.info.server_version < _MIN_SERVER_VERSION:
+                raise StoreError(
+                    f"PostgreSQL store {self.options.redacted}: server version "
+                    f"{conn.info.server_version} is too old; coro_durable needs PostgreSQL 12+"
+                )
+            version = self._schema_version(conn)
+            if version != SCHEMA_VERSION:
+                with conn.transaction():
+                    conn.execute(
+                        "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                        [f"coro_durable.migrate:{self.schema}"],
+                    )
+                    conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self._quoted}")
+                    conn.execute(self._sql.create_version_table)
+                    version = self._schema_version(conn)
+                    for number, step in enumerate(
+                        self._sql.migrations[version:], start=version + 1
+                    ):
+                        for statement in step:
+                            conn.execute(statement)
+                        conn.execute(self._sql.insert_version, [number])
+            row = conn.execute("SHOW synchronous_commit").fetchone()
+            if row is not None and row[0] == "off":
+                log.warning(
+                    "PostgreSQL store %s: synchronous_commit is off, so the last journal entries "
+                    "acknowledged before a server crash can be lost (a step may then run again); "
+                    "set synchronous_commit=on for the coro_durable database or role",
+                    self.options.redacted,
+                )
+
+    def _schema_version(self, conn: psycopg.Connection[Row]) -> int:
+        row = conn.execute("SELECT to_regclass(%s)", [f"{self._quoted}.schema_version"]).fetchone()
+        if row is None or row[0] is None:
+            return 0
+        found = conn.execute(self._sql.version).fetchone()
+        version = int(found[0]) if found is not None else 0
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"PostgreSQL store {self.options.redacted}: schema {self.schema!r} has version "
+                f"{version}, newer than this coro-durable-postgres understands "
+                f"({SCHEMA_VERSION}); upgrade coro-durable-postgres"
+            )
+        return version
+
+    async def _fetch(self, sql: str, params: Params = None) -> list[Row]:
+        driver = self._driver
+        if driver is None:
+            await self.open()
+            driver = self._driver
+            assert driver is not None
+        return await driver.fetch(sql, params)
+
+    # -- notifications -------------------------------------------------------------------------
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def _notify(self) -> None:
+        for listener in list(self._listeners):
+            listener()
+
+    def _note(self) -> dict[str, str]:
+        return {"channel": self.options.channel, "origin": self._origin}
+
+    async def watch(self) -> None:
+        """Call the listeners when other processes make work claimable, and when timers fall due.
+
+        Each open Runtime runs this in its task group until it closes. It holds one dedicated
+        connection that LISTENs on the schema's channel, waits on its socket through anyio
+        (under asyncio and trio alike), and reconnects with backoff when the connection drops,
+        waking the listeners once (notifications may have been missed). Writes that make work
+        claimable send a NOTIFY in the same statement; a park's notification carries the seconds
+        until its timer is due (database clock), so the watcher wakes the workers then, without
+        polling. It never raises, except to be cancelled.
+        """
+        delay = 0.1
+        while True:
+            try:
+                conn = await self._listen_connect()
+            except Exception as exc:
+                log.warning(
+                    "PostgreSQL store %s: cannot LISTEN for wake-ups (%s); retrying in %.1fs",
+                    self.options.redacted,
+                    _first_line(exc),
+                    delay,
+                )
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            delay = 0.1
+            try:
+                await self._listen(conn)
+            except Exception as exc:
+                log.warning(
+                    "PostgreSQL store %s: the LISTEN connection failed (%s); reconnecting",
+                    self.options.redacted,
+                    _first_line(exc),
+                )
+            finally:
+                conn.close()
+
+    async def _listen_connect(self) -> psycopg.Connection[Row]:
+        """Connect and LISTEN in a worker thread. Cancelling the caller (the Runtime closing)
+        does not wait for a slow connection attempt: the thread closes what it opened."""
+        lock = threading.Lock()
+        state: dict[str, Any] = {"abandoned": False, "conn": None}
+
+        def connect() -> psycopg.Connection[Row]:
+            conn = psycopg.connect(self.options.dsn, autocommit=True)
+            try:
+                conn.execute(f'LISTEN "{self.options.channel}"')
+            except BaseException:
+                conn.close()
+                raise
+            with lock:
+                if state["abandoned"]:
+                    conn.close()
+                else:
+                    state["conn"] = conn
+            return conn
+
+        try:
+            return await anyio.to_thread.run_sync(connect, abandon_on_cancel=True)
+        except BaseException:
+            with lock:
+                state["abandoned"] = True
+                if state["conn"] is not None:
+                    state["conn"].close()
+            raise
+
+    async def _next_due(self) -> float | None:
+        """Monotonic time at which the next parked run falls due or lease expires, if any."""
+        rows = await self._fetch(self._sql.next_due)
+        seconds = rows[0][0] if rows else None
+        if seconds is None:
+            return None
+        return time.monotonic() + max(0.0, float(seconds)) + 0.005
+
+    async def _listen(self, conn: psycopg.Connection[Row]) -> None:
+        self._notify()  # whatever happened while we were not listening
+        due = await self._next_due()
+        synced = time.monotonic()
+        fd = conn.fileno()
+        pending = False  # notifications may wait in psycopg's backlog (read during a query)
+        while True:
+            now = time.monotonic()
+            wait = RESYNC_INTERVAL - (now - synced)
+            if due is not None:
+                wait = min(wait, due - now)
+            readable = pending
+            if wait > 0 and not pending:
+                with anyio.move_on_after(wait):
+                    await anyio.wait_readable(fd)
+                    readable = True
+            fire = False
+            if readable:
+                pending = False
+                for notification in conn.notifies(timeout=0):
+                    origin, _, delay = notification.payload.partition(" ")
+                    try:
+                        seconds = float(delay) if delay else 0.0
+                    except ValueError:
+                        seconds = 0.0
+                    if seconds > 0:
+                        at = time.monotonic() + seconds + 0.005
+                        due = at if due is None else min(due, at)
+                    elif origin != self._origin:
+                        fire = True
+            now = time.monotonic()
+            if due is not None and due <= now:
+                fire = True
+                due = await self._next_due()
+            if now - synced >= RESYNC_INTERVAL:
+                await anyio.to_thread.run_sync(conn.execute, "SELECT 1")  # is it alive?
+                due = await self._next_due()
+                synced = now
+                pending = True
+            if fire:
+                self._notify()
+
+    # -- fencing helpers -----------------------------------------------------------------------
+
+    @staticmethod
+    def _lost(run_id: str, epoch: int, current: str | None) -> BaseException:
+        """RunNotFoundError or LeaseLost from ``'<epoch> <status>'`` (None or 'missing': no run)."""
+        if current is None or current == "missing":
+            return RunNotFoundError(run_id)
+        token, _, status = current.removeprefix("lost ").partition(" ")
+        return LeaseLost(run_id, epoch, f"current token is {token}, status {status}")
+
+    # -- runs ----------------------------------------------------------------------------------
+
+    async def create_run(self, run: RunRecord) -> tuple[RunRecord, bool]:
+        _no_nul("run_id", run.run_id)
+        _no_nul("workflow name", run.workflow)
+        params = {c: getattr(run, c) for c in RUN_COLUMNS}
+        params.update(self._note())
+        for _ in range(3):
+            rows = await self._fetch(self._sql.create_run, params)
+            if rows:
+                created = bool(rows[0][0])
+                record = _run_from_row(rows[0][1:])
+                if created:
+                    self._notify()
+                return record, created
+            # Lost a race with a concurrent insert of the same run_id that committed after our
+            # snapshot: it is there now.
+            existing = await self.get_run(run.run_id)
+            if existing is not None:
+                return existing, False
+        raise StoreError(f"run {run.run_id!r} could not be created or read back; retry")
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        _no_nul("run_id", run_id)
+        rows = await self._fetch(self._sql.get_run, [run_id])
+        return _run_from_row(rows[0]) if rows else None
+
+    async def list_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        workflow: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[RunRecord]:
+        where: list[str] = []
+        params: list[Any] = []
+        if status is not None:
+            where.append("status = %s")
+            params.append(RunStatus(status).value)
+        if workflow is not None:
+            _no_nul("workflow name", workflow)
+            where.append("workflow = %s")
+            params.append(workflow)
+        sql = self._sql.list_runs
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, run_id DESC LIMIT %s OFFSET %s"
+        params += [max(0, limit), max(0, offset)]
+        return [_run_from_row(row) for row in await self._fetch(sql, params)]
+
+    # -- journal -------------------------------------------------------------------------------
+
+    async def load_journal(self, run_id: str) -> list[JournalEntry]:
+        _no_nul("run_id", run_id)
+        return [_entry_from_row(row) for row in await self._fetch(self._sql.load_journal, [run_id])]
+
+    async def append(self, run_id: str, epoch: int, entries: Sequence[JournalEntry]) -> None:
+        """One round trip: the ``append()`` function checks the fence under the run's row lock,
+        writes, and tells lease lost, unknown run and conflict (SQLSTATE CDCNF) apart."""
+        if len(entries) == 1:
+            params = {"run_id": run_id, "epoch": epoch, "signal": None, **_single(entries[0])}
+            outcome = (await self._fetch(self._sql.append_one, params))[0][0]
+        else:
+            columns, contradiction = _batch(entries)
+            if contradiction is not None:
+                await self._raise_contradiction(run_id, epoch, contradiction)
+            params = {"run_id": run_id, "epoch": epoch, "signal": None, **columns}
+            outcome = (await self._fetch(self._sql.append, params))[0][0]
+        if outcome is not None:
+            raise self._lost(run_id, epoch, outcome)
+
+    async def _raise_contradiction(
+        self, run_id: str, epoch: int, contradiction: tuple[int, str]
+    ) -> None:
+        """A batch that gives one seq two different final entries: LeaseLost if not ours,
+        else ConflictError (the second entry conflicts with the first)."""
+        run = await self.get_run(run_id)
+        if run is None:
+            raise RunNotFoundError(run_id)
+        if run.epoch != epoch or run.status != RunStatus.RUNNING:
+            raise self._lost(run_id, epoch, f"{run.epoch} {run.status}")
+        seq, what = contradiction
+        raise ConflictError(f"run {run_id!r}: seq {seq} already holds a final {what} entry")
+
+    async def consume_signal(
+        self, run_id: str, epoch: int, name: str, entry: JournalEntry
+    ) -> JournalEntry | None:
+        _no_nul("signal name", name)
+        while True:
+            rows = await self._fetch(self._sql.oldest_signal, {"run_id": run_id, "name": name})
+            if not rows:
+                raise RunNotFoundError(run_id)
+            current_epoch, status, signal, payload = rows[0]
+            if current_epoch != epoch or status != RunStatus.RUNNING.value:
+                raise self._lost(run_id, epoch, f"{current_epoch} {status}")
+            if signal is None:
+                return None
+            final = entry.with_result(payload, time.time())
+            params = {"run_id": run_id, "epoch": epoch, "signal": signal, **_single(final)}
+            outcome = (await self._fetch(self._sql.append_one, params))[0][0]
+            if outcome is None:
+                return final
+            if outcome != "taken":
+                raise self._lost(run_id, epoch, outcome)
+            # Another activation of ours consumed that signal first: take the next one.
+
+    # -- leases --------------------------------------------------------------------------------
+
+    async def claim(
+        self,
+        worker: str,
+        *,
+        limit: int,
+        lease_ttl: float,
+        workflows: Sequence[str],
+        max_crashes: int,
+    ) -> list[RunRecord]:
+        names = sorted(set(workflows))
+        if not names or limit <= 0:
+            return []
+        _no_nul("worker id", worker)
+        claimed: list[RunRecord] = []
+        seen: list[str] = []  # handled by an earlier round of this call (claimed or quarantined)
+        while len(claimed) < limit:
+            want = limit - len(claimed)
+            rows = await self._fetch(
+                self._sql.claim,
+                {
+                    "workflows": names,
+                    "limit": want,
+                    "worker": worker,
+                    "ttl": float(lease_ttl),
+                    "max_crashes": max_crashes,
+                    "seen": seen,
+                },
+            )
+            runs = [_run_from_row(row) for row in rows]
+            seen.extend(r.run_id for r in runs)
+            got = [r for r in runs if r.status == RunStatus.RUNNING]
+            claimed.extend(got)
+            # Quarantined takeovers do not count towards the limit: look further if any were.
+            if len(got) == len(runs) or len(runs) < want:
+                break
+        return claimed
+
+    async def renew(self, worker: str, leases: dict[str, int], lease_ttl: float) -> dict[str, bool]:
+        if not leases:
+            return {}
+        rows = await self._fetch(
+            self._sql.renew,
+            {
+                "worker": worker,
+                "ttl": float(lease_ttl),
+                "run_ids": list(leases),
+                "epochs": list(leases.values()),
+            },
+        )
+        return {run_id: bool(cancel) for run_id, cancel in rows}
+
+    async def park(
+        self, run_id: str, epoch: int, wake_at: float | None, waiting_on: str | None
+    ) -> None:
+        params = {
+            "run_id": run_id,
+            "epoch": epoch,
+            "wake_at": wake_at,
+            "waiting_on": waiting_on,
+            **self._note(),
+        }
+        rows = await self._fetch(self._sql.park, params)
+        updated, current, _ = rows[0]
+        if not updated:
+            raise self._lost(run_id, epoch, current)
+        self._notify()
+
+    async def finish(
+        self, run_id: str, epoch: int, status: RunStatus, result: str | None, error: str | None
+    ) -> None:
+        params = {
+            "run_id": run_id,
+            "epoch": epoch,
+            "status": RunStatus(status).value,
+            "result": result,
+            "error": error,
+            **self._note(),
+        }
+        rows = await self._fetch(self._sql.finish, params)
+        updated, current, _ = rows[0]
+        if not updated:
+            raise self._lost(run_id, epoch, current)
+        self._notify()
+
+    async def record_crash(
+        self, run_id: str, epoch: int | None, error: str, retry_at: float, max_crashes: int
+    ) -> RunRecord:
+        params = {
+            "run_id": run_id,
+            "epoch": epoch,
+            "quarantine": epoch is None,
+            "error": error,
+            "retry_at": retry_at,
+            "max_crashes": max_crashes,
+            **self._note(),
+        }
+        rows = await self._fetch(self._sql.record_crash, params)
+        row = rows[0]
+        if row[0] is None:
+            raise self._lost(run_id, epoch if epoch is not None else -1, row[len(RUN_COLUMNS)])
+        self._notify()
+        return _run_from_row(row)
+
+    async def resume(self, run_id: str) -> RunRecord:
+        rows = await self._fetch(self._sql.resume, {"run_id": run_id, **self._note()})
+        if not rows:
+            raise RunNotFoundError(run_id)
+        self._notify()
+        return _run_from_row(rows[0])
+
+    # -- signals and cancellation --------------------------------------------------------------
+
+    async def deliver_signal(self, run_id: str, name: str, payload: str, signal_id: str) -> bool:
+        _no_nul("run_id", run_id)
+        _no_nul("signal name", name)
+        _no_nul("signal id", signal_id)
+        params = {
+            "run_id": run_id,
+            "name": name,
+            "payload": payload,
+            "signal_id": signal_id,
+            **self._note(),
+        }
+        rows = await self._fetch(self._sql.deliver_signal, params)
+        exists, delivered, _ = rows[0]
+        if not exists:
+            raise RunNotFoundError(run_id)
+        if delivered:
+            self._notify()
+        return bool(delivered)
+
+    async def request_cancel(self, run_id: str) -> RunRecord:
+        _no_nul("run_id", run_id)
+        params = {"run_id": run_id, "cancelled_error": CANCELLED_ERROR, **self._note()}
+        rows = await self._fetch(self._sql.request_cancel, params)
+        if not rows:
+            raise RunNotFoundError(run_id)
+        self._notify()
+        return _run_from_row(rows[0])
+
+    # -- diagnostics ---------------------------------------------------------------------------
+
+    async def settings(self) -> dict[str, Any]:
+        """The server's ``synchronous_commit``, ``server_version`` and this schema's version."""
+        rows = await self._fetch(
+            "SELECT current_setting('synchronous_commit'), current_setting('server_version'), "
+            f"(SELECT max(version) FROM {self._quoted}.schema_version)"
+        )
+        sync_commit, server_version, schema_version = rows[0]
+        return {
+            "synchronous_commit": sync_commit,
+            "server_version": server_version,
+            "schema_version": schema_version,
+            "driver": self.driver,
+        }
+
+
+# A server that answers a connection with one of these is busy, not misconfigured: retry.
+_TRANSIENT_FATAL = (
+    "starting up",
+    "shutting down",
+    "recovery mode",
+    "too many clients",
+    "connection slots",
+    "not yet accepting",
+)
+
+
+def _refused_by_server(exc: psycopg.OperationalError) -> bool:
+    """True when the server answered the connection attempt with a lasting refusal (FATAL:
+    unknown database or role, wrong password, bad option), as opposed to not answering."""
+    text = str(exc)
+    return "FATAL:" in text and not any(marker in text for marker in _TRANSIENT_FATAL)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
