@@ -5,12 +5,13 @@ BIN     = $(VENV)/bin
 
 .PHONY: setup demo test lint typecheck pytest services clean
 
-PLUGINS = backends/postgres backends/redis
+PLUGINS = backends/postgres backends/redis adapters/temporal
+INSTALL = -e '.[dev]' -e backends/postgres -e backends/redis -e 'adapters/temporal[test]'
 
 $(BIN)/.installed: pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]' $(addprefix -e ,$(PLUGINS))
+	$(BIN)/pip install --quiet $(INSTALL)
 	touch $@
 
 setup: $(BIN)/.installed            ## create .venv and install the project with its dev tools

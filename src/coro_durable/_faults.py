@@ -16,7 +16,12 @@ the result was encoded before its entry is written, commit.fail before an append
 append (acknowledgement lost), X6 after an outcome is journaled before it is fed, X7 after feeding
 before the next effect, X8 before the run's result is committed, X9 after it (acknowledgement
 lost), X10 after a run is claimed before it is processed, X11 before a delivered signal is
-consumed, renew before a lease renewal.
+consumed, renew before a lease renewal (``run_id`` is then the worker id), and ``invoke`` just
+before a step's body is called, with its idempotency key set (an observation point: tests count
+invocations there).
+
+``PLANTED`` holds the names of deliberately planted bugs, for the tests that prove the crash fuzzer
+finds them; it is empty outside those tests. Never put anything in it in production code.
 """
 
 from __future__ import annotations
@@ -39,6 +44,11 @@ class SimulatedCrash(BaseException):
 Injector = Callable[[str, str, "int | None"], None]
 
 _injector: Injector | None = None
+
+#: Planted bugs switched on (tests only): "skip_persist" (a step's outcome is fed to the workflow
+#: before it is journaled), "no_fencing" (memory/SQLite stores ignore the epoch of a write),
+#: "reuse_key" (steps calling the same function see the same idempotency key).
+PLANTED: set[str] = set()
 
 
 def fault(point: str, run_id: str, seq: int | None = None) -> None:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from . import _faults
 from ._journal import CANCELLED_ERROR, TERMINAL, JournalEntry, RunRecord, RunStatus
 from ._store import Listener
 from .errors import ConflictError, LeaseLost, RunNotFoundError
@@ -66,7 +67,8 @@ class MemoryStore:
         run = self._runs.get(run_id)
         if run is None:
             raise RunNotFoundError(run_id)
-        if run.epoch != epoch or run.status != RunStatus.RUNNING:
+        stale = run.epoch != epoch and "no_fencing" not in _faults.PLANTED  # planted bug, tests
+        if stale or run.status != RunStatus.RUNNING:
             raise LeaseLost(run_id, epoch, f"current token is {run.epoch}, status {run.status}")
         return run
 

@@ -156,6 +156,8 @@ class Runtime:
     def __new__(cls, store: str | Store | None = None, **options: Any) -> Runtime:
         """``Runtime("temporal://...")`` (or restate://, inngest://) returns that engine's runtime,
         which offers the same methods; any other URL or Store gives an embedded Runtime."""
+        if store is None:
+            store = default_store_url()
         scheme = urlsplit(store).scheme.lower() if isinstance(store, str) else ""
         if isinstance(store, str) and scheme not in ("", "memory", "sqlite"):
             plugin = plugin_class(store)
@@ -257,8 +259,10 @@ class Runtime:
         except RuntimeError:  # the store is shared with a Runtime on a loop that has ended
             pass
 
-    async def _wait_changed(self, timeout: float) -> None:
-        event = self._changed
+    @staticmethod
+    async def _wait(event: anyio.Event, timeout: float) -> None:
+        """Wait for ``event`` (taken *before* looking at the store, so a change that lands
+        while we look is not missed) or ``timeout`` seconds."""
         with anyio.move_on_after(timeout):
             await event.wait()
 
@@ -327,6 +331,7 @@ class Runtime:
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = 0.01
         while True:
+            changed = self._changed
             run = await self._get(run_id)
             if run.status == RunStatus.COMPLETED:
                 return _codec.decode(run.result) if run.result is not None else None
@@ -347,7 +352,7 @@ class Runtime:
                         "check that a worker is running"
                     )
                 wait = min(wait, left)
-            await self._wait_changed(wait)
+            await self._wait(changed, wait)
             interval = min(interval * 2, self.poll_interval)
 
     async def describe(self, run_id: str) -> RunInfo:
@@ -429,6 +434,7 @@ class Runtime:
         assert self._tg is not None
         while True:
             free = self.concurrency - len(self._active)
+            changed = self._changed
             claimed: list[RunRecord] = []
             if free > 0:
                 try:
@@ -448,7 +454,7 @@ class Runtime:
                     self._active[run.run_id] = run.epoch
                     self._tg.start_soon(self._activate, run)
             if len(claimed) < free or free <= 0:
-                await self._wait_changed(self.poll_interval)
+                await self._wait(changed, self.poll_interval)
 
     async def _renew_loop(self) -> None:
         with anyio.CancelScope() as scope:
@@ -471,6 +477,8 @@ class Runtime:
                 if self._active.get(run_id) != epoch:
                     continue  # finished meanwhile
                 activation, scope = self._activations.get(run_id, (None, None))
+                if activation is not None and activation.releasing:
+                    continue  # its park/finish is committing: not held any more, but not lost
                 if run_id not in held:
                     del self._active[run_id]  # not ours any more; say so once
                     log.warning(

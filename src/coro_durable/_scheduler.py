@@ -37,7 +37,7 @@ from typing import Any, Literal, TypeVar
 
 import anyio
 
-from . import _codec
+from . import _codec, _faults
 from ._effects import (
     AwaitSignal,
     Call,
@@ -221,11 +221,13 @@ class Activation:
         self.limits = limits
         self.replay_only = replay_only
         self.next_seq = 0
+        self.releasing = False  # set once the final park/finish write starts
         self.cancel_requested = run.cancel_requested and not replay_only
         self.cancel_injected = any(
             e.error is not None and (e.error_info or {}).get("type") == "RunCancelledError"
             for e in journal.values()
         )
+        self._unjournaled: list[JournalEntry] = []  # only ever used by a planted bug (tests)
 
     # -- the drive loop -----------------------------------------------------------------------------
 
@@ -245,6 +247,8 @@ class Activation:
                         yielded = coro.send(send)
                         if send is not None:
                             fault("X7", self.run_id, self.next_seq)
+                        if self._unjournaled:
+                            await self._flush_unjournaled()
                 except StopIteration as stop:
                     return await self._complete(stop.value)
                 except RunCancelledError as exc:
@@ -260,6 +264,7 @@ class Activation:
                 except SerializationError as exc:  # arguments that cannot be journaled
                     throw = exc
                 except _Park as park:
+                    self.releasing = True
                     await store_call(
                         self.limits.store_deadline,
                         self.store.park,
@@ -303,7 +308,10 @@ class Activation:
         return ActivationEnd("cancelled" if status == RunStatus.CANCELLED else "failed")
 
     async def _finish(self, status: RunStatus, result: str | None, error: str | None) -> None:
+        if self._unjournaled:
+            await self._flush_unjournaled()
         fault("X8", self.run_id)
+        self.releasing = True
 
         async def commit() -> None:
             await self.store.finish(self.run_id, self.epoch, status, result, error)
@@ -342,6 +350,8 @@ class Activation:
                 parks.append(park)
             except (Exception, LeaseLost, SimulatedCrash) as exc:  # re-raised below, unwrapped
                 failures.append(exc)
+                if isinstance(exc, SimulatedCrash):
+                    tg.cancel_scope.cancel()  # a crashed process runs no sibling any further
 
         async with anyio.create_task_group() as tg:
             for leaf in todo:
@@ -456,6 +466,17 @@ class Activation:
 
     async def _write(self, entry: JournalEntry) -> None:
         """Persist an entry, fenced by our epoch; only then may its outcome be fed."""
+        if (
+            _faults.PLANTED
+            and "skip_persist" in _faults.PLANTED
+            and entry.kind == "call"
+            and entry.final
+        ):
+            # Planted bug (tests only): the outcome is fed first and journaled after the workflow
+            # moved on, breaking persist-before-proceed. The crash fuzzer must catch this.
+            self._unjournaled.append(entry)
+            self._remember(entry)
+            return
 
         async def commit() -> None:
             fault("commit.fail", self.run_id, entry.seq)
@@ -467,6 +488,13 @@ class Activation:
 
     def _remember(self, entry: JournalEntry) -> None:
         self.journal[entry.seq] = entry
+
+    async def _flush_unjournaled(self) -> None:
+        """Journal what the planted ``skip_persist`` bug held back (tests only)."""
+        entries, self._unjournaled = self._unjournaled, []
+        await store_call(
+            self.limits.store_deadline, self.store.append, self.run_id, self.epoch, entries
+        )
 
     async def _wait_until(self, due: float, waiting_on: str) -> None:
         remaining = due - time.time()
@@ -569,7 +597,11 @@ class Activation:
             await self._wait_until(due, f"retry of step {leaf.name}")
 
     async def _invoke(self, effect: Call, leaf: _Leaf) -> Any:
-        token = _current_key.set(f"{self.run_id}:{leaf.seq}")
+        key = f"{self.run_id}:{leaf.seq}"
+        if _faults.PLANTED and "reuse_key" in _faults.PLANTED:
+            key = f"{self.run_id}:{leaf.name}"  # planted bug (tests only): one key per function
+        token = _current_key.set(key)
+        fault("invoke", self.run_id, leaf.seq)
         try:
             if effect.is_async:
                 if effect.timeout is None:

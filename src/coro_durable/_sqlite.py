@@ -52,6 +52,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import anyio
 import anyio.to_thread
 
+from . import _faults
 from ._journal import CANCELLED_ERROR, TERMINAL, JournalEntry, RunRecord, RunStatus
 from ._store import Listener
 from .errors import (
@@ -410,7 +411,8 @@ class SqliteStore:
         row = conn.execute(_SQL_FENCE, (run_id,)).fetchone()
         if row is None:
             raise RunNotFoundError(run_id)
-        if row[0] != epoch or row[1] != RunStatus.RUNNING.value:
+        stale = row[0] != epoch and "no_fencing" not in _faults.PLANTED  # planted bug, tests
+        if stale or row[1] != RunStatus.RUNNING.value:
             raise LeaseLost(run_id, epoch, f"current token is {row[0]}, status {row[1]}")
         return tuple(row)
 

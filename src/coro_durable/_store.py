@@ -185,6 +185,10 @@ def open_store(url: str) -> Store:
 
         return SqliteStore(url)
     factory = plugin_class(url)
+    if getattr(factory, "is_engine", False):
+        raise ConfigurationError(
+            f"{scheme}:// names an engine, not a store; use cd.Runtime({url!r}) to run on it"
+        )
     store: Store = factory(url)
     return store
 

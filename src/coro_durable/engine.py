@@ -81,7 +81,10 @@ async def drive(
             else:
                 throw = NotAnEffectError(yielded)
     finally:
-        coro.close()
+        try:
+            coro.close()
+        except RuntimeError:  # the workflow awaited an effect in a `finally` while being closed
+            pass
 
 
 @contextlib.contextmanager
