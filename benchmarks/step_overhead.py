@@ -2,7 +2,8 @@
 
 One run of N sequential trivial steps per (store, event loop, step kind). Each step records
 `perf_counter()` when it is invoked; the gap between consecutive invocations is one full step
-cycle: journal append (durable on SQLite: WAL + synchronous=FULL), round trip through the codec,
+cycle: journal append (durable on SQLite: WAL + synchronous=FULL; Postgres: one commit; Redis:
+as durable as the server is configured, `durability=volatile` here), round trip through the codec,
 feeding the coroutine, and building the next effect. Prints median and p99 per step.
 """
 
@@ -50,17 +51,21 @@ async def measure(url: str, n: int, sync: bool) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--stores", default="memory,sqlite,postgres,redis")
+    parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     args = parser.parse_args()
     print(f"{'store':8} {'loop':8} {'step':6} {'median':>10} {'p99':>10}")
     with tempfile.TemporaryDirectory() as tmp:
-        for store in ("memory", "sqlite"):
+        for store in args.stores.split(","):
             for backend in ("asyncio", "trio"):
                 for sync in (False, True):
-                    url = (
-                        "memory://"
-                        if store == "memory"
-                        else f"sqlite:///{Path(tmp) / f'{backend}{sync}.db'}"
-                    )
+                    url = {
+                        "memory": "memory://",
+                        "sqlite": f"sqlite:///{Path(tmp) / f'{backend}{sync}.db'}",
+                        "postgres": f"{args.pg}?schema=bench_{backend}_{int(sync)}",
+                        "redis": f"{args.redis}?prefix=bench:{backend}:{int(sync)}:&durability=volatile",
+                    }[store]
                     med, p99 = anyio.run(measure, url, args.steps, sync, backend=backend)
                     kind = "sync" if sync else "async"
                     print(f"{store:8} {backend:8} {kind:6} {med * 1e6:8.1f}us {p99 * 1e6:8.1f}us")
