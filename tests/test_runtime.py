@@ -733,3 +733,29 @@ async def test_misuse_gets_clear_errors(runtime: Any) -> None:
             await rt.list_runs(status="bogus")
         with pytest.raises(errors.RunNotFoundError):
             await rt.signal("ghost", "x", 1)
+
+
+class _LostConsumeAck(cd.MemoryStore):
+    """A store whose first consume_signal commits but reports a connection error."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    async def consume_signal(self, run_id: str, epoch: int, name: str, entry: Any) -> Any:
+        got = await super().consume_signal(run_id, epoch, name, entry)
+        if got is not None and not self.failed:
+            self.failed = True
+            raise errors.StoreError("connection lost after commit (simulated)")
+        return got
+
+
+async def test_signal_consumed_with_a_lost_acknowledgement_is_not_lost() -> None:
+    """A consume_signal whose commit landed but whose reply was lost is recognised on retry:
+    the workflow gets the payload instead of waiting forever."""
+    store = _LostConsumeAck()
+    async with cd.Runtime(store, poll_interval=0.02) as rt:
+        await rt.start(approval, None, run_id="ack")
+        await rt.signal("ack", "approval", "yes")
+        assert await rt.result("ack", timeout=10) == {"draft": 21, "verdict": "yes"}
+    assert store.failed

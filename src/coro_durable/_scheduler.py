@@ -640,14 +640,18 @@ class Activation:
         deadline = pending.due_at if pending is not None else None
         template = self._entry(leaf, "ok", pending=pending, due_at=deadline)
         fault("X11", self.run_id, leaf.seq)
-        got = await store_call(
-            self.limits.store_deadline,
-            self.store.consume_signal,
-            self.run_id,
-            self.epoch,
-            effect.signal,
-            template,
-        )
+        attempts = 0
+
+        async def consume() -> JournalEntry | None:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:  # a retry: the first attempt may have landed with its reply lost
+                for entry in await self.store.load_journal(self.run_id):
+                    if entry.seq == leaf.seq and entry.final:
+                        return entry
+            return await self.store.consume_signal(self.run_id, self.epoch, effect.signal, template)
+
+        got = await store_call(self.limits.store_deadline, consume)
         if got is not None:
             self._remember(got)
             return Value(_codec.decode(got.result) if got.result else None)
