@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: setup demo test lint typecheck pytest services clean
+.PHONY: setup demo test lint typecheck pytest services crashfuzz clean
 
 PLUGINS = backends/postgres backends/redis adapters/temporal
 INSTALL = -e '.[dev]' -e backends/postgres -e backends/redis -e 'adapters/temporal[test]'
@@ -31,6 +31,9 @@ typecheck: setup
 
 pytest: setup services
 	$(BIN)/pytest -q
+
+crashfuzz: setup services           ## the long crash-fuzz profile (~20 min): prints crashes per point, violations
+	CRASHFUZZ_PROFILE=long $(BIN)/pytest -q -s tests/test_crash_fuzz.py tests/test_crash_fuzz_planted.py tests/test_crash_fuzz_procs.py
 
 test: lint typecheck pytest          ## everything CI runs: ruff, mypy, the whole test suite
 

@@ -45,7 +45,7 @@ import anyio
 from . import _codec, _workflow
 from ._journal import TERMINAL, JournalEntry, RunRecord, RunStatus
 from ._runtime import RunInfo, Runtime
-from ._store import Store, default_store_url, open_store
+from ._store import Store, StoreWrapper, default_store_url, open_store
 from .errors import (
     CoroDurableError,
     LeaseLost,
@@ -694,48 +694,14 @@ class _WorkerState:
         return not self.in_flight and self.idle_mark == self.activity
 
 
-class _ObservedStore:
+class _ObservedStore(StoreWrapper):
     """Delegates to the real store and logs the worker's claims, parks, finishes and crashes.
 
     The Runtime drives everything; this only watches the store calls it makes."""
 
     def __init__(self, inner: Store, state: _WorkerState) -> None:
-        self.inner = inner
-        self.url = inner.url
+        super().__init__(inner)
         self.state = state
-
-    def __getattr__(self, name: str) -> Any:  # store-specific extras (settings(), ...)
-        return getattr(self.inner, name)
-
-    async def open(self) -> None:
-        await self.inner.open()
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    def subscribe(self, listener: Callable[[], None]) -> Callable[[], None]:
-        return self.inner.subscribe(listener)
-
-    async def create_run(self, run: RunRecord) -> tuple[RunRecord, bool]:
-        return await self.inner.create_run(run)
-
-    async def get_run(self, run_id: str) -> RunRecord | None:
-        return await self.inner.get_run(run_id)
-
-    async def list_runs(
-        self,
-        *,
-        status: RunStatus | None = None,
-        workflow: str | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> list[RunRecord]:
-        return await self.inner.list_runs(
-            status=status, workflow=workflow, limit=limit, offset=offset
-        )
-
-    async def load_journal(self, run_id: str) -> list[JournalEntry]:
-        return await self.inner.load_journal(run_id)
 
     async def append(self, run_id: str, epoch: int, entries: Sequence[JournalEntry]) -> None:
         with self._fenced(run_id):
@@ -829,15 +795,6 @@ class _ObservedStore:
             )
         self.state.ended(run_id)
         return run
-
-    async def resume(self, run_id: str) -> RunRecord:
-        return await self.inner.resume(run_id)
-
-    async def deliver_signal(self, run_id: str, name: str, payload: str, signal_id: str) -> bool:
-        return await self.inner.deliver_signal(run_id, name, payload, signal_id)
-
-    async def request_cancel(self, run_id: str) -> RunRecord:
-        return await self.inner.request_cancel(run_id)
 
     def _fenced(self, run_id: str) -> _LeaseWatch:
         return _LeaseWatch(self.state, run_id)

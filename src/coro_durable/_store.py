@@ -149,6 +149,99 @@ class Store(Protocol):
         ...
 
 
+class StoreWrapper:
+    """A store that forwards every call to ``inner``: subclass it to observe some calls.
+
+    Used by the CLI's worker (logging) and ``coro_durable.testing.TracingStore`` (tracing); a
+    subclass overrides only the methods it watches. Store-specific extras are reached through
+    ``__getattr__``."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.url = inner.url
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        return self.inner.subscribe(listener)
+
+    async def create_run(self, run: RunRecord) -> tuple[RunRecord, bool]:
+        return await self.inner.create_run(run)
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        return await self.inner.get_run(run_id)
+
+    async def list_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        workflow: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[RunRecord]:
+        return await self.inner.list_runs(
+            status=status, workflow=workflow, limit=limit, offset=offset
+        )
+
+    async def load_journal(self, run_id: str) -> list[JournalEntry]:
+        return await self.inner.load_journal(run_id)
+
+    async def append(self, run_id: str, epoch: int, entries: Sequence[JournalEntry]) -> None:
+        await self.inner.append(run_id, epoch, entries)
+
+    async def consume_signal(
+        self, run_id: str, epoch: int, name: str, entry: JournalEntry
+    ) -> JournalEntry | None:
+        return await self.inner.consume_signal(run_id, epoch, name, entry)
+
+    async def claim(
+        self,
+        worker: str,
+        *,
+        limit: int,
+        lease_ttl: float,
+        workflows: Sequence[str],
+        max_crashes: int,
+    ) -> list[RunRecord]:
+        return await self.inner.claim(
+            worker, limit=limit, lease_ttl=lease_ttl, workflows=workflows, max_crashes=max_crashes
+        )
+
+    async def renew(self, worker: str, leases: dict[str, int], lease_ttl: float) -> dict[str, bool]:
+        return await self.inner.renew(worker, leases, lease_ttl)
+
+    async def park(
+        self, run_id: str, epoch: int, wake_at: float | None, waiting_on: str | None
+    ) -> None:
+        await self.inner.park(run_id, epoch, wake_at, waiting_on)
+
+    async def finish(
+        self, run_id: str, epoch: int, status: RunStatus, result: str | None, error: str | None
+    ) -> None:
+        await self.inner.finish(run_id, epoch, status, result, error)
+
+    async def record_crash(
+        self, run_id: str, epoch: int | None, error: str, retry_at: float, max_crashes: int
+    ) -> RunRecord:
+        return await self.inner.record_crash(run_id, epoch, error, retry_at, max_crashes)
+
+    async def resume(self, run_id: str) -> RunRecord:
+        return await self.inner.resume(run_id)
+
+    async def deliver_signal(self, run_id: str, name: str, payload: str, signal_id: str) -> bool:
+        return await self.inner.deliver_signal(run_id, name, payload, signal_id)
+
+    async def request_cancel(self, run_id: str) -> RunRecord:
+        return await self.inner.request_cancel(run_id)
+
+
 def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
     return {ep.name: ep for ep in importlib.metadata.entry_points(group="coro_durable.stores")}
 

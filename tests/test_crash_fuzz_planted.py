@@ -1,0 +1,198 @@
+"""Planted bugs: each fuzzer must find each bug within its CI budget (a fuzzer that cannot find a
+planted bug proves nothing).
+
+The bugs sit behind private switches in ``coro_durable._faults.PLANTED``:
+
+* ``skip_persist``: a step's outcome is fed to the workflow before it is journaled (journaled
+  only after the workflow moved on), breaking persist-before-proceed;
+* ``no_fencing``: the memory and SQLite stores ignore the epoch of a write, so a worker whose lease
+  expired keeps writing;
+* ``reuse_key``: steps calling the same function see the same idempotency key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis.stateful import run_state_machine_as_test
+
+import coro_durable as cd
+from coro_durable import _faults
+from coro_durable.testing import CrashFuzzReport, crash_fuzz
+from crashfuzz_machine import Stats, machine_for
+
+BUGS = ("skip_persist", "no_fencing", "reuse_key")
+
+
+@contextlib.contextmanager
+def planted(bug: str) -> Iterator[None]:
+    assert bug in BUGS
+    _faults.PLANTED.add(bug)
+    try:
+        yield
+    finally:
+        _faults.PLANTED.discard(bug)
+
+
+# -- a user's workflow, as crash_fuzz sees it --------------------------------------------------------
+
+PAYMENTS: dict[str, int] = {}  # idempotency key -> amount: the payment provider's ledger
+CALLS: Counter[str] = Counter()  # every physical call of the provider
+
+
+def charge(order: str, amount: int, seconds: float) -> str:
+    """Charge through a provider that honours Idempotency-Key (a second call with a key that
+    was already used is a no-op)."""
+    key = cd.idempotency_key()
+    CALLS[key] += 1
+    time.sleep(seconds)
+    PAYMENTS.setdefault(key, amount)
+    return f"{order}: charged {amount}"
+
+
+@cd.workflow(name="planted_checkout")
+async def checkout(order: str, seconds: float) -> list[str]:
+    first = await cd.call(charge, order, 10, seconds)
+    second = await cd.call(charge, order, 20, seconds)
+    fees = await cd.gather(cd.call(charge, order, 1, 0.0), cd.call(charge, order, 2, 0.0))
+    return [first, second, *fees]
+
+
+def reset() -> None:
+    PAYMENTS.clear()
+    CALLS.clear()
+
+
+def every_charge_applied_once(result: object) -> None:
+    assert sorted(PAYMENTS.values()) == [1, 2, 10, 20], (
+        f"the ledger holds {sorted(PAYMENTS.values())}, not each charge once: {PAYMENTS}"
+    )
+
+
+def fuzz(seconds: float = 0.0, **options: Any) -> CrashFuzzReport:
+    return crash_fuzz(
+        checkout,
+        "order-7",
+        seconds,
+        setup=reset,
+        check=every_charge_applied_once,
+        seed=7,
+        schedules=4,
+        **options,
+    )
+
+
+def test_crash_fuzz_is_clean_without_planted_bugs() -> None:
+    """The control: the same fuzz of the same workflow finds nothing on the real runtime, slow
+    steps and lost leases included."""
+    report = fuzz(0.12, points=("X4", "X6", "X7"))
+    assert report.ok, report.summary()
+    assert report.by_point["renew"] > 0, "the lease-lost schedule did not run"
+
+
+def test_crash_fuzz_finds_skip_persist() -> None:
+    """Fed before journaled: the trace sees an outcome fed with no journal entry, and a crash
+    at X7 makes the resumed run invoke a step whose outcome the workflow had already seen."""
+    with planted("skip_persist"):
+        report = fuzz()
+    kinds = {v.kind for v in report.violations}
+    assert {"fed-unjournaled", "reinvoked-after-fed"} <= kinds, report.summary()
+    refound = next(v for v in report.violations if v.kind == "reinvoked-after-fed")
+    assert refound.point == "X7" and refound.function == "call(charge)", refound
+    assert refound.reinvocations == 1 and refound.key and refound.schedule
+
+
+def test_crash_fuzz_finds_a_key_reused_across_steps() -> None:
+    """Two steps sharing one key: the provider drops the second charge; the user's check says
+    so in the very first (crash-free) run."""
+    with planted("reuse_key"):
+        report = fuzz(stop_after=1)
+    (violation,) = report.violations
+    assert violation.kind == "check" and "not each charge once" in violation.message
+    assert report.runs == 1, "found in the crash-free run"
+
+
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
+def test_crash_fuzz_finds_a_store_without_fencing(store: str, tmp_path: Path) -> None:
+    """Without fencing, a worker whose lease was taken over keeps writing: the lease-lost
+    schedule (renewals lost mid-step) catches the stale write right after the crash-free run."""
+    url = "memory://" if store == "memory" else f"sqlite:///{tmp_path / 'runs.db'}"
+    with planted("no_fencing"):
+        report = fuzz(0.12, store=url, stop_after=1)
+    assert report.violations, report.summary()
+    violation = report.violations[0]
+    assert violation.kind == "stale-write", report.summary()
+    assert violation.point == "renew" and report.runs <= 3
+
+
+# -- the state machine ------------------------------------------------------------------------------
+
+MACHINE_BUDGET = int(os.environ.get("CRASHFUZZ_PLANTED_EXAMPLES", "200"))
+
+
+def hunt(
+    bug: str, store: str, backend: str, tmp_path: Path, *, white_box: bool = True
+) -> list[str]:
+    """Run the state machine with ``bug`` planted until it fails; the violation kinds found."""
+    machine = machine_for(store, backend, tmp_path)
+    machine.found = []
+    machine.white_box = white_box
+    machine.stats = Stats()
+    budget = settings(
+        max_examples=MACHINE_BUDGET,
+        stateful_step_count=14,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        database=None,
+        phases=(Phase.generate,),  # stop at the first failure; shrinking replays are slow
+    )
+    with planted(bug), pytest.raises(Exception) as failure:
+        run_state_machine_as_test(machine, settings=budget)
+    assert machine.found, f"the machine failed for another reason: {failure.value}"
+    return machine.found
+
+
+@pytest.mark.timeout(240)
+def test_state_machine_finds_skip_persist(tmp_path: Path) -> None:
+    """The machine's trace sees the first outcome fed before it was journaled."""
+    assert "fed-unjournaled" in hunt("skip_persist", "memory", "asyncio", tmp_path)
+
+
+@pytest.mark.timeout(240)
+def test_state_machine_finds_a_key_reused_across_steps(tmp_path: Path) -> None:
+    """The idempotent sink holds a step's effect under another step's key (or drops it)."""
+    assert "run" in hunt("reuse_key", "memory", "trio", tmp_path)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize(("store", "backend"), [("memory", "trio"), ("sqlite", "asyncio")])
+def test_state_machine_finds_a_store_without_fencing(
+    store: str, backend: str, tmp_path: Path
+) -> None:
+    """Lost renewals during a slow step: the taken-over worker's writes are accepted."""
+    assert "stale-write" in hunt("no_fencing", store, backend, tmp_path)
+
+
+@pytest.mark.skipif(
+    os.environ.get("CRASHFUZZ_PROFILE") != "long",
+    reason="probabilistic within the CI budget (needs a crash exactly at X7); long profile only",
+)
+@pytest.mark.timeout(1200)
+def test_state_machine_finds_skip_persist_black_box(tmp_path: Path) -> None:
+    """Without its white-box feed check, the machine still finds the bug by its consequence: a
+    resumed run invokes a step whose outcome the workflow had already seen."""
+    found = hunt("skip_persist", "memory", "asyncio", tmp_path, white_box=False)
+    assert {"reinvoked-after-fed", "world"} & set(found)
+
+
+def test_planted_switches_are_off_by_default() -> None:
+    """Nothing outside these tests plants a bug."""
+    assert not _faults.PLANTED
