@@ -5,8 +5,8 @@ BIN     = $(VENV)/bin
 
 .PHONY: setup demo test lint typecheck pytest services crashfuzz clean
 
-PLUGINS = backends/postgres backends/redis adapters/temporal
-INSTALL = -e '.[dev]' -e backends/postgres -e backends/redis -e 'adapters/temporal[test]'
+PLUGINS = backends/postgres backends/redis adapters/temporal adapters/inngest
+INSTALL = -e '.[dev]' -e backends/postgres -e backends/redis -e 'adapters/temporal[test]' -e 'adapters/inngest[test]'
 
 $(BIN)/.installed: pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 	$(PYTHON) -m venv $(VENV)
