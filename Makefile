@@ -5,8 +5,8 @@ BIN     = $(VENV)/bin
 
 .PHONY: setup demo test lint typecheck pytest services crashfuzz clean
 
-PLUGINS = backends/postgres backends/redis adapters/temporal adapters/inngest
-INSTALL = -e '.[dev]' -e backends/postgres -e backends/redis -e 'adapters/temporal[test]' -e 'adapters/inngest[test]'
+PLUGINS = backends/postgres backends/redis adapters/temporal adapters/inngest adapters/restate
+INSTALL = -e '.[dev]' -e backends/postgres -e backends/redis -e 'adapters/temporal[test]' -e 'adapters/inngest[test]' -e 'adapters/restate[test]'
 
 $(BIN)/.installed: pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,7 @@ $(BIN)/.installed: pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 	touch $@
 
 setup: $(BIN)/.installed            ## create .venv and install the project with its dev tools
+	bash scripts/ensure-restate.sh >/dev/null   # restate-server for the Restate adapter's tests
 
 demo: setup                          ## the AI pipeline demo: worker SIGKILLed mid-run, resumed, proof
 	$(BIN)/python examples/ai_pipeline.py

@@ -35,7 +35,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 APP = Path(__file__).with_name("crashfuzz_app.py")
 LONG = os.environ.get("CRASHFUZZ_PROFILE") == "long"
-KILLS = int(os.environ.get("CRASHFUZZ_KILLS", "200" if LONG else "30"))
+KILLS = int(os.environ.get("CRASHFUZZ_KILLS", "200" if LONG else "50"))
 RUNS = KILLS + 4  # one new run per kill, so the kills keep landing on busy workers
 WORKERS = 2
 
