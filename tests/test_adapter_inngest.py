@@ -235,12 +235,12 @@ async def test_cross_engine_same_results(
 
 
 @cd.workflow
-async def t_waits_twice() -> list[Any]:
+async def ing_waits_twice() -> list[Any]:
     return [await cd.await_signal("go"), await cd.await_signal("go")]
 
 
 @cd.workflow
-async def t_sleeper(seconds: float) -> str:
+async def ing_sleeper(seconds: float) -> str:
     await cd.call(common.greet, "x")
     await cd.sleep(seconds)
     return "slept"
@@ -259,7 +259,7 @@ async def t_sleep_then_cleanup(tag: str) -> str:
 async def test_signals_before_and_after_the_wait(fake: FakeInngest) -> None:
     async with open_rt(fake) as rt:
         # Sent before the run even starts waiting: delivered, in order, each signal id once.
-        run = await rt.start(t_waits_twice, run_id=f"sig-{uuid.uuid4().hex[:6]}")
+        run = await rt.start(ing_waits_twice, run_id=f"sig-{uuid.uuid4().hex[:6]}")
         assert await run.signal("go", {"v": 1}, signal_id="s-1") is True
         assert await run.signal("go", {"v": 2}, signal_id="s-1") is False  # a retried send
         await common.wait_for(rt, run.run_id, common.waiting_on("'go'"))
@@ -285,7 +285,7 @@ async def test_a_signal_racing_the_wait_is_not_lost() -> None:
             await rt.signal(str(run.event["data"]["run_id"]), "go", "raced")
 
     async with FakeInngest(before_wait=before_wait) as fake, open_rt(fake, signal_recheck=1) as rt:
-        handle = await rt.start(t_waits_twice, run_id=f"race-{uuid.uuid4().hex[:6]}")
+        handle = await rt.start(ing_waits_twice, run_id=f"race-{uuid.uuid4().hex[:6]}")
         await common.wait_for(rt, handle.run_id, lambda i: bool(raced))
         run = fake.runs[raced[0]]
         # The raced signal does not fulfil the wait (sent before it was registered): the wait
@@ -299,10 +299,10 @@ async def test_a_signal_racing_the_wait_is_not_lost() -> None:
 async def test_describe(fake: FakeInngest) -> None:
     async with open_rt(fake) as rt, open_rt(fake, worker=False) as client:
         run_id = f"desc-{uuid.uuid4().hex[:6]}"
-        await rt.start(t_sleeper, 3.0, run_id=run_id)
+        await rt.start(ing_sleeper, 3.0, run_id=run_id)
         info = await common.wait_for(rt, run_id, common.waiting_on("timer until"))
         assert (info.workflow, info.step, info.inputs) == (
-            "t_sleeper",
+            "ing_sleeper",
             2,
             {"args": [3.0], "kwargs": {}},
         )
@@ -311,7 +311,7 @@ async def test_describe(fake: FakeInngest) -> None:
         remote = await client.describe(run_id)
         assert (remote.status, remote.workflow, remote.step) == (
             cd.RunStatus.RUNNING,
-            "t_sleeper",
+            "ing_sleeper",
             0,
         )
         assert await client.result(run_id, timeout=30) == "slept"
@@ -320,17 +320,17 @@ async def test_describe(fake: FakeInngest) -> None:
         with pytest.raises(errors.RunNotFoundError):
             await rt.describe("no-such-run")
         with pytest.raises(errors.ResultTimeoutError):
-            await rt.result((await rt.start(t_waits_twice)).run_id, timeout=0.1)
+            await rt.result((await rt.start(ing_waits_twice)).run_id, timeout=0.1)
 
 
 async def test_idempotent_start(fake: FakeInngest) -> None:
     async with open_rt(fake) as rt, open_rt(fake, worker=False) as other:
         run_id = f"idem-{uuid.uuid4().hex[:6]}"
-        first = await rt.start(t_sleeper, 0.1, run_id=run_id)
-        again = await other.start(t_sleeper, 0.1, run_id=run_id)  # found in Inngest's events
+        first = await rt.start(ing_sleeper, 0.1, run_id=run_id)
+        again = await other.start(ing_sleeper, 0.1, run_id=run_id)  # found in Inngest's events
         assert (first.created, again.created) == (True, False)
         with pytest.raises(errors.RunAlreadyExistsError, match="already exists"):
-            await rt.start(t_sleeper, 9.0, run_id=run_id)
+            await rt.start(ing_sleeper, 9.0, run_id=run_id)
         assert await first.result(timeout=30) == "slept"
         assert len(fake.runs) == 1
 
