@@ -38,6 +38,7 @@ LONG = os.environ.get("CRASHFUZZ_PROFILE") == "long"
 KILLS = int(os.environ.get("CRASHFUZZ_KILLS", "200" if LONG else "50"))
 RUNS = KILLS + 4  # one new run per kill, so the kills keep landing on busy workers
 WORKERS = 2
+STALL = 60.0  # seconds without any run progressing: a stuck run
 
 
 @pytest.fixture
@@ -171,7 +172,42 @@ def unexplained_reruns(
     return problems, explained
 
 
-@pytest.mark.timeout(600 if LONG else 120)
+async def wait_until_final(
+    client: cd.Runtime, plans: dict[str, model.Plan], seed: int
+) -> dict[str, cd.RunInfo]:
+    """Every run's final RunInfo, once the live workers have finished them all. Fails with each
+    unfinished run's state when none made progress (a step or an end) for STALL seconds, which
+    on a loaded machine is a stuck run, not a slow one."""
+    final: dict[str, cd.RunInfo] = {}
+    progress: dict[str, int] = {}
+    last = time.monotonic()
+    while len(final) < len(plans):
+        for run_id in plans:
+            if run_id in final:
+                continue
+            info = await client.describe(run_id)
+            if info.status in model.FINAL:
+                final[run_id] = info
+                last = time.monotonic()
+            elif progress.get(run_id) != info.step:
+                progress[run_id] = info.step
+                last = time.monotonic()
+        if time.monotonic() - last > STALL:
+            stuck = [await client.describe(r) for r in plans if r not in final]
+            shown = "\n  ".join(
+                f"{i.run_id}: {i.status} at step {i.step}, waiting on {i.waiting_on!r}, owner "
+                f"{i.owner!r}, wake_at {i.wake_at}, crashes {i.crash_count}, last error "
+                f"{i.last_error!r}"
+                for i in stuck
+            )
+            raise AssertionError(
+                f"seed {seed}: {len(stuck)} runs made no progress for {STALL}s:\n  {shown}"
+            )
+        await anyio.sleep(0.1)
+    return final
+
+
+@pytest.mark.timeout(900 if LONG else 180)
 async def test_sigkilled_workers_never_break_exactly_once(
     proc_store: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -235,15 +271,13 @@ async def test_sigkilled_workers_never_break_exactly_once(
                 for name in names:
                     assert await send(run_id, name, f"p:{name}", f"{run_id}:{name}") is not False
             problems: list[str] = []
-            with anyio.fail_after(120 if LONG else 60):
-                for run_id, ops in plans.items():
-                    while (info := await client.describe(run_id)).status not in model.FINAL:
-                        await anyio.sleep(0.05)
-                    history = await client.history(run_id)
-                    problems += model.check_finished_run(run_id, ops, info, history, world)
-                    replayed = await client.replay(run_id)
-                    if not replayed.matched:
-                        problems.append(f"run {run_id} does not replay: {replayed.detail}")
+            for run_id, info in (await wait_until_final(client, plans, seed)).items():
+                ops = plans[run_id]
+                history = await client.history(run_id)
+                problems += model.check_finished_run(run_id, ops, info, history, world)
+                replayed = await client.replay(run_id)
+                if not replayed.matched:
+                    problems.append(f"run {run_id} does not replay: {replayed.detail}")
     finally:
         cluster.stop_all()
     stalled = cluster.lost_leases()

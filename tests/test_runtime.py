@@ -759,3 +759,63 @@ async def test_signal_consumed_with_a_lost_acknowledgement_is_not_lost() -> None
         await rt.signal("ack", "approval", "yes")
         assert await rt.result("ack", timeout=10) == {"draft": 21, "verdict": "yes"}
     assert store.failed
+
+
+# -- an overloaded worker claims fewer runs -------------------------------------------------------------
+
+
+class _LosingRenewals(cd.MemoryStore):
+    """A store whose first ``bad`` renewals answer that every lease was lost (what a live worker
+    sees when it is too slow to renew in time and another worker took its runs)."""
+
+    def __init__(self, bad: int) -> None:
+        super().__init__()
+        self.bad = bad
+
+    async def renew(self, worker: str, leases: dict[str, int], lease_ttl: float) -> dict[str, bool]:
+        held = await super().renew(worker, leases, lease_ttl)
+        if self.bad > 0 and leases:
+            self.bad -= 1
+            return {}
+        return held
+
+
+async def _slow_step(i: int) -> int:
+    await anyio.sleep(0.15)
+    return i
+
+
+@cd.workflow(name="rt_slow_steps")
+async def slow_steps(n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += await cd.call(_slow_step, i)
+    return total
+
+
+@pytest.mark.anyio
+async def test_a_worker_losing_leases_claims_fewer_runs_then_recovers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A live worker whose renewals keep failing halves how many runs it claims instead of
+    grabbing them all back (overloaded workers would otherwise take runs from each other
+    forever); once renewals succeed it grows back and every run completes."""
+    store = _LosingRenewals(bad=3)
+    peak_after_trouble = 0
+    async with cd.Runtime(store, lease_ttl=0.3, poll_interval=0.01, concurrency=16) as rt:
+        for i in range(16):
+            await rt.start(slow_steps, 4, run_id=f"ov-{i}")
+        with anyio.fail_after(60):
+            while store.bad > 0:
+                await anyio.sleep(0.01)
+            while True:
+                peak_after_trouble = max(peak_after_trouble, rt.active_runs)
+                infos = [await rt.describe(f"ov-{i}") for i in range(16)]
+                if all(info.status == cd.RunStatus.COMPLETED for info in infos):
+                    break
+                await anyio.sleep(0.01)
+    assert all(info.result == 6 for info in infos)
+    throttled = [r.getMessage() for r in caplog.records if "claiming at most" in r.getMessage()]
+    assert throttled, "the worker never reduced how many runs it claims"
+    assert "leases lost at renewal" in throttled[0]
+    assert peak_after_trouble < 16, "it claimed every run again right after losing them"

@@ -142,7 +142,10 @@ class Runtime:
             SQLite file ``.coro_durable/runs.db``.
         lease_ttl: seconds a worker owns a run without renewing; a crashed worker's runs are
             taken over this long after it stopped renewing.
-        concurrency: how many runs this worker drives at once.
+        concurrency: how many runs this worker drives at once, at most. While this worker loses
+            leases it is still alive to renew (an overloaded process or store), it claims fewer
+            (halving on each loss, growing back a quarter per healthy renewal) so the runs it
+            holds make progress instead of passing from worker to worker.
         worker: False for a client-only Runtime that executes nothing.
         workflows: workflow functions to register (``@cd.workflow`` registers them already).
         poll_interval: seconds between store polls when nothing signals new work.
@@ -204,6 +207,7 @@ class Runtime:
             _workflow.register_function(fn)
         self._changed = anyio.Event()
         self._active: dict[str, int] = {}  # run_id -> epoch of activations in progress
+        self._claim_limit = concurrency  # lowered while leases are lost (see _lease_trouble)
         self._activations: dict[str, tuple[Activation | None, anyio.CancelScope]] = {}
         self._tg: anyio.abc.TaskGroup | None = None
         self._unsubscribe: Callable[[], None] | None = None
@@ -433,7 +437,7 @@ class Runtime:
     async def _claim_forever(self) -> None:
         assert self._tg is not None
         while True:
-            free = self.concurrency - len(self._active)
+            free = self._claim_limit - len(self._active)
             changed = self._changed
             claimed: list[RunRecord] = []
             if free > 0:
@@ -467,12 +471,14 @@ class Runtime:
             if not self._active:
                 continue
             leases = dict(self._active)
+            started = time.monotonic()
             try:
                 fault("renew", self.worker_id)
                 held = await self.store.renew(self.worker_id, leases, self.lease_ttl)
             except Exception:
                 log.exception("worker %s: renewing leases failed; will retry", self.worker_id)
                 continue
+            lost = 0
             for run_id, epoch in leases.items():
                 if self._active.get(run_id) != epoch:
                     continue  # finished meanwhile
@@ -481,6 +487,7 @@ class Runtime:
                     continue  # its park/finish is committing: not held any more, but not lost
                 if run_id not in held:
                     del self._active[run_id]  # not ours any more; say so once
+                    lost += 1
                     log.warning(
                         "worker %s: lease on run %s (fencing token %d) was lost, another worker "
                         "owns it now; stopping this activation, it writes nothing more",
@@ -492,6 +499,28 @@ class Runtime:
                         scope.cancel()
                 elif held[run_id] and activation is not None:
                     activation.cancel_requested = True
+            if lost or time.monotonic() - started > self.lease_ttl / 2:
+                self._lease_trouble(f"{lost} leases lost at renewal" if lost else "slow renewal")
+            elif self._claim_limit < self.concurrency:
+                self._claim_limit = min(self.concurrency, self._claim_limit * 5 // 4 + 1)
+                if self._claim_limit == self.concurrency:
+                    log.info("worker %s: renewals keep up again", self.worker_id)
+
+    def _lease_trouble(self, why: str) -> None:
+        """This live worker lost a lease (or renewed too slowly to be sure of keeping them): it
+        holds more runs than it (or its store) can keep up with. Claim fewer until renewals
+        keep up; otherwise overloaded workers take runs from each other and none progresses."""
+        limit = max(1, min(self._claim_limit, len(self._active) + 1) // 2)
+        if limit < self._claim_limit:
+            log.warning(
+                "worker %s: %s; claiming at most %d runs at once (concurrency %d) until "
+                "renewals keep up",
+                self.worker_id,
+                why,
+                limit,
+                self.concurrency,
+            )
+            self._claim_limit = limit
 
     async def _activate(self, run: RunRecord) -> None:
         run_id, epoch = run.run_id, run.epoch
@@ -522,6 +551,7 @@ class Runtime:
                 )
         except LeaseLost as exc:
             log.warning("worker %s: %s", self.worker_id, exc)
+            self._lease_trouble("a lease was lost mid-run")
         except SimulatedCrash as exc:
             # Fault injection: this "process" dies here. Nothing more is written, no lease is
             # handed back; every other activation of this Runtime stops too.
