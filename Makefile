@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: setup demo test lint typecheck pytest services crashfuzz clean
+.PHONY: setup demo test lint typecheck pytest services crashfuzz bench bench-quick bench-deps clean
 
 PLUGINS = backends/postgres backends/redis adapters/temporal adapters/inngest adapters/restate
 INSTALL = -e '.[dev]' -e backends/postgres -e backends/redis -e 'adapters/temporal[test]' -e 'adapters/inngest[test]' -e 'adapters/restate[test]'
@@ -37,6 +37,16 @@ crashfuzz: setup services           ## the long crash-fuzz profile (~20 min): pr
 	CRASHFUZZ_PROFILE=long $(BIN)/pytest -q -s tests/test_crash_fuzz.py tests/test_crash_fuzz_planted.py tests/test_crash_fuzz_procs.py
 
 test: lint typecheck pytest          ## everything CI runs: ruff, mypy, the whole test suite
+
+bench-deps: setup                    ## the benchmark-only dependencies (peers, chart) and restate-server
+	$(BIN)/pip install --quiet -e '.[bench]'
+	bash scripts/ensure-restate.sh >/dev/null
+
+bench: bench-deps services           ## the whole benchmark table, ours vs peers (~15-25 min): benchmarks/results/
+	$(BIN)/python -m benchmarks
+
+bench-quick: bench-deps services     ## every target once at tiny sizes (a smoke run; figures mean nothing)
+	$(BIN)/python -m benchmarks --quick
 
 clean:
 	rm -rf $(VENV) .coro_durable build dist src/*.egg-info

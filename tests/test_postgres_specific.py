@@ -14,7 +14,7 @@ import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -34,6 +34,8 @@ from coro_durable.errors import (
     StoreError,
     StoreUnavailableError,
 )
+from group_commit_common import Write, batch_after_one, claimed
+from group_commit_common import entry as gc_entry
 
 pytest.importorskip(
     "coro_durable_postgres",
@@ -208,23 +210,34 @@ def statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 async def test_append_is_one_statement_with_no_read_before_it(statements: list[str]) -> None:
     """A journal append, its fencing check included, is a single statement (one round trip):
-    the server-side append() function checks the epoch under the run's row lock and writes. A
-    retried (identical) append and a stale one are single statements too."""
+    the server-side append_entry() function (append() for several entries) checks the epoch
+    under the run's row lock and writes. A retried (identical) append, a pending entry replaced
+    and a stale one are single statements too."""
     async with opened(pg_test_url()) as store:
         epoch = await running(store)
         statements.clear()
         await store.append("r1", epoch, [entry(0)])
         assert len(statements) == 1
-        assert statements[0].startswith(f'SELECT "{store.schema}".append(')
+        assert statements[0].startswith(f'SELECT "{store.schema}".append_entry(')
         await store.append("r1", epoch, [entry(0)])  # a retry after a lost acknowledgement
         with pytest.raises(LeaseLost):
             await store.append("r1", epoch + 1, [entry(1)])
+        with pytest.raises(RunNotFoundError):
+            await store.append("r9", epoch, [entry(1)])
         with pytest.raises(ConflictError, match="seq 0 already holds a final call"):
             await store.append("r1", epoch, [entry(0, result="2")])
-        assert len(statements) == 4
-        assert all(".append(" in s for s in statements)
+        pending = JournalEntry(1, "sleep", "", "d0", "pending", key="r:1", due_at=5).sealed()
+        await store.append("r1", epoch, [pending])
+        await store.append("r1", epoch, [entry(1)])  # replaces the pending entry
+        await store.append("r1", epoch, [entry(2), entry(3)])
+        assert len(statements) == 8
+        assert all(".append_entry(" in s for s in statements[:7])
+        assert statements[7].startswith(f'SELECT "{store.schema}".append(')
+        assert [(e.seq, e.status) for e in await store.load_journal("r1")] == [
+            (0, "ok"), (1, "ok"), (2, "ok"), (3, "ok"),
+        ]  # fmt: skip
         run = await store.get_run("r1")
-        assert run is not None and run.steps == 1
+        assert run is not None and run.steps == 4
 
 
 async def test_a_rejected_batch_writes_nothing() -> None:
@@ -534,3 +547,75 @@ async def test_watch_rechecks_its_connection_and_keeps_hearing(
                         await anyio.sleep(0.01)
                 await anyio.sleep(0.07)
             tg.cancel_scope.cancel()
+
+
+# ---- group commit ------------------------------------------------------------------------------
+
+
+async def test_group_commit_is_one_statement_for_the_batch(statements: list[str]) -> None:
+    """Concurrent appends, a park and a finish queued behind one commit go to the server as ONE
+    statement (one round trip, one transaction): ``write_batch()``."""
+    async with opened(pg_test_url()) as store:
+        epochs = await claimed(store, [f"r{i}" for i in range(6)])
+        statements.clear()
+        outcomes = await batch_after_one(
+            store,
+            lambda: store.append("r0", epochs["r0"], [gc_entry("r0", 0)]),
+            *(
+                (lambda r=r: store.append(r, epochs[r], [gc_entry(r, 0)]))
+                for r in ("r1", "r2", "r3")
+            ),
+            lambda: store.park("r4", epochs["r4"], None, "signal 'go'"),
+            lambda: store.finish("r5", epochs["r5"], cd.RunStatus.COMPLETED, "7", None),
+        )
+        assert outcomes == [None] * 5
+        assert len(statements) == 2
+        assert statements[0].startswith(f'SELECT "{store.schema}".append_entry(')
+        assert statements[1].startswith(f'SELECT "{store.schema}".write_batch(')
+
+
+async def test_a_failed_commit_fails_every_write_of_its_batch() -> None:
+    """A batch whose commit fails (a deferred constraint trigger, checked at COMMIT, rejects one
+    of its entries) is rolled back whole: every write of the batch gets the error, none is
+    stored, and each one retried alone then lands (but the poisoned one)."""
+    async with opened(pg_test_url()) as store:
+        s = f'"{store.schema}"'
+        sql(
+            f"CREATE FUNCTION {s}.poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.result = '666' THEN RAISE EXCEPTION 'poisoned entry'; END IF; "
+            "RETURN NULL; END $$"
+        )
+        sql(
+            f"CREATE CONSTRAINT TRIGGER poison AFTER INSERT ON {s}.journal "
+            f"DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {s}.poison()"
+        )
+        epochs = await claimed(store, [f"r{i}" for i in range(6)])
+
+        def append(run_id: str) -> Write:
+            return lambda: store.append(run_id, epochs[run_id], [gc_entry(run_id, 0)])
+
+        appends = [append(r) for r in ("r1", "r2", "r3")]
+
+        def finish() -> Awaitable[None]:
+            return store.finish("r4", epochs["r4"], cd.RunStatus.COMPLETED, "7", None)
+
+        outcomes = await batch_after_one(
+            store,
+            lambda: store.append("r0", epochs["r0"], [gc_entry("r0", 0)]),
+            *appends,
+            finish,
+            lambda: store.append("r5", epochs["r5"], [gc_entry("r5", 0, result="666")]),
+        )
+        assert all(isinstance(o, StoreError) for o in outcomes), outcomes
+        assert all("poisoned entry" in str(o) for o in outcomes)
+        assert [e.seq for e in await store.load_journal("r0")] == [0]  # its own commit
+        for run_id in ("r1", "r2", "r3", "r5"):
+            assert await store.load_journal(run_id) == []
+        r4 = await store.get_run("r4")
+        assert r4 is not None and r4.status == cd.RunStatus.RUNNING
+        for write in (*appends, finish):
+            await write()
+        for run_id in ("r1", "r2", "r3"):
+            assert [e.seq for e in await store.load_journal(run_id)] == [0]
+        r4 = await store.get_run("r4")
+        assert r4 is not None and r4.status == cd.RunStatus.COMPLETED

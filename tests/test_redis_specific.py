@@ -33,6 +33,8 @@ from coro_durable.errors import (
     StoreError,
     StoreUnavailableError,
 )
+from group_commit_common import Write, batch_after_one, claimed, record_batches
+from group_commit_common import entry as gc_entry
 
 pytest.importorskip(
     "coro_durable_redis",
@@ -565,5 +567,80 @@ async def test_any_text_round_trips_through_every_read_path(transport: str) -> N
         await store.finish(run.run_id, claimed.epoch, RunStatus.COMPLETED, f'"{odd}"', None)
         (done,) = await store.list_runs(status=RunStatus.COMPLETED, workflow=run.workflow)
         assert done.result == f'"{odd}"' and done.run_id == run.run_id
+    finally:
+        await store.close()
+
+
+# -- group commit -----------------------------------------------------------------------------------
+
+
+async def test_a_batch_whose_reply_is_lost_is_retried_and_recognised(transport: str) -> None:
+    """The server runs a whole batch (appends, a park, a finish) but its reply is lost: the store
+    retries the batch on a new connection and every write recognises itself (identical entries,
+    operation tokens), so nothing is applied twice and every caller succeeds. With no retry
+    window, every caller of the batch gets the error instead, though the batch was applied: an
+    append retried alone is then recognised as the same entry."""
+    for retry_window in ("2", "0"):
+        async with proxied() as proxy:
+            url = proxy_url(proxy, transport=transport, retry_window=retry_window)
+            await lost_batch_reply(RedisStore(url), proxy, retried=retry_window != "0")
+
+
+async def lost_batch_reply(store: RedisStore, proxy: Proxy, retried: bool) -> None:
+    await store.open()
+    try:
+        epochs = await claimed(store, [f"r{i}" for i in range(6)])
+
+        def append(run_id: str) -> Write:
+            return lambda: store.append(run_id, epochs[run_id], [gc_entry(run_id, 0)])
+
+        appends = [append(r) for r in ("r1", "r2", "r3")]
+        sizes = record_batches(store)
+        proxy.lose_reply(after=1)  # the first write's reply passes, the batch's is lost
+        outcomes = await batch_after_one(
+            store,
+            append("r0"),
+            *appends,
+            lambda: store.park("r4", epochs["r4"], None, "signal 'go'"),
+            lambda: store.finish("r5", epochs["r5"], RunStatus.COMPLETED, "7", None),
+        )
+        assert sizes[:2] == [1, 5]
+        if retried:
+            assert outcomes == [None] * 5
+        else:
+            assert all(isinstance(o, StoreError) for o in outcomes), outcomes
+            for write in appends:
+                await write()
+        for run_id in ("r0", "r1", "r2", "r3"):
+            assert [e.seq for e in await store.load_journal(run_id)] == [0]
+            run = await store.get_run(run_id)
+            assert run is not None and run.steps == 1
+        r4, r5 = await store.get_run("r4"), await store.get_run("r5")
+        assert r4 is not None and r4.status == RunStatus.WAITING
+        assert r5 is not None and r5.status == RunStatus.COMPLETED and r5.result == "7"
+    finally:
+        await store.close()
+
+
+async def test_a_failing_write_in_a_batch_fails_alone(raw: redis.Redis) -> None:
+    """A write whose script fails on the server (here its journal key has the wrong type) gets
+    the error its own script would have raised; the other writes of the batch are applied."""
+    store = await bare()
+    try:
+        epochs = await claimed(store, [f"r{i}" for i in range(4)])
+        raw.set(f"{store.prefix}journal:r2", "not a hash")
+
+        def append(run_id: str) -> Write:
+            return lambda: store.append(run_id, epochs[run_id], [gc_entry(run_id, 0)])
+
+        sizes = record_batches(store)
+        outcomes = await batch_after_one(
+            store, append("r0"), append("r1"), append("r2"), append("r3")
+        )
+        assert sizes == [1, 3]
+        assert outcomes[0] is None and outcomes[2] is None
+        assert isinstance(outcomes[1], StoreError) and "WRONGTYPE" in str(outcomes[1])
+        for run_id in ("r1", "r3"):
+            assert [e.seq for e in await store.load_journal(run_id)] == [0]
     finally:
         await store.close()

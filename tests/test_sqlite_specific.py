@@ -10,9 +10,11 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 import pytest
 
@@ -25,6 +27,7 @@ from coro_durable.errors import (
     StoreError,
     StoreUnavailableError,
 )
+from group_commit_common import Write, batch_after_one, claimed, entry
 
 pytestmark = pytest.mark.anyio
 
@@ -437,3 +440,86 @@ def test_processes_opening_a_fresh_file_at_once_migrate_it_once(tmp_path: Path) 
         "p0", "p1", "p2", "p3"
     ]  # fmt: skip
     conn.close()
+
+
+# ---- group commit ------------------------------------------------------------------------------
+
+
+async def claimed_runs(store: SqliteStore, n: int) -> dict[str, int]:
+    return await claimed(store, [f"r{i}" for i in range(n)])
+
+
+async def test_a_failed_commit_fails_every_write_of_its_batch(tmp_path: Path) -> None:
+    """A batch whose COMMIT fails (one of its writes breaks a deferred foreign key, which SQLite
+    checks at COMMIT) is rolled back whole: every write in it gets the error, none is on disk,
+    and each write retried alone then lands."""
+    store = SqliteStore(url(tmp_path / "runs.db"))
+    try:
+
+        def schema(conn: sqlite3.Connection) -> None:
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+            conn.execute(
+                "CREATE TABLE child (id INTEGER PRIMARY KEY, parent INTEGER "
+                "REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)"
+            )
+
+        await store._read(schema)
+        epochs = await claimed_runs(store, 6)
+
+        def poison(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO child VALUES (1, 999)")  # no parent 999: COMMIT fails
+
+        def append(run_id: str) -> Write:
+            return lambda: store.append(run_id, epochs[run_id], [entry(run_id, 0)])
+
+        appends = [append(r) for r in ("r1", "r2", "r3")]
+
+        def park() -> Awaitable[None]:
+            return store.park("r4", epochs["r4"], None, "a signal")
+
+        outcomes = await batch_after_one(
+            store,
+            lambda: store.append("r0", epochs["r0"], [entry("r0", 0)]),
+            *appends,
+            park,
+            lambda: store._write(poison),
+        )
+        assert all(isinstance(o, StoreError) for o in outcomes), outcomes
+        assert all("FOREIGN KEY constraint failed" in str(o) for o in outcomes)
+        assert [e.seq for e in await store.load_journal("r0")] == [0]  # its own commit
+        for run_id in ("r1", "r2", "r3"):
+            assert await store.load_journal(run_id) == []
+        r4 = await store.get_run("r4")
+        assert r4 is not None and r4.status == RunStatus.RUNNING
+        for write in (*appends, park):
+            await write()
+        for run_id in ("r1", "r2", "r3"):
+            assert [e.seq for e in await store.load_journal(run_id)] == [0]
+    finally:
+        await store.close()
+
+
+async def test_a_value_sqlite_cannot_bind_fails_only_its_write(tmp_path: Path) -> None:
+    """In a batch, a write SQLite refuses for its values (a lone surrogate) fails alone: it is
+    rolled back to its savepoint and the others commit."""
+    store = SqliteStore(url(tmp_path / "runs.db"))
+    try:
+        epochs = await claimed_runs(store, 4)
+        outcomes = await batch_after_one(
+            store,
+            lambda: store.append("r0", epochs["r0"], [entry("r0", 0)]),
+            lambda: store.append("r1", epochs["r1"], [entry("r1", 0)]),
+            lambda: store.create_run(RunRecord("bad", "wf", '"\udc80"')),
+            lambda: store.append("r2", epochs["r2"], [entry("r2", 0)]),
+            lambda: store.finish("r3", epochs["r3"], RunStatus.COMPLETED, "1", None),
+        )
+        assert isinstance(outcomes[1], StoreError) and "cannot store" in str(outcomes[1])
+        assert outcomes[0] is None and outcomes[2] is None and outcomes[3] is None
+        assert await store.get_run("bad") is None
+        for run_id in ("r1", "r2"):
+            assert [e.seq for e in await store.load_journal(run_id)] == [0]
+        r3 = await store.get_run("r3")
+        assert r3 is not None and r3.status == RunStatus.COMPLETED
+    finally:
+        await store.close()

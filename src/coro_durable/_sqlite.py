@@ -5,6 +5,8 @@ URL forms::
     sqlite:///relative/path/runs.db          relative to the current directory
     sqlite:////absolute/path/runs.db         absolute (four slashes)
     sqlite:///runs.db?synchronous=NORMAL&busy_timeout=10000
+    sqlite:///runs.db?group_commit=0                 every write in its own transaction
+    sqlite:///runs.db?group_commit_wait_us=500&group_commit_max=128
 
 Durability. The file is opened in WAL mode with ``synchronous=FULL`` (the default): every commit
 fsyncs the write-ahead log before the call returns, so a committed journal entry survives a power
@@ -19,12 +21,24 @@ operations queue on the event loop rather than as threads blocked on the lock, a
 synchronous steps filling anyio's default thread pool cannot delay a journal append or a lease
 renewal.
 
-Each operation is exactly one transaction: ``BEGIN IMMEDIATE`` for writes, which takes SQLite's
-write lock up front, so the fencing check and the write it guards are atomic against every other
-connection, in this process or another. A connection that finds the write lock taken waits up to
-``busy_timeout`` ms (default 5000), then gets :class:`~coro_durable.errors.StoreUnavailableError`.
-The worker thread is not abandoned on cancellation: a started transaction always commits or rolls
-back before the caller resumes.
+Group commit (on by default; ``group_commit=0`` turns it off). Writes that arrive while another
+transaction of this store is committing queue up, and the next transaction takes them all (up to
+``group_commit_max``, default 256): one ``BEGIN IMMEDIATE`` ... ``COMMIT`` and one fsync for many
+concurrent runs (``_groupcommit``). Each write keeps its own outcome: if one fails (fenced out, a
+conflict, a value SQLite cannot bind), the transaction is redone with each write in its own
+SAVEPOINT, so only that write is undone and only its caller gets the error; if the COMMIT itself
+fails, every write of the batch fails with that error and nothing of it is on disk. Callers resume
+only after COMMIT returned. A write that finds no transaction in flight commits at once, alone, so
+one run stepping sequentially never waits; the next batch's leader waits up to
+``group_commit_wait_us`` (default 200 us) for more writes only when the previous batch, just
+finished, released several journal appends (runs whose next step is about to write).
+
+Each operation (or batch of them) is exactly one transaction: ``BEGIN IMMEDIATE`` for writes,
+which takes SQLite's write lock up front, so the fencing check and the write it guards are atomic
+against every other connection, in this process or another. A connection that finds the write
+lock taken waits up to ``busy_timeout`` ms (default 5000), then gets
+:class:`~coro_durable.errors.StoreUnavailableError`. The worker thread is not abandoned on
+cancellation: a started transaction always commits or rolls back before the caller resumes.
 
 Listeners registered with ``subscribe`` are called on the event loop after the write returns; they
 hear about writes made through *this* store object only (other processes are found by polling).
@@ -53,6 +67,9 @@ import anyio
 import anyio.to_thread
 
 from . import _faults
+from ._groupcommit import OPTION_NAMES as GROUP_COMMIT_OPTIONS
+from ._groupcommit import GroupCommit, GroupCommitOptions
+from ._groupcommit import parse_option as parse_group_option
 from ._journal import CANCELLED_ERROR, TERMINAL, JournalEntry, RunRecord, RunStatus
 from ._store import Listener
 from .errors import (
@@ -163,6 +180,24 @@ _SQL_REPLACE_ENTRY = (
 _SQL_GET_ENTRY = "SELECT status, checksum, kind, name FROM journal WHERE run_id = ? AND seq = ?"
 # The fencing read: the run's token and status, and what the fenced writes need besides.
 _SQL_FENCE = "SELECT epoch, status, cancel_requested, crash_count, steps FROM runs WHERE run_id = ?"
+# Fenced writes in one statement: the common case (the lease is ours). When they match no row,
+# ``_fenced`` tells lease lost from unknown run (and the planted no_fencing bug still writes).
+_FENCE_CLAUSE = " AND epoch = ? AND status = 'running'"
+_SQL_FENCED_BUMP = (
+    "UPDATE runs SET steps = steps + 1, crash_count = 0, updated_at = ? WHERE run_id = ?"
+    + _FENCE_CLAUSE
+)
+_SQL_UNBUMP = "UPDATE runs SET steps = steps - 1 WHERE run_id = ?"
+_SQL_FENCED_PARK = (
+    "UPDATE runs SET status = 'waiting', wake_at = CASE WHEN cancel_requested OR EXISTS "
+    "(SELECT 1 FROM signals s WHERE s.run_id = runs.run_id AND s.consumed = 0) THEN ? ELSE ? END, "
+    "waiting_on = ?, owner = NULL, lease_expires = NULL, updated_at = ? WHERE run_id = ?"
+    + _FENCE_CLAUSE
+)
+_SQL_FINISH = (
+    "UPDATE runs SET status = ?, result = ?, error = ?, owner = NULL, lease_expires = NULL, "
+    "wake_at = NULL, waiting_on = NULL, updated_at = ? WHERE run_id = ?"
+)
 _SQL_APPENDED = "UPDATE runs SET steps = ?, crash_count = 0, updated_at = ? WHERE run_id = ?"
 _SQL_OLDEST_SIGNAL = (
     "SELECT id, payload FROM signals WHERE run_id = ? AND name = ? AND consumed = 0 "
@@ -171,11 +206,22 @@ _SQL_OLDEST_SIGNAL = (
 _SQL_HAS_SIGNAL = "SELECT 1 FROM signals WHERE run_id = ? AND consumed = 0 LIMIT 1"
 
 _SYNCHRONOUS = ("FULL", "EXTRA", "NORMAL")
+
+# sqlite3 errors that concern one statement and its values and leave the transaction usable: in
+# a group commit batch, the write that raised one is rolled back to its savepoint and its caller
+# gets the error. Any other sqlite3 error (OperationalError: I/O, disk full, busy...) fails the
+# whole batch.
+_STATEMENT_ERRORS = (
+    sqlite3.IntegrityError,
+    sqlite3.InterfaceError,
+    sqlite3.DataError,
+    sqlite3.ProgrammingError,
+)
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 
 
-def _parse_url(url: str) -> tuple[str, str, int]:
-    """``(path, synchronous, busy_timeout_ms)`` from a ``sqlite:///`` URL."""
+def _parse_url(url: str) -> tuple[str, str, int, GroupCommitOptions]:
+    """``(path, synchronous, busy_timeout_ms, group commit options)`` from a ``sqlite:///`` URL."""
     parts = urlsplit(url)
     if parts.scheme.lower() != "sqlite":
         raise ConfigurationError(f"{url!r} is not a sqlite:/// URL")
@@ -195,8 +241,11 @@ def _parse_url(url: str) -> tuple[str, str, int]:
             "in-process store"
         )
     synchronous, busy_timeout = "FULL", 5000
+    group = GroupCommitOptions()
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key == "synchronous":
+        if key in GROUP_COMMIT_OPTIONS:
+            group = parse_group_option(group, key, value, f"SQLite URL {url!r}")
+        elif key == "synchronous":
             synchronous = value.upper()
             if synchronous not in _SYNCHRONOUS:
                 raise ConfigurationError(
@@ -215,9 +264,10 @@ def _parse_url(url: str) -> tuple[str, str, int]:
                 )
         else:
             raise ConfigurationError(
-                f"SQLite URL {url!r}: unknown option {key!r} (known: synchronous, busy_timeout)"
+                f"SQLite URL {url!r}: unknown option {key!r} (known: synchronous, busy_timeout, "
+                f"{', '.join(GROUP_COMMIT_OPTIONS)})"
             )
-    return path, synchronous, busy_timeout
+    return path, synchronous, busy_timeout, group
 
 
 def _run_from_row(row: Sequence[Any]) -> RunRecord:
@@ -245,7 +295,10 @@ class SqliteStore:
 
     def __init__(self, url: str = "sqlite:///.coro_durable/runs.db") -> None:
         self.url = url
-        path, self.synchronous, self.busy_timeout = _parse_url(url)
+        path, self.synchronous, self.busy_timeout, group = _parse_url(url)
+        self.group_commit: GroupCommit[Callable[[sqlite3.Connection], Any], Any] | None = (
+            GroupCommit(self._flush, group) if group.enabled else None
+        )
         self.path = Path(path)
         self._lock = threading.Lock()
         self._limiters: dict[str, anyio.CapacityLimiter] = {}  # one per kind of event loop
@@ -390,8 +443,95 @@ class SqliteStore:
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await anyio.to_thread.run_sync(self._run_locked, fn, False, limiter=self._limiter())
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _write(self, fn: Callable[[sqlite3.Connection], T], again: bool = False) -> T:
+        """Run ``fn`` as a write transaction, through group commit when it is on (``again``: the
+        caller will probably write again right after, see ``GroupCommit.submit``)."""
+        if self.group_commit is not None:
+            result: T = await self.group_commit.submit(fn, again=again)
+            return result
         return await anyio.to_thread.run_sync(self._run_locked, fn, True, limiter=self._limiter())
+
+    async def _flush(
+        self, ops: Sequence[Callable[[sqlite3.Connection], Any]]
+    ) -> list[Any | BaseException]:
+        """Group commit: run the queued writes in one transaction (see ``_run_batch``)."""
+        if len(ops) == 1:  # alone: exactly the single-write path (its error is its outcome)
+            return [
+                await anyio.to_thread.run_sync(
+                    self._run_locked, ops[0], True, limiter=self._limiter()
+                )
+            ]
+        return await anyio.to_thread.run_sync(self._run_batch, ops, limiter=self._limiter())
+
+    def _run_batch(self, ops: Sequence[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
+        """Run several writes in ONE transaction (in a worker thread); one outcome per write.
+
+        First all writes run back to back. If one of them fails (fenced out, a conflict, a value
+        SQLite cannot bind), the transaction is rolled back and run again with each write inside
+        its own SAVEPOINT, so the failed one is undone alone and its caller gets its error while
+        the others commit (a write is a function of the database state, so running it again is
+        the same write). An error that may have broken the transaction itself (I/O, disk full,
+        corruption: an ``OperationalError`` or any ``DatabaseError`` not about one statement's
+        values) rolls everything back and is raised, failing every write of the batch as it
+        would have failed each alone. Results are handed out only after COMMIT returned:
+        acknowledged writes are on disk (``synchronous=FULL``).
+        """
+        with self._lock:
+            try:
+                if self._conn is None:
+                    self._conn = self._connect()
+                conn = self._conn
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    outcomes = self._apply(conn, ops, isolate=False)
+                    if outcomes is None:
+                        conn.execute("ROLLBACK")
+                        conn.execute("BEGIN IMMEDIATE")
+                        outcomes = self._apply(conn, ops, isolate=True)
+                    assert outcomes is not None
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                return outcomes
+            except sqlite3.Error as exc:
+                raise self._translate(exc) from exc
+
+    def _apply(
+        self,
+        conn: sqlite3.Connection,
+        ops: Sequence[Callable[[sqlite3.Connection], Any]],
+        isolate: bool,
+    ) -> list[Any] | None:
+        """Run ``ops`` in the open transaction. ``isolate``: each in a savepoint, a failure
+        becoming its outcome; otherwise the first failure returns None (nothing is decided)."""
+        outcomes: list[Any] = []
+        for op in ops:
+            if isolate:
+                conn.execute("SAVEPOINT gc")
+            try:
+                outcomes.append(op(conn))
+            except (Exception, LeaseLost) as exc:
+                if isinstance(exc, sqlite3.Error) and not isinstance(exc, _STATEMENT_ERRORS):
+                    raise  # the transaction itself may be broken: fail the batch
+                if not conn.in_transaction:
+                    raise  # SQLite rolled the whole transaction back
+                if not isolate:
+                    return None
+                conn.execute("ROLLBACK TO gc")
+                outcomes.append(self._item_error(exc))
+            if isolate:
+                conn.execute("RELEASE gc")
+        return outcomes
+
+    def _item_error(self, exc: BaseException) -> BaseException:
+        """What the single-write path would have raised for ``exc`` (see ``_run_locked``)."""
+        if isinstance(exc, sqlite3.Error):
+            return self._translate(exc)
+        if isinstance(exc, UnicodeError | OverflowError):
+            return StoreError(f"SQLite store {self.path} cannot store a value: {exc}")
+        return exc
 
     def _translate(self, exc: sqlite3.Error) -> StoreError:
         code = _primary_code(exc)
@@ -508,10 +648,18 @@ class SqliteStore:
 
     async def append(self, run_id: str, epoch: int, entries: Sequence[JournalEntry]) -> None:
         def op(conn: sqlite3.Connection) -> None:
+            # The common case in two statements: the fenced step count, then a new seq.
+            if (
+                len(entries) == 1
+                and conn.execute(_SQL_FENCED_BUMP, (time.time(), run_id, epoch)).rowcount
+            ):
+                if conn.execute(_SQL_INSERT_ENTRY, _entry_params(run_id, entries[0])).rowcount:
+                    return
+                conn.execute(_SQL_UNBUMP, (run_id,))  # the seq is taken: the general path
             fence = self._fenced(conn, run_id, epoch)
             self._append_in(conn, run_id, fence[4], entries)
 
-        await self._write(op)
+        await self._write(op, again=True)
 
     async def consume_signal(
         self, run_id: str, epoch: int, name: str, entry: JournalEntry
@@ -619,8 +767,12 @@ class SqliteStore:
         self, run_id: str, epoch: int, wake_at: float | None, waiting_on: str | None
     ) -> None:
         def op(conn: sqlite3.Connection) -> None:
-            fence = self._fenced(conn, run_id, epoch)
             now = time.time()
+            if conn.execute(
+                _SQL_FENCED_PARK, (now, wake_at, waiting_on, now, run_id, epoch)
+            ).rowcount:
+                return
+            fence = self._fenced(conn, run_id, epoch)
             wake = wake_at
             if fence[2] or conn.execute(_SQL_HAS_SIGNAL, (run_id,)).fetchone() is not None:
                 wake = now  # a signal or a cancel request is already here: no lost wake-up
@@ -639,13 +791,11 @@ class SqliteStore:
         status_value = RunStatus(status).value
 
         def op(conn: sqlite3.Connection) -> None:
+            params = (status_value, result, error, time.time(), run_id)
+            if conn.execute(_SQL_FINISH + _FENCE_CLAUSE, (*params, epoch)).rowcount:
+                return
             self._fenced(conn, run_id, epoch)
-            conn.execute(
-                "UPDATE runs SET status = ?, result = ?, error = ?, owner = NULL, "
-                "lease_expires = NULL, wake_at = NULL, waiting_on = NULL, updated_at = ? "
-                "WHERE run_id = ?",
-                (status_value, result, error, time.time(), run_id),
-            )
+            conn.execute(_SQL_FINISH, params)
 
         await self._write(op)
         self._notify()

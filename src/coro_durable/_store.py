@@ -22,6 +22,11 @@ passes the same conformance suite (tests/test_store_conformance.py). The rules a
   ``deliver_signal`` and ``request_cancel`` make a waiting run runnable.
 * **Signals** are stored once per ``signal_id``; ``consume_signal`` takes the oldest unconsumed
   signal of a name and journals it in the same atomic step, so a crash cannot lose or duplicate it.
+* **Group commit** (``_groupcommit``). A backend may commit the writes of concurrent callers
+  together (one transaction, one script call), but each write is fenced and answered on its own
+  as if it had committed alone (one caller's LeaseLost or ConflictError never fails another's
+  write), a caller resumes only once its write is durable, and if the shared commit fails every
+  write in it fails with that error and none of it is kept.
 * Times are ``time.time()`` floats from the store's clock.
 * Listeners registered with ``subscribe`` are called (on the event loop) when new work may be
   claimable: a run created, a signal delivered, a cancel requested, a lease released.

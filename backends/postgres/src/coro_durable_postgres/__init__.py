@@ -32,6 +32,15 @@ coro_durable's own query parameters (removed before the URL is handed to psycopg
     psycopg's server-side prepared statements after this many uses of a statement on a
     connection; ``none`` disables them (needed behind PgBouncer in transaction mode before 1.21).
 
+``group_commit`` (default 1), ``group_commit_wait_us`` (default 200), ``group_commit_max`` (256)
+    Group commit: appends of one entry, parks and finishes that arrive while another batch of this
+    store is committing queue up, and the next batch sends them all in ONE statement
+    (``write_batch()``, one round trip, one transaction, one commit). ``group_commit=0`` sends
+    each in its own statement. A write finding nothing in flight goes at once, alone, in its usual
+    single statement (a run stepping sequentially never waits); the next batch's leader waits up
+    to ``group_commit_wait_us`` microseconds for more writes only when the batch just committed
+    held several. At most ``group_commit_max`` writes per batch.
+
 Everything else is passed to libpq (``sslmode``, ``options``, ``target_session_attrs``, ...).
 coro_durable sets ``application_name=coro_durable`` and ``connect_timeout=5`` unless given.
 
@@ -45,6 +54,14 @@ How it works (details in the module docstrings of ``_sql`` and ``_driver``):
   entries and updates the run's step count; its answer tells "lease lost", "unknown run" and
   "seq taken by a different final entry" (SQLSTATE ``CDCNF``, the call rolled back) apart, and
   an identical retry is accepted. Claims lock candidates with ``FOR NO KEY UPDATE SKIP LOCKED``.
+* **Group commit.** ``write_batch()`` (PL/pgSQL, one call per batch) takes the writes as a JSON
+  array, locks their run rows in ``run_id`` byte order (``renew`` locks in the same order, so a
+  batch and a renewal cannot deadlock), inserts every fenced append of a new seq in one INSERT and
+  bumps the step counts in one UPDATE, then decides the rest one by one (refusals, seqs already
+  taken, parks, finishes). Every write is fenced and answered on its own, exactly as its single
+  statement would answer (NULL, 'missing', 'lost <epoch> <status>', 'conflict ...'), and nothing
+  is written for a refused one; if the statement or its commit fails, every caller of the batch
+  gets that error. Callers resume only once the commit returned.
 * **One clock.** Lease expiry, creation times and "due now" comparisons use the database
   server's clock (``clock_timestamp()``), never the workers' clocks. Timer due times
   (``wake_at``) come from the worker that parked the run; a worker whose clock is off by *d*

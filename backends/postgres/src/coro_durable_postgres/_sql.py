@@ -132,6 +132,190 @@ END $$""",
     CONFLICT=SQLSTATE_CONFLICT,
 )
 
+# The fenced append of ONE entry, the common case, with scalar parameters: the same rules and
+# answers as append() (NULL, 'missing', 'lost <epoch> <status>', SQLSTATE CDCNF for a different
+# final entry at the seq), about 0.1 ms less server time than building and unnesting 15 arrays.
+_APPEND_ENTRY_FUNCTION = _fill(
+    """CREATE FUNCTION {s}.append_entry(p_run_id text, p_epoch bigint, @PARAMS@)
+    RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    v_run record;
+    v_old record;
+BEGIN
+    SELECT epoch, status INTO v_run FROM {s}.runs WHERE run_id = p_run_id
+    FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RETURN 'missing';
+    END IF;
+    IF v_run.epoch <> p_epoch OR v_run.status <> 'running' THEN
+        RETURN 'lost ' || v_run.epoch || ' ' || v_run.status;
+    END IF;
+    INSERT INTO {s}.journal (run_id, @NAMES@) VALUES (p_run_id, @VALUES@)
+    ON CONFLICT (run_id, seq) DO NOTHING;
+    IF FOUND THEN
+        UPDATE {s}.runs SET steps = steps + 1, crash_count = 0,
+            updated_at = date_part('epoch', clock_timestamp())
+        WHERE run_id = p_run_id;
+        RETURN NULL;
+    END IF;
+    -- The seq is there already: a retry of our own write, or a pending entry to replace.
+    SELECT status, checksum, kind, name INTO v_old FROM {s}.journal
+    WHERE run_id = p_run_id AND seq = p_seq;
+    IF v_old.status <> 'pending' THEN
+        IF v_old.checksum <> p_checksum THEN
+            RAISE EXCEPTION USING ERRCODE = '@CONFLICT@', MESSAGE = format(
+                'run %L: seq %s already holds a final %s(%s) entry',
+                p_run_id, p_seq, v_old.kind, v_old.name);
+        END IF;
+    ELSE
+        UPDATE {s}.journal SET @SET@ WHERE run_id = p_run_id AND seq = p_seq;
+    END IF;
+    UPDATE {s}.runs SET crash_count = 0, updated_at = date_part('epoch', clock_timestamp())
+    WHERE run_id = p_run_id;
+    RETURN NULL;
+END $$""",
+    PARAMS=", ".join(f"p_{c} {t}" for c, t in zip(ENTRY_COLUMNS, _ENTRY_TYPES, strict=True)),
+    NAMES=", ".join(ENTRY_COLUMNS),
+    VALUES=", ".join(f"p_{c}" for c in ENTRY_COLUMNS),
+    SET=", ".join(f"{c} = p_{c}" for c in ENTRY_COLUMNS[1:]),
+    CONFLICT=SQLSTATE_CONFLICT,
+)
+
+# Group commit: many fenced writes of concurrent runs (appends of one entry, parks, finishes) in
+# ONE statement and transaction. ``p_items`` is a JSON array (type json, not jsonb: it is parsed
+# faster) of ``p_count`` objects with ``i`` (1, 2, ...: the item's place in the answer), ``op``
+# ('append', 'park' or 'finish'), ``run_id``, ``epoch`` and the op's fields (an append's entry
+# columns; a park's ``wake_at``/``waiting_on``; a finish's ``status``/``result``/``error``). The
+# answer has one element per item: NULL once written, else 'missing', 'lost <epoch> <status>' or
+# 'conflict <message>'. Each item is fenced and decided on its own, as by the single-write
+# statements, and nothing is written for an item refused (every check comes before the item's
+# writes, so no savepoint is needed). The common case is set-based: the batch's run rows are
+# locked in run_id byte order (the order renew and every other batch use, so they cannot
+# deadlock), then all fenced appends of new seqs are one INSERT and one UPDATE of the step counts;
+# what remains (refused appends, appends that found their seq taken, parks, finishes) is decided
+# item by item. The caller sends at most one append per (run_id, seq).
+_ITEM_COLUMNS = ", ".join(
+    [
+        "i int",
+        "op text",
+        "run_id text",
+        "epoch bigint",
+        *(f"{c} {t}" for c, t in zip(ENTRY_COLUMNS, _ENTRY_TYPES, strict=True)),
+        "wake_at float8",
+        "waiting_on text",
+    ]
+)
+_WRITE_BATCH_FUNCTION = _fill(
+    """CREATE FUNCTION {s}.write_batch(p_items json, p_count integer, p_channel text,
+    p_origin text)
+    RETURNS text[] LANGUAGE plpgsql AS $$
+DECLARE
+    v record;
+    v_run record;
+    v_old record;
+    v_now double precision := date_part('epoch', clock_timestamp());
+    v_wake double precision;
+    v_res text;
+    v_fenced integer;
+    v_inserted integer;
+    v_out text[] := array_fill(NULL::text, ARRAY[p_count]);
+BEGIN
+    PERFORM 1 FROM {s}.runs
+    WHERE run_id IN (SELECT x.run_id FROM json_to_recordset(p_items) AS x(run_id text))
+    ORDER BY run_id COLLATE "C"
+    FOR NO KEY UPDATE;
+
+    -- Every fenced append of a new seq: one INSERT, one UPDATE of the step counts.
+    WITH fenced AS MATERIALIZED (
+        SELECT x.* FROM json_to_recordset(p_items) AS x(@ITEMS@)
+        JOIN {s}.runs r ON r.run_id = x.run_id AND r.epoch = x.epoch AND r.status = 'running'
+        WHERE x.op = 'append'
+    ), ins AS (
+        INSERT INTO {s}.journal (run_id, @NAMES@)
+        SELECT run_id, @NAMES@ FROM fenced
+        ON CONFLICT (run_id, seq) DO NOTHING
+        RETURNING run_id
+    ), counted AS (
+        UPDATE {s}.runs r SET steps = r.steps + c.n, crash_count = 0, updated_at = v_now
+        FROM (SELECT run_id, count(*) AS n FROM ins GROUP BY run_id) c
+        WHERE r.run_id = c.run_id
+    )
+    SELECT (SELECT count(*) FROM fenced), (SELECT count(*) FROM ins)
+    INTO v_fenced, v_inserted;
+
+    IF v_fenced = v_inserted AND v_fenced = p_count THEN
+        RETURN v_out;  -- the common case: every item a fenced append of a new seq, all written
+    END IF;
+
+    -- The rest, item by item: refused appends, appends that found their seq taken (when some
+    -- did), parks and finishes.
+    FOR v IN SELECT * FROM json_to_recordset(p_items) AS x(@ITEMS@) ORDER BY x.i LOOP
+        v_res := NULL;
+        IF v.op = 'append' THEN
+            SELECT epoch, status INTO v_run FROM {s}.runs WHERE run_id = v.run_id;
+            IF NOT FOUND THEN
+                v_res := 'missing';
+            ELSIF v_run.epoch <> v.epoch OR v_run.status <> 'running' THEN
+                v_res := 'lost ' || v_run.epoch || ' ' || v_run.status;
+            ELSIF v_fenced <> v_inserted THEN
+                -- Inserted above (the row is ours) or there before: a final entry must be ours
+                -- (a retry whose acknowledgement was lost), a pending one is replaced.
+                SELECT status, checksum, kind, name INTO v_old FROM {s}.journal
+                WHERE run_id = v.run_id AND seq = v.seq;
+                IF v_old.checksum = v.checksum THEN
+                    UPDATE {s}.runs SET crash_count = 0, updated_at = v_now
+                    WHERE run_id = v.run_id;
+                ELSIF v_old.status <> 'pending' THEN
+                    v_res := format(
+                        'conflict run %L: seq %s already holds a final %s(%s) entry',
+                        v.run_id, v.seq, v_old.kind, v_old.name);
+                ELSE
+                    UPDATE {s}.journal SET @SET@ WHERE run_id = v.run_id AND seq = v.seq;
+                    UPDATE {s}.runs SET crash_count = 0, updated_at = v_now
+                    WHERE run_id = v.run_id;
+                END IF;
+            END IF;
+        ELSIF v.op = 'park' THEN
+            UPDATE {s}.runs r SET status = 'waiting',
+                wake_at = CASE WHEN r.unconsumed > 0 OR r.cancel_requested THEN v_now
+                               ELSE v.wake_at END,
+                waiting_on = v.waiting_on, owner = NULL, lease_expires = NULL, updated_at = v_now
+            WHERE r.run_id = v.run_id AND r.epoch = v.epoch AND r.status = 'running'
+            RETURNING r.wake_at INTO v_wake;
+            IF FOUND THEN
+                IF v_wake IS NOT NULL THEN
+                    PERFORM pg_notify(p_channel,
+                        p_origin || ' ' || greatest(v_wake - v_now, 0)::text);
+                END IF;
+            ELSE
+                SELECT 'lost ' || epoch || ' ' || status INTO v_res FROM {s}.runs
+                WHERE run_id = v.run_id;
+                v_res := coalesce(v_res, 'missing');
+            END IF;
+        ELSIF v.op = 'finish' THEN
+            UPDATE {s}.runs SET status = v.status, result = v.result, error = v.error,
+                owner = NULL, lease_expires = NULL, wake_at = NULL, waiting_on = NULL,
+                updated_at = v_now
+            WHERE run_id = v.run_id AND epoch = v.epoch AND status = 'running';
+            IF FOUND THEN
+                PERFORM pg_notify(p_channel, p_origin || ' ');
+            ELSE
+                SELECT 'lost ' || epoch || ' ' || status INTO v_res FROM {s}.runs
+                WHERE run_id = v.run_id;
+                v_res := coalesce(v_res, 'missing');
+            END IF;
+        ELSE
+            RAISE EXCEPTION 'write_batch: unknown op %', v.op;
+        END IF;
+        v_out[v.i] := v_res;
+    END LOOP;
+    RETURN v_out;
+END $$""",
+    ITEMS=_ITEM_COLUMNS,
+    NAMES=", ".join(ENTRY_COLUMNS),
+    SET=", ".join(f"{c} = v.{c}" for c in ENTRY_COLUMNS[1:]),
+)
+
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 1: initial schema
     (
@@ -192,6 +376,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX signals_unconsumed ON {s}.signals (run_id, name, id) WHERE NOT consumed",
         _APPEND_FUNCTION,
     ),
+    # 2: group commit, and a leaner one-entry append
+    (_WRITE_BATCH_FUNCTION, _APPEND_ENTRY_FUNCTION),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -267,6 +453,11 @@ WHERE run_id = %(run_id)s AND NOT EXISTS (SELECT 1 FROM ins)"""
             f"SELECT {{s}}.append(%(run_id)s, %(epoch)s, {singles}, ARRAY[true], "
             "%(signal)s::bigint)"
         )
+        self.write_batch = q("SELECT {s}.write_batch(%s::json, %s, %s, %s)")
+        scalars = ", ".join(
+            f"%({c})s::{t}" for c, t in zip(ENTRY_COLUMNS, _ENTRY_TYPES, strict=True)
+        )
+        self.append_entry = q(f"SELECT {{s}}.append_entry(%(run_id)s, %(epoch)s, {scalars})")
         self.oldest_signal = q(
             """SELECT r.epoch, r.status, s.id, s.payload FROM {s}.runs r
 LEFT JOIN LATERAL (
@@ -308,12 +499,21 @@ upd AS (
 )
 SELECT {cols} FROM upd ORDER BY k1, k2, k3"""
         )
+        # The held rows are locked in run_id byte order first, the order group commit batches
+        # lock them in, so a renewal and a batch over the same runs cannot deadlock.
         self.renew = q(
-            f"""WITH {_CLOCK}
+            f"""WITH {_CLOCK},
+held AS (
+    SELECT r.run_id FROM {{s}}.runs r
+    JOIN unnest(%(run_ids)s::text[], %(epochs)s::bigint[]) AS l(run_id, epoch)
+      ON r.run_id = l.run_id AND r.epoch = l.epoch
+    WHERE r.status = 'running' AND r.owner = %(worker)s
+    ORDER BY r.run_id COLLATE "C"
+    FOR NO KEY UPDATE OF r
+)
 UPDATE {{s}}.runs r SET lease_expires = c.t + %(ttl)s
-FROM unnest(%(run_ids)s::text[], %(epochs)s::bigint[]) AS l(run_id, epoch), clock c
-WHERE r.run_id = l.run_id AND r.epoch = l.epoch AND r.status = 'running'
-  AND r.owner = %(worker)s
+FROM held h, clock c
+WHERE r.run_id = h.run_id
 RETURNING r.run_id, r.cancel_requested"""
         )
         self.park = q(

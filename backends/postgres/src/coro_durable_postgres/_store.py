@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import anyio.to_thread
 import psycopg
 
+from coro_durable._groupcommit import GroupCommit
 from coro_durable._journal import CANCELLED_ERROR, JournalEntry, RunRecord, RunStatus
 from coro_durable.errors import (
     ConfigurationError,
@@ -37,6 +40,9 @@ Listener = Callable[[], None]
 #: How often ``watch`` re-reads the next due time and checks its LISTEN connection (seconds).
 RESYNC_INTERVAL = 30.0
 _MIN_SERVER_VERSION = 120000
+#: A group commit batch is sent in ``write_batch()`` calls of at most about this many bytes of
+#: JSON (each its own transaction), so a batch of large payloads stays a reasonable statement.
+BATCH_BYTES = 1 << 20
 
 
 def _run_from_row(row: Sequence[Any]) -> RunRecord:
@@ -119,6 +125,45 @@ def _batch(entries: Sequence[JournalEntry]) -> tuple[dict[str, list[Any]], tuple
     return columns, contradiction
 
 
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """One fenced write (an append, a park, a finish) on its way to the database."""
+
+    op: str  # "append", "park" or "finish"
+    run_id: str
+    epoch: int
+    params: dict[str, Any]  # the single-write statement's parameters (not for several entries)
+    entries: Sequence[JournalEntry] = ()
+
+    def item(self) -> str | None:
+        """Its JSON object for ``write_batch()``, or None when it must be written alone (an
+        append of several entries; text that JSON cannot carry into PostgreSQL)."""
+        if self.op == "append" and len(self.entries) != 1:
+            return None
+        return _batch_item(self.op, self.run_id, self.epoch, self.params)
+
+
+def _batch_item(op: str, run_id: str, epoch: int, fields: dict[str, Any]) -> str | None:
+    """The JSON object ``write_batch()`` takes for one write, or None if it must go alone.
+
+    PostgreSQL refuses ``\\u0000`` in JSON it converts to text (text cannot hold NUL), and a lone
+    surrogate cannot be sent at all: such an item (rare: payloads come from the codec) is written
+    by itself, where it fails or succeeds exactly as without group commit. So is a non-finite
+    float."""
+    try:
+        text = json.dumps(
+            {"op": op, "run_id": run_id, "epoch": epoch, **fields},
+            ensure_ascii=False,
+            allow_nan=False,
+            separators=(",", ":"),
+        )
+        if not text.isascii():
+            text.encode()
+    except (ValueError, UnicodeEncodeError):
+        return None
+    return None if "\\u0000" in text else text
+
+
 class PostgresStore:
     """A store in a PostgreSQL schema (``postgresql://user@host:5432/db?schema=name``).
 
@@ -137,6 +182,12 @@ class PostgresStore:
         self._listeners: list[Listener] = []
         # Notifications carry this token; a store ignores its own (it told its listeners already).
         self._origin = uuid.uuid4().hex[:12]
+        group = self.options.group_commit
+        #: Batches concurrent appends, parks and finishes into one statement and transaction
+        #: (``group_commit=0`` in the URL turns it off; see the package docstring).
+        self.group_commit: GroupCommit[_Write, None] | None = (
+            GroupCommit(self._flush, group) if group.enabled else None
+        )
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.options.redacted!r}, schema={self.schema!r})"
@@ -456,18 +507,100 @@ class PostgresStore:
 
     async def append(self, run_id: str, epoch: int, entries: Sequence[JournalEntry]) -> None:
         """One round trip: the ``append()`` function checks the fence under the run's row lock,
-        writes, and tells lease lost, unknown run and conflict (SQLSTATE CDCNF) apart."""
-        if len(entries) == 1:
-            params = {"run_id": run_id, "epoch": epoch, "signal": None, **_single(entries[0])}
-            outcome = (await self._fetch(self._sql.append_one, params))[0][0]
+        writes, and tells lease lost, unknown run and conflict (SQLSTATE CDCNF) apart. With group
+        commit, concurrent one-entry appends (and parks, finishes) share one ``write_batch()``
+        call and one commit."""
+        fields = _single(entries[0]) if len(entries) == 1 else {}
+        await self._write(_Write("append", run_id, epoch, fields, entries))
+
+    async def _write(self, write: _Write) -> None:
+        if self.group_commit is None:
+            await self._write_alone(write)
         else:
-            columns, contradiction = _batch(entries)
-            if contradiction is not None:
-                await self._raise_contradiction(run_id, epoch, contradiction)
-            params = {"run_id": run_id, "epoch": epoch, "signal": None, **columns}
-            outcome = (await self._fetch(self._sql.append, params))[0][0]
-        if outcome is not None:
-            raise self._lost(run_id, epoch, outcome)
+            await self.group_commit.submit(write, again=write.op == "append")
+
+    async def _flush(self, writes: Sequence[_Write]) -> list[BaseException | None]:
+        """Group commit: the queued writes in one ``write_batch()`` statement (one round trip, one
+        transaction, one commit), each fenced and answered on its own. A write alone, or one that
+        cannot travel as JSON, takes its single-write statement instead. A batch of more than
+        ``BATCH_BYTES`` of JSON goes in several statements; one that fails fails its writes only."""
+        if len(writes) == 1:
+            await self._write_alone(writes[0])  # its error is its outcome
+            return [None]
+        outcomes: list[BaseException | None] = [None] * len(writes)
+        chunks: list[list[tuple[int, str]]] = [[]]
+        size = 0
+        seqs: set[tuple[str, int]] = set()
+        for i, write in enumerate(writes):
+            item = write.item()
+            if item is None:
+                continue
+            if write.op == "append":  # at most one append per (run_id, seq) in a batch
+                key = (write.run_id, write.entries[0].seq)
+                if key in seqs:
+                    continue
+                seqs.add(key)
+            if size + len(item) > BATCH_BYTES and chunks[-1]:
+                chunks.append([])
+                size = 0
+            chunks[-1].append((i, item))
+            size += len(item)
+        done: set[int] = set()
+        for chunk in chunks:
+            if len(chunk) < 2:
+                continue  # written alone below
+            done.update(i for i, _ in chunk)
+            payload = ",".join(f'{{"i":{k},{item[1:]}' for k, (_, item) in enumerate(chunk, 1))
+            try:
+                rows = await self._fetch(
+                    self._sql.write_batch,
+                    [f"[{payload}]", len(chunk), self.options.channel, self._origin],
+                )
+            except Exception as exc:  # this statement failed: all its writes fail with it
+                if len(chunks) == 1:
+                    raise
+                for i, _ in chunk:
+                    outcomes[i] = exc
+                continue
+            for (i, _), answer in zip(chunk, rows[0][0], strict=True):
+                if answer is not None:
+                    outcomes[i] = self._refused(writes[i], answer)
+        for i, write in enumerate(writes):
+            if i not in done:
+                try:
+                    await self._write_alone(write)
+                except (Exception, LeaseLost) as exc:
+                    outcomes[i] = exc
+        return outcomes
+
+    def _refused(self, write: _Write, answer: str) -> BaseException:
+        """The error a ``write_batch()`` answer stands for (as the single statements raise it)."""
+        if answer.startswith("conflict "):
+            return ConflictError(answer.removeprefix("conflict "))
+        return self._lost(write.run_id, write.epoch, answer)
+
+    async def _write_alone(self, write: _Write) -> None:
+        """One write in its own statement and transaction (no group commit)."""
+        run_id, epoch = write.run_id, write.epoch
+        if write.op == "append":
+            if len(write.entries) == 1:
+                params = {"run_id": run_id, "epoch": epoch, **write.params}
+                outcome = (await self._fetch(self._sql.append_entry, params))[0][0]
+            else:
+                columns, contradiction = _batch(write.entries)
+                if contradiction is not None:
+                    await self._raise_contradiction(run_id, epoch, contradiction)
+                params = {"run_id": run_id, "epoch": epoch, "signal": None, **columns}
+                outcome = (await self._fetch(self._sql.append, params))[0][0]
+            if outcome is not None:
+                raise self._lost(run_id, epoch, outcome)
+            return
+        params = {"run_id": run_id, "epoch": epoch, **write.params, **self._note()}
+        sql = self._sql.park if write.op == "park" else self._sql.finish
+        rows = await self._fetch(sql, params)
+        updated, current, _ = rows[0]
+        if not updated:
+            raise self._lost(run_id, epoch, current)
 
     async def _raise_contradiction(
         self, run_id: str, epoch: int, contradiction: tuple[int, str]
@@ -560,34 +693,15 @@ class PostgresStore:
     async def park(
         self, run_id: str, epoch: int, wake_at: float | None, waiting_on: str | None
     ) -> None:
-        params = {
-            "run_id": run_id,
-            "epoch": epoch,
-            "wake_at": wake_at,
-            "waiting_on": waiting_on,
-            **self._note(),
-        }
-        rows = await self._fetch(self._sql.park, params)
-        updated, current, _ = rows[0]
-        if not updated:
-            raise self._lost(run_id, epoch, current)
+        fields = {"wake_at": wake_at, "waiting_on": waiting_on}
+        await self._write(_Write("park", run_id, epoch, fields))
         self._notify()
 
     async def finish(
         self, run_id: str, epoch: int, status: RunStatus, result: str | None, error: str | None
     ) -> None:
-        params = {
-            "run_id": run_id,
-            "epoch": epoch,
-            "status": RunStatus(status).value,
-            "result": result,
-            "error": error,
-            **self._note(),
-        }
-        rows = await self._fetch(self._sql.finish, params)
-        updated, current, _ = rows[0]
-        if not updated:
-            raise self._lost(run_id, epoch, current)
+        fields = {"status": RunStatus(status).value, "result": result, "error": error}
+        await self._write(_Write("finish", run_id, epoch, fields))
         self._notify()
 
     async def record_crash(

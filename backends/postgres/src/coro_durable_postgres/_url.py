@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
+from coro_durable._groupcommit import OPTION_NAMES as GROUP_COMMIT_OPTIONS
+from coro_durable._groupcommit import GroupCommitOptions
+from coro_durable._groupcommit import parse_option as parse_group_option
 from coro_durable.errors import ConfigurationError
 
 __all__ = ["Options", "parse_url"]
@@ -32,6 +35,7 @@ class Options:
     open_timeout: float = 30.0
     driver: str = "auto"
     prepare_threshold: int | None = 5
+    group_commit: GroupCommitOptions = field(default_factory=GroupCommitOptions)
 
     @property
     def channel(self) -> str:
@@ -73,9 +77,12 @@ def parse_url(url: str) -> Options:
         )
     ours: dict[str, str] = {}
     theirs: list[tuple[str, str]] = []
-    known = set(Options.__dataclass_fields__) - {"dsn"}
+    known = set(Options.__dataclass_fields__) - {"dsn", "group_commit"}
+    group = GroupCommitOptions()
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key in known:
+        if key in GROUP_COMMIT_OPTIONS:
+            group = parse_group_option(group, key, value, f"PostgreSQL store URL {url!r}")
+        elif key in known:
             if key in ours:
                 raise ConfigurationError(f"PostgreSQL store URL {url!r} gives {key} twice")
             ours[key] = value
@@ -131,4 +138,5 @@ def parse_url(url: str) -> Options:
         open_timeout=open_timeout,
         driver=driver,
         prepare_threshold=prepare_threshold,
+        group_commit=group,
     )

@@ -68,6 +68,17 @@ timeouts). An option neither side knows is a ConfigurationError when the store i
     with StoreUnavailableError.
 ``open_timeout`` (default 10 s)
     How long ``open()`` keeps trying to reach the server before StoreUnavailableError.
+``group_commit`` (default 1), ``group_commit_wait_us`` (default 200), ``group_commit_max`` (256)
+    Group commit: appends, parks and finishes that arrive while another batch of this store is
+    in flight queue up, and the next batch runs them all in ONE script call (the ``batch``
+    script: one round trip, applied atomically, one AOF write and, with ``appendfsync always``,
+    one fsync). Each write is fenced and answered exactly as its own script would answer it; a
+    write whose script fails answers with that error without stopping the others; a lost reply
+    is retried as a whole, every write recognising itself (identical entries, operation tokens).
+    ``group_commit=0`` sends each write in its own call. A write finding nothing in flight goes
+    at once in its own script (a run stepping sequentially never waits); the next batch's leader
+    waits up to ``group_commit_wait_us`` microseconds for more writes only when the batch just
+    answered held several. At most ``group_commit_max`` writes per batch.
 
 Clock
 -----

@@ -1,5 +1,9 @@
 """The Lua scripts of the Redis store: every write is one script, so it is atomic on the server.
 
+The fenced writes that group commit batches (append, park, finish) are Lua functions of the
+prelude, called by their own scripts and by the ``batch`` script, which runs many of them in one
+call and answers each on its own.
+
 Each script is the shared ``_PRELUDE`` (helpers for the key layout, the server clock, the fence,
 the secondary indexes and the schedule sets) followed by its body. ``ARGV[1]`` is always the key
 prefix; the other arguments are listed above each body. Replies are tables whose first element
@@ -144,6 +148,61 @@ local function commit(id, plan, now)
   redis.call('HSET', rk(id), 'steps', redis.call('HLEN', key), 'crash_count', '0',
              'updated_at', now)
 end
+
+-- The fenced writes, shared by their own scripts and the group commit batch script.
+
+-- An append of the quads in ARGV[first..last] -> {'ok'} or a refusal.
+local function append(id, epoch, first, last)
+  local bad = fence(id, epoch)
+  if bad then return bad end
+  local plan, conflict = stage(id, first, last)
+  if conflict then return conflict end
+  commit(id, plan, num(clock()))
+  return {'ok'}
+end
+
+local function park(origin, token, id, epoch, opt_at, opt_waiting_on)
+  if done_before(token) then return {'ok'} end
+  local bad = fence(id, epoch)
+  if bad then return bad end
+  local key = rk(id)
+  local now = num(clock())
+  local at, waiting_on = opt(opt_at), opt(opt_waiting_on)
+  local f = redis.call('HMGET', key, 'cancel_requested', 'workflow', 'created_at')
+  if f[1] == '1' or redis.call('LLEN', sq(id)) > 0 then
+    at = now  -- a signal or a cancel request is already here: no lost wake-up
+  end
+  redis.call('HSET', key, 'status', 'waiting', 'updated_at', now)
+  redis.call('HDEL', key, 'owner', 'lease_expires')
+  if at then redis.call('HSET', key, 'wake_at', at) else redis.call('HDEL', key, 'wake_at') end
+  if waiting_on then
+    redis.call('HSET', key, 'waiting_on', waiting_on)
+  else
+    redis.call('HDEL', key, 'waiting_on')
+  end
+  reindex(id, f[2], 'running', 'waiting', f[3])
+  if at then schedule(id, f[2], 'due', at) else schedule(id, f[2], nil) end
+  remember(token, '1')
+  wake(origin, at)
+  return {'ok'}
+end
+
+local function finish(token, id, epoch, status, opt_result, opt_error)
+  if done_before(token) then return {'ok'} end
+  local bad = fence(id, epoch)
+  if bad then return bad end
+  local key = rk(id)
+  local result, err = opt(opt_result), opt(opt_error)
+  local f = redis.call('HMGET', key, 'workflow', 'created_at')
+  redis.call('HSET', key, 'status', status, 'updated_at', num(clock()))
+  redis.call('HDEL', key, 'owner', 'lease_expires', 'wake_at', 'waiting_on')
+  if result then redis.call('HSET', key, 'result', result) else redis.call('HDEL', key, 'result') end
+  if err then redis.call('HSET', key, 'error', err) else redis.call('HDEL', key, 'error') end
+  reindex(id, f[1], 'running', status, f[2])
+  schedule(id, f[1], nil)
+  remember(token, '1')
+  return {'ok'}
+end
 """
 
 
@@ -203,13 +262,7 @@ return cjson.encode(out)
 
 # ARGV: P, run_id, epoch, then quads (seq, status, checksum, value) -> {'ok'} or a refusal
 _APPEND = r"""
-local id = ARGV[2]
-local bad = fence(id, ARGV[3])
-if bad then return bad end
-local plan, conflict = stage(id, 4, #ARGV)
-if conflict then return conflict end
-commit(id, plan, num(clock()))
-return {'ok'}
+return append(ARGV[2], ARGV[3], 4, #ARGV)
 """
 
 # ARGV: P, run_id, epoch -> {'ok', unconsumed signals oldest first} or a refusal
@@ -347,49 +400,45 @@ return out
 
 # ARGV: P, origin, token, run_id, epoch, opt(wake_at), opt(waiting_on) -> {'ok'} or a refusal
 _PARK = r"""
-local id = ARGV[4]
-if done_before(ARGV[3]) then return {'ok'} end
-local bad = fence(id, ARGV[5])
-if bad then return bad end
-local key = rk(id)
-local now = num(clock())
-local at, waiting_on = opt(ARGV[6]), opt(ARGV[7])
-local f = redis.call('HMGET', key, 'cancel_requested', 'workflow', 'created_at')
-if f[1] == '1' or redis.call('LLEN', sq(id)) > 0 then
-  at = now  -- a signal or a cancel request is already here: no lost wake-up
-end
-redis.call('HSET', key, 'status', 'waiting', 'updated_at', now)
-redis.call('HDEL', key, 'owner', 'lease_expires')
-if at then redis.call('HSET', key, 'wake_at', at) else redis.call('HDEL', key, 'wake_at') end
-if waiting_on then
-  redis.call('HSET', key, 'waiting_on', waiting_on)
-else
-  redis.call('HDEL', key, 'waiting_on')
-end
-reindex(id, f[2], 'running', 'waiting', f[3])
-if at then schedule(id, f[2], 'due', at) else schedule(id, f[2], nil) end
-remember(ARGV[3], '1')
-wake(ARGV[2], at)
-return {'ok'}
+return park(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
 """
 
 # ARGV: P, token, run_id, epoch, status, opt(result), opt(error) -> {'ok'} or a refusal
 _FINISH = r"""
-local id = ARGV[3]
-if done_before(ARGV[2]) then return {'ok'} end
-local bad = fence(id, ARGV[4])
-if bad then return bad end
-local key = rk(id)
-local status, result, err = ARGV[5], opt(ARGV[6]), opt(ARGV[7])
-local f = redis.call('HMGET', key, 'workflow', 'created_at')
-redis.call('HSET', key, 'status', status, 'updated_at', num(clock()))
-redis.call('HDEL', key, 'owner', 'lease_expires', 'wake_at', 'waiting_on')
-if result then redis.call('HSET', key, 'result', result) else redis.call('HDEL', key, 'result') end
-if err then redis.call('HSET', key, 'error', err) else redis.call('HDEL', key, 'error') end
-reindex(id, f[1], 'running', status, f[2])
-schedule(id, f[1], nil)
-remember(ARGV[2], '1')
-return {'ok'}
+return finish(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+"""
+
+# Group commit: many fenced writes in one script call (one round trip, one atomic step).
+# ARGV: P, then per write an op letter ('a' append, 'p' park, 'f' finish), the number n of its
+# arguments and those n arguments, as the append, park and finish scripts take them after P.
+# -> one reply per write: what that write's own script would have replied, except that {'ok'}
+# is sent as the bare string 'ok' (less to parse), and a write that raised an error (its own
+# script would have failed with it) answers {'error', message} without stopping the others.
+_BATCH = r"""
+local out = {}
+local i = 2
+while i <= #ARGV do
+  local op, n = ARGV[i], tonumber(ARGV[i + 1])
+  local a = i + 2
+  local ok, r = pcall(function()
+    if op == 'a' then
+      return append(ARGV[a], ARGV[a + 1], a + 2, a + n - 1)
+    elseif op == 'p' then
+      return park(ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5])
+    elseif op == 'f' then
+      return finish(ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5])
+    end
+    error('coro_durable batch: unknown op ' .. tostring(op))
+  end)
+  if not ok then
+    r = {'error', type(r) == 'table' and tostring(r.err) or tostring(r)}
+  elseif r[1] == 'ok' and #r == 1 then
+    r = 'ok'
+  end
+  out[#out + 1] = r
+  i = a + n
+end
+return out
 """
 
 # ARGV: P, origin, token, run_id, opt(epoch), error, retry_at, max_crashes
@@ -513,6 +562,7 @@ SCRIPTS: dict[str, Script] = {
         _script("renew", _RENEW),
         _script("park", _PARK),
         _script("finish", _FINISH),
+        _script("batch", _BATCH),
         _script("crash", _CRASH),
         _script("resume", _RESUME),
         _script("deliver", _DELIVER),

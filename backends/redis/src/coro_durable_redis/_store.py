@@ -10,6 +10,7 @@ import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -17,6 +18,9 @@ import anyio
 import redis
 import redis.exceptions as rex
 
+from coro_durable._groupcommit import OPTION_NAMES as GROUP_COMMIT_OPTIONS
+from coro_durable._groupcommit import GroupCommit, GroupCommitOptions
+from coro_durable._groupcommit import parse_option as parse_group_option
 from coro_durable._journal import CANCELLED_ERROR, JournalEntry, RunRecord, RunStatus
 from coro_durable._store import Listener
 from coro_durable.errors import (
@@ -41,15 +45,37 @@ T = TypeVar("T")
 
 DURABILITY_MODES = ("strict", "always", "volatile")
 _TRANSPORTS = ("auto", "native", "asyncio", "thread")
-_OUR_PARAMS = ("prefix", "durability", "transport", "threads", "retry_window", "open_timeout")
+_OUR_PARAMS = (
+    "prefix",
+    "durability",
+    "transport",
+    "threads",
+    "retry_window",
+    "open_timeout",
+    *GROUP_COMMIT_OPTIONS,
+)
 _DEFAULT_PREFIX = "coro_durable:"
 
 # The longest a watcher sleeps without asking the server when work next falls due.
 _WATCH_BACKSTOP = 30.0
 
+#: A group commit batch is sent in ``batch`` script calls of at most about this many bytes of
+#: arguments, so a batch of large payloads does not block the server in one long script.
+BATCH_BYTES = 1 << 20
+
 
 class RedisDurabilityError(ConfigurationError):
     """The Redis server does not persist writes the way the store URL's ``durability`` asks."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """One fenced write (append, park, finish): its own script and arguments (after the prefix),
+    and its op letter in the group commit ``batch`` script."""
+
+    script: str
+    op: bytes
+    args: Sequence[Arg]
 
 
 # ---- URL ------------------------------------------------------------------------------------------
@@ -263,6 +289,15 @@ class RedisStore:
         self.threads = int(_positive(self.where, "threads", ours.get("threads"), 16)) or 1
         self.retry_window = _positive(self.where, "retry_window", ours.get("retry_window"), 2.0)
         self.open_timeout = _positive(self.where, "open_timeout", ours.get("open_timeout"), 10.0)
+        group = GroupCommitOptions()
+        for key in GROUP_COMMIT_OPTIONS:
+            if key in ours:
+                group = parse_group_option(group, key, ours[key], f"Redis store URL {self.where!r}")
+        #: Batches concurrent appends, parks and finishes into one script call (``group_commit=0``
+        #: in the URL turns it off; see the package docstring).
+        self.group_commit: GroupCommit[_Write, Any] | None = (
+            GroupCommit(self._flush, group) if group.enabled else None
+        )
         try:  # let redis-py reject unknown or malformed parameters now, not at the first command
             redis.ConnectionPool.from_url(self._redis_url).make_connection()
         except (TypeError, ValueError) as exc:
@@ -371,6 +406,8 @@ class RedisStore:
             raise LeaseLost(
                 run_id, epoch or 0, f"current token is {_s(reply[1])}, status {_s(reply[2])}"
             )
+        if kind == "error":  # a write of a group commit batch failed (as its own script would)
+            raise self._translate(rex.ResponseError(_s(reply[1])))
         if kind == "conflict":
             existing = _entry_from_value(run_id, reply[2])
             raise ConflictError(
@@ -626,9 +663,54 @@ class RedisStore:
         args: list[Arg] = [_b(run_id), _b(str(epoch))]
         for entry in entries:
             args += _entry_quad(entry)
-        reply = await self._script("append", args)
+        reply = await self._write(_Write("append", b"a", args))
         if _s(reply[0]) != "ok":
             self._refused(reply, run_id, epoch)
+
+    async def _write(self, write: _Write) -> Any:
+        """A fenced write's script reply: through group commit, or its own script call."""
+        if self.group_commit is None:
+            return await self._script(write.script, write.args)
+        return await self.group_commit.submit(write, again=write.op == b"a")
+
+    async def _flush(self, writes: Sequence[_Write]) -> list[Any]:
+        """Group commit: the queued writes in one ``batch`` script call (one round trip, applied
+        atomically, one AOF write), each fenced and answered as its own script would answer. A
+        write alone takes its own script. A batch of more than ``BATCH_BYTES`` of arguments goes
+        in several calls; one that fails fails its writes only."""
+        if len(writes) == 1:
+            return [await self._script(writes[0].script, writes[0].args)]
+        chunks: list[list[int]] = [[]]
+        size = 0
+        for i, write in enumerate(writes):
+            length = sum(len(a) if isinstance(a, bytes | str) else 8 for a in write.args)
+            if size + length > BATCH_BYTES and chunks[-1]:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(i)
+            size += length
+        outcomes: list[Any] = [None] * len(writes)
+        for chunk in chunks:
+            try:
+                replies = await self._batch([writes[i] for i in chunk])
+            except Exception as exc:  # this call failed: all its writes fail with it
+                if len(chunks) == 1:
+                    raise
+                replies = [exc] * len(chunk)
+            for i, reply in zip(chunk, replies, strict=True):
+                outcomes[i] = reply
+        return outcomes
+
+    async def _batch(self, writes: Sequence[_Write]) -> list[Any]:
+        if len(writes) == 1:
+            return [await self._script(writes[0].script, writes[0].args)]
+        args: list[Arg] = []
+        for write in writes:
+            args += [write.op, str(len(write.args)).encode(), *write.args]
+        replies = await self._script("batch", args)
+        if not isinstance(replies, list) or len(replies) != len(writes):
+            raise StoreError(f"Redis store {self.where}: unexpected batch reply {replies!r}")
+        return [reply if isinstance(reply, list) else [reply] for reply in replies]
 
     async def consume_signal(
         self, run_id: str, epoch: int, name: str, entry: JournalEntry
@@ -689,7 +771,7 @@ class RedisStore:
             _b(self._origin), _b(uuid.uuid4().hex), _b(run_id), _b(str(epoch)),
             _opt_time(wake_at), _opt(waiting_on),
         ]  # fmt: skip
-        reply = await self._script("park", args)
+        reply = await self._write(_Write("park", b"p", args))
         if _s(reply[0]) != "ok":
             self._refused(reply, run_id, epoch)
         self._notify()
@@ -701,7 +783,7 @@ class RedisStore:
             _b(uuid.uuid4().hex), _b(run_id), _b(str(epoch)), _b(RunStatus(status).value),
             _opt(result), _opt(error),
         ]  # fmt: skip
-        reply = await self._script("finish", args)
+        reply = await self._write(_Write("finish", b"f", args))
         if _s(reply[0]) != "ok":
             self._refused(reply, run_id, epoch)
         self._notify()
