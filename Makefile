@@ -30,8 +30,8 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-pytest: setup services
-	$(BIN)/pytest -q
+pytest: setup services              ## the whole suite, in 2 processes (pytest-xdist)
+	$(BIN)/pytest -q -n 2 --dist worksteal
 
 crashfuzz: setup services           ## the long crash-fuzz profile (~20 min): prints crashes per point, violations
 	CRASHFUZZ_PROFILE=long $(BIN)/pytest -q -s tests/test_crash_fuzz.py tests/test_crash_fuzz_planted.py tests/test_crash_fuzz_procs.py

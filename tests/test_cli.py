@@ -111,8 +111,11 @@ Cli = Callable[..., tuple[int, str, str]]
 
 
 @pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], url: str) -> Cli:
-    """Run main(["--store", url, *args]) in-process; return (exit code, stdout, stderr)."""
+def cli(capsys: pytest.CaptureFixture[str], url: str, monkeypatch: pytest.MonkeyPatch) -> Cli:
+    """Run main(["--store", url, *args]) in-process; return (exit code, stdout, stderr).
+
+    Tables are as wide as the terminal: pin it, so a test sees the same table everywhere."""
+    monkeypatch.setenv("COLUMNS", "120")
 
     def run(*args: str, store: str | None = url) -> tuple[int, str, str]:
         capsys.readouterr()

@@ -131,7 +131,12 @@ class Proxy:
                                 if self.lose < 0:
                                     break  # the server executed it; the client never hears
                             await dst.send(chunk)
-                    except (anyio.BrokenResourceError, anyio.ClosedResourceError, ssl.SSLError):
+                    except (
+                        anyio.BrokenResourceError,
+                        anyio.ClosedResourceError,
+                        anyio.EndOfStream,  # a TLS peer that hung up without close_notify
+                        ssl.SSLError,
+                    ):
                         pass
                     tg.cancel_scope.cancel()
 
