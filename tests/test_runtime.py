@@ -819,3 +819,60 @@ async def test_a_worker_losing_leases_claims_fewer_runs_then_recovers(
     assert throttled, "the worker never reduced how many runs it claims"
     assert "leases lost at renewal" in throttled[0]
     assert peak_after_trouble < 16, "it claimed every run again right after losing them"
+
+
+class _CountingReads(cd.MemoryStore):
+    """A memory store that counts ``get_run`` calls per run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: Counter[str] = Counter()
+
+    async def get_run(self, run_id: str) -> Any:
+        self.reads[run_id] += 1
+        return await super().get_run(run_id)
+
+
+_GATE: dict[str, anyio.Event] = {}
+
+
+async def _gated_step(name: str) -> str:
+    await _GATE[name].wait()
+    return name
+
+
+@cd.workflow(name="rt_gated")
+async def gated(name: str) -> str:
+    return await cd.call(_gated_step, name)
+
+
+@pytest.mark.anyio
+async def test_result_waits_for_its_own_run_not_for_every_store_change() -> None:
+    """A ``result()`` waiting on a run this worker is driving is woken when that run's activation
+    ends, not by every other run's progress: 40 other runs starting and finishing (80+ store
+    changes) must not make it re-read its run each time."""
+    store = _CountingReads()
+    _GATE["slow"] = anyio.Event()
+    async with cd.Runtime(store, poll_interval=5.0, concurrency=50) as rt:
+        slow = await rt.start(gated, "slow", run_id="slow")
+        got: list[str] = []
+
+        async def wait_slow() -> None:
+            got.append(await slow.result(timeout=30))
+
+        async with anyio.create_task_group() as tg:
+            with anyio.fail_after(30):
+                while (await rt.describe("slow")).status != cd.RunStatus.RUNNING:
+                    await anyio.sleep(0.005)
+            tg.start_soon(wait_slow)
+            await anyio.sleep(0.05)
+            reads_before = store.reads["slow"]
+            for i in range(40):
+                _GATE[f"o{i}"] = anyio.Event()
+                _GATE[f"o{i}"].set()
+                handle = await rt.start(gated, f"o{i}", run_id=f"o{i}")
+                assert await handle.result(timeout=30) == f"o{i}"
+            reads_during = store.reads["slow"] - reads_before
+            _GATE["slow"].set()
+        assert got == ["slow"]
+    assert reads_during <= 2, f"result() re-read its run {reads_during} times for others' changes"

@@ -206,6 +206,7 @@ class Runtime:
         for fn in workflows:
             _workflow.register_function(fn)
         self._changed = anyio.Event()
+        self._run_changed: dict[str, anyio.Event] = {}  # run_id -> event its result() waits on
         self._active: dict[str, int] = {}  # run_id -> epoch of activations in progress
         self._claim_limit = concurrency  # lowered while leases are lost (see _lease_trouble)
         self._activations: dict[str, tuple[Activation | None, anyio.CancelScope]] = {}
@@ -257,11 +258,30 @@ class Runtime:
         return len(self._active)
 
     def _on_store_change(self) -> None:
+        """Something in the store changed: wake the claim loop, and every ``result()`` waiting
+        on a run this worker is not driving (another process may have moved it). Waiters on
+        runs driven here are woken by ``_wake_run`` when their activation ends, so one busy
+        worker does not make every waiter re-read its run on every write."""
         event, self._changed = self._changed, anyio.Event()
+        waiting = [run_id for run_id in self._run_changed if run_id not in self._active]
         try:
             event.set()
+            for run_id in waiting:
+                self._run_changed.pop(run_id).set()
         except RuntimeError:  # the store is shared with a Runtime on a loop that has ended
             pass
+
+    def _wake_run(self, run_id: str) -> None:
+        """Wake the ``result()`` calls waiting on ``run_id`` (they re-read the run)."""
+        event = self._run_changed.pop(run_id, None)
+        if event is not None:
+            event.set()
+
+    def _run_event(self, run_id: str) -> anyio.Event:
+        event = self._run_changed.get(run_id)
+        if event is None:
+            event = self._run_changed[run_id] = anyio.Event()
+        return event
 
     @staticmethod
     async def _wait(event: anyio.Event, timeout: float) -> None:
@@ -335,7 +355,7 @@ class Runtime:
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = 0.01
         while True:
-            changed = self._changed
+            changed = self._run_event(run_id)  # taken before reading: no change is missed
             run = await self._get(run_id)
             if run.status == RunStatus.COMPLETED:
                 return _codec.decode(run.result) if run.result is not None else None
@@ -376,6 +396,7 @@ class Runtime:
         clean up); a run that is not executing is cancelled on the spot."""
         self._check_open()
         await self._call(self.store.request_cancel, run_id)
+        self._wake_run(run_id)  # a run that was not executing is cancelled on the spot
 
     async def resume(self, run_id: str) -> RunInfo:
         """Release a quarantined run (after fixing what crashed it) so workers pick it up again."""
@@ -585,6 +606,7 @@ class Runtime:
                 del self._active[run_id]
             if self._activations.get(run_id, (None, None))[1] is scope:
                 del self._activations[run_id]
+            self._wake_run(run_id)
             self._on_store_change()
 
     async def _record_crash(self, run_id: str, epoch: int | None, exc: Exception) -> None:
