@@ -42,7 +42,7 @@ bench-deps: setup                    ## the benchmark-only dependencies (peers, 
 	$(BIN)/pip install --quiet -e '.[bench]'
 	bash scripts/ensure-restate.sh >/dev/null
 
-bench: bench-deps services           ## the whole benchmark table, ours vs peers (~15-25 min): benchmarks/results/
+bench: bench-deps services           ## the whole benchmark table, ours vs peers (~15 min): benchmarks/results/
 	$(BIN)/python -m benchmarks
 
 bench-quick: bench-deps services     ## every target once at tiny sizes (a smoke run; figures mean nothing)
