@@ -85,7 +85,9 @@ def random_plan(rng: random.Random, index: int) -> model.Plan:
         elif kind == "sleep":
             ops.append(["sleep", rng.choice([0.02, 0.2])])
         elif kind == "signal":
-            ops.append(["signal", f"s{index}.{i}", rng.choice([None, 60.0])])
+            # An armed timeout that must not fire: every signal is sent, but in the long
+            # profile the kill loop alone lasts 75-120 s before the last ones go out.
+            ops.append(["signal", f"s{index}.{i}", rng.choice([None, 3600.0])])
         else:
             ops.append(["random", f"t{next(tags)}"])
     return ops
