@@ -20,8 +20,7 @@ from typing import Any
 
 import anyio
 
-import coro_durable as cd
-from benchmarks._workloads import w1
+from benchmarks._workloads import _open, w1
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
@@ -35,7 +34,7 @@ REDIS = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/8?durability=volat
 
 
 async def _w1(url: str) -> dict[str, Any]:
-    async with cd.Runtime(url, concurrency=10) as rt:
+    async with _open(url, "w1") as rt:  # the harness's own W1 runtime options
         return await w1(rt, {"quick": False})
 
 
