@@ -9,19 +9,24 @@ no process, thread or connection. See the README for a tour.
 
 from ._effects import (
     RetryPolicy,
+    StepInfo,
+    WorkflowInfo,
     await_signal,
     call,
     gather,
+    heartbeat,
     idempotency_key,
     now,
     random,
     sleep,
     sleep_until,
+    step_info,
     uuid4,
+    workflow_info,
 )
 from ._journal import JournalEntry, RunStatus
 from ._memory import MemoryStore
-from ._runtime import RunHandle, RunInfo, Runtime
+from ._runtime import ExecutingStep, RunHandle, RunInfo, Runtime
 from ._scheduler import ReplayReport
 from ._sqlite import SqliteStore
 from ._store import Store, open_store
@@ -49,11 +54,17 @@ __all__ = [
     "uuid4",
     "random",
     "idempotency_key",
+    "step_info",
+    "heartbeat",
+    "workflow_info",
+    "StepInfo",
+    "WorkflowInfo",
     "RetryPolicy",
     # running them
     "Runtime",
     "RunHandle",
     "RunInfo",
+    "ExecutingStep",
     "RunStatus",
     "JournalEntry",
     "ReplayReport",

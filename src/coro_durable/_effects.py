@@ -21,11 +21,18 @@ import functools
 import hashlib
 import inspect
 import math
+import time
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar, overload
 
-from .errors import ConfigurationError, EffectNotAllowedError
+from .errors import (
+    ConfigurationError,
+    EffectNotAllowedError,
+    NotInWorkflowError,
+    RunCancelledError,
+    StepTimeoutError,
+)
 
 T = TypeVar("T")
 
@@ -40,17 +47,22 @@ __all__ = [
     "Random",
     "RetryPolicy",
     "Sleep",
+    "StepInfo",
     "Uuid4",
     "Value",
+    "WorkflowInfo",
     "await_signal",
     "call",
     "gather",
+    "heartbeat",
     "idempotency_key",
     "now",
     "random",
     "sleep",
     "sleep_until",
+    "step_info",
     "uuid4",
+    "workflow_info",
 ]
 
 
@@ -136,6 +148,8 @@ class Effect:
     kind: ClassVar[str] = "effect"
 
     def __await__(self) -> Generator[Effect, Outcome, Any]:
+        if _current_workflow.get() is None:
+            raise NotInWorkflowError(self.describe())
         outcome = yield self
         return outcome.unwrap()
 
@@ -166,6 +180,7 @@ class Call(Effect):
     kwargs: dict[str, Any] = field(default_factory=dict)
     retry: RetryPolicy = DEFAULT_RETRY
     timeout: float | None = None
+    heartbeat_timeout: float | None = None
 
     @property
     def name(self) -> str:
@@ -249,6 +264,7 @@ def call(
     *args: Any,
     retry: RetryPolicy | None = None,
     timeout: float | None = None,
+    heartbeat_timeout: float | None = None,
     **kwargs: Any,
 ) -> Awaitable[T]: ...
 @overload
@@ -258,6 +274,7 @@ def call(
     *args: Any,
     retry: RetryPolicy | None = None,
     timeout: float | None = None,
+    heartbeat_timeout: float | None = None,
     **kwargs: Any,
 ) -> Awaitable[T]: ...
 def call(
@@ -266,6 +283,7 @@ def call(
     *args: Any,
     retry: RetryPolicy | None = None,
     timeout: float | None = None,
+    heartbeat_timeout: float | None = None,
     **kwargs: Any,
 ) -> Awaitable[Any]:
     """A step: ``await cd.call(fn, *args, **kwargs)`` runs ``fn`` once and journals its result.
@@ -274,15 +292,26 @@ def call(
     (default ``RetryPolicy()``: 3 attempts), ``timeout`` bounds each attempt in seconds. When the
     retries are exhausted, :class:`~coro_durable.errors.StepError` is raised at the await, with the
     original exception's type name and message. Inside ``fn``, :func:`idempotency_key` gives the
-    step's key ``"<run_id>:<seq>"``, the same on every retry, crash and worker.
+    step's key ``"<run_id>:<seq>"``, the same on every retry, crash and worker, and
+    :func:`step_info` the attempt number and more.
+
+    ``heartbeat_timeout``: an attempt that goes longer than this many seconds without calling
+    :func:`heartbeat` is treated as timed out (and retried per ``retry``); the details of its
+    last heartbeat reach the next attempt as ``step_info().heartbeat_details``.
+
+    A timed-out attempt's result is never journaled. An async step is cancelled at the timeout;
+    a sync step runs in a thread, which Python cannot kill: the runtime abandons it (the thread
+    runs on until the function returns, and whatever it returns is dropped) and its next
+    ``cd.heartbeat()`` raises :class:`~coro_durable.errors.StepTimeoutError` so it can stop.
     """
     if not callable(fn):
         raise ConfigurationError(f"cd.call needs a callable as its first argument, got {fn!r}")
-    if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
-        raise ConfigurationError(
-            f"cd.call timeout must be a positive number of seconds, got {timeout}"
-        )
-    return Call(fn, args, kwargs, retry or DEFAULT_RETRY, timeout)
+    for what, value in (("timeout", timeout), ("heartbeat_timeout", heartbeat_timeout)):
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            raise ConfigurationError(
+                f"cd.call {what} must be a positive number of seconds, got {value}"
+            )
+    return Call(fn, args, kwargs, retry or DEFAULT_RETRY, timeout, heartbeat_timeout)
 
 
 def sleep(seconds: float) -> Awaitable[None]:
@@ -348,9 +377,84 @@ def random() -> Awaitable[float]:
     return Random()
 
 
-# -- idempotency keys --------------------------------------------------------------------------------
+# -- what a running workflow or step may ask ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowInfo:
+    """What ``cd.workflow_info()`` returns inside a workflow; deterministic (from the run record)."""
+
+    run_id: str
+    workflow: str
+    started_at: _dt.datetime | None  # when the run was created
+    generation: int = 0  # bumped by continue-as-new (wave 2); 0 for now
+    parent_run_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StepInfo:
+    """What ``cd.step_info()`` returns inside a step."""
+
+    run_id: str
+    workflow: str
+    seq: int
+    name: str  # the step's journal name (its function's qualified name)
+    attempt: int  # 1-based
+    idempotency_key: str
+    heartbeat_details: Any = None  # from the last heartbeat of an earlier attempt, if any
+
+
+class StepContext:
+    """The live state of one step attempt, shared by the driver and the step's code.
+
+    The driver creates it, sets ``cancelled`` or ``timed_out`` (from another task or thread) when
+    it gives up on the attempt, and reads the heartbeats; ``heartbeat()`` inside the step updates
+    it. Plain attribute writes: safe across the step's thread and the event loop."""
+
+    __slots__ = (
+        "info",
+        "heartbeat_timeout",
+        "started_at",
+        "last_beat",
+        "beat_at",
+        "details",
+        "beats",
+        "cancelled",
+        "timed_out",
+    )
+
+    def __init__(self, info: StepInfo, heartbeat_timeout: float | None = None) -> None:
+        self.info = info
+        self.heartbeat_timeout = heartbeat_timeout
+        self.started_at = time.time()
+        self.last_beat = time.monotonic()  # the attempt's start counts as its first sign of life
+        self.beat_at: float | None = None  # wall-clock time of the last heartbeat() call
+        self.details: Any = info.heartbeat_details
+        self.beats = 0
+        self.cancelled = False
+        self.timed_out: str | None = None  # why the driver gave up on this attempt
+
+    def beat(self, details: Any) -> None:
+        if self.cancelled:
+            raise RunCancelledError(self.info.run_id, f"while step {self.info.name} was running")
+        if self.timed_out is not None:
+            raise StepTimeoutError(self.timed_out)
+        self.last_beat = time.monotonic()
+        self.beat_at = time.time()
+        if details is not None:
+            self.details = details
+        self.beats += 1
+
 
 _current_key: contextvars.ContextVar[str] = contextvars.ContextVar("coro_durable_idempotency_key")
+_current_step: contextvars.ContextVar[StepContext | None] = contextvars.ContextVar(
+    "coro_durable_step", default=None
+)
+#: Set while a driver runs a workflow coroutine; None in steps and ordinary code.
+_current_workflow: contextvars.ContextVar[WorkflowInfo | None] = contextvars.ContextVar(
+    "coro_durable_workflow", default=None
+)
 
 
 def idempotency_key() -> str:
@@ -366,6 +470,49 @@ def idempotency_key() -> str:
             "cd.idempotency_key() is only available while a step runs (inside a function "
             "executed by cd.call)"
         ) from None
+
+
+def step_info() -> StepInfo:
+    """Inside a step: its run_id, workflow, seq, name, attempt (1-based), idempotency key and the
+    details of the last heartbeat of an earlier attempt (``heartbeat_details``)."""
+    ctx = _current_step.get()
+    if ctx is None:
+        raise EffectNotAllowedError(
+            "cd.step_info() is only available while a step runs on the embedded runtime (inside "
+            "a function executed by cd.call); use cd.workflow_info() in workflow code"
+        )
+    return ctx.info
+
+
+def heartbeat(details: Any = None) -> None:
+    """Inside a step: a sign of life, optionally with progress ``details`` (JSON-able).
+
+    Raises :class:`~coro_durable.errors.RunCancelledError` once the run was cancelled and
+    :class:`~coro_durable.errors.StepTimeoutError` once the attempt timed out, so a long step
+    (a sync one especially, whose thread cannot be killed) stops when nobody waits for it.
+    With ``cd.call(..., heartbeat_timeout=s)`` an attempt silent for longer than ``s`` seconds
+    times out. The last details are kept with the step (durably, within about a second) and
+    reach the next attempt as ``cd.step_info().heartbeat_details``.
+    On an engine adapter that does not track heartbeats it does nothing."""
+    ctx = _current_step.get()
+    if ctx is not None:
+        ctx.beat(details)
+    elif _current_key.get(None) is None:
+        raise EffectNotAllowedError(
+            "cd.heartbeat() is only available while a step runs (inside a function executed by "
+            "cd.call)"
+        )
+
+
+def workflow_info() -> WorkflowInfo:
+    """Inside a workflow: its run_id, workflow name, started_at, generation, parent and tags."""
+    info = _current_workflow.get()
+    if info is None or not info.run_id:
+        raise EffectNotAllowedError(
+            "cd.workflow_info() is only available in workflow code run by the embedded runtime; "
+            "inside a step use cd.step_info()"
+        )
+    return info
 
 
 def digest(text: str) -> str:

@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import signal
 import socket
 import time
 import uuid
@@ -40,10 +41,12 @@ import anyio.abc
 from . import _codec, _workflow
 from ._faults import SimulatedCrash, fault
 from ._journal import TERMINAL, JournalEntry, RunRecord, RunStatus, verify_journal
-from ._scheduler import Activation, Limits, ReplayReport, replay, store_call
+from ._effects import StepInfo
+from ._scheduler import Activation, Limits, ReplayReport, _progress, replay, store_call
 from ._store import Store, default_store_url, open_store, plugin_class
 from .errors import (
     ConfigurationError,
+    ConflictError,
     CorruptJournalError,
     LeaseLost,
     NonDeterminismError,
@@ -57,13 +60,29 @@ from .errors import (
     UnknownWorkflowError,
 )
 
-__all__ = ["Runtime", "RunHandle", "RunInfo"]
+__all__ = ["ExecutingStep", "Runtime", "RunHandle", "RunInfo"]
 
 log = logging.getLogger("coro_durable")
 
 
 def _ts(value: float | None) -> _dt.datetime | None:
     return None if value is None else _dt.datetime.fromtimestamp(value, _dt.UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutingStep:
+    """A step attempt running now, as the store knows it (``RunInfo.executing``).
+
+    Written by the worker within about half a second of the attempt's start and on heartbeats,
+    so a step that finishes faster is never seen here."""
+
+    seq: int
+    name: str
+    attempt: int
+    started_at: _dt.datetime | None  # when this attempt began
+    heartbeat_at: _dt.datetime | None  # the last cd.heartbeat(), None if it never beat
+    worker: str
+    details: Any  # the details of the last heartbeat
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,10 +103,29 @@ class RunInfo:
     wake_at: _dt.datetime | None
     created_at: _dt.datetime | None
     updated_at: _dt.datetime | None
+    executing: tuple[ExecutingStep, ...] = ()  # steps in flight, when running
 
     @classmethod
-    def from_record(cls, run: RunRecord) -> RunInfo:
+    def from_record(
+        cls, run: RunRecord, journal: Iterable[JournalEntry] = ()
+    ) -> RunInfo:
         inputs = _codec.decode(run.input)
+        executing: list[ExecutingStep] = []
+        if run.status == RunStatus.RUNNING:
+            for entry in journal:
+                progress = _progress(entry)
+                if "attempt" in progress:
+                    executing.append(
+                        ExecutingStep(
+                            seq=entry.seq,
+                            name=entry.name,
+                            attempt=int(progress["attempt"]),
+                            started_at=_ts(progress.get("attempt_started_at")),
+                            heartbeat_at=_ts(progress.get("heartbeat_at")),
+                            worker=str(progress.get("worker") or run.owner or ""),
+                            details=progress.get("details"),
+                        )
+                    )
         return cls(
             run_id=run.run_id,
             workflow=run.workflow,
@@ -103,6 +141,7 @@ class RunInfo:
             wake_at=_ts(run.wake_at),
             created_at=_ts(run.created_at),
             updated_at=_ts(run.updated_at),
+            executing=tuple(executing),
         )
 
 
@@ -183,6 +222,7 @@ class Runtime:
         inline_wait: float = 1.0,
         store_deadline: float = 60.0,
         worker_id: str | None = None,
+        shutdown_grace: float = 30.0,
     ) -> None:
         if not (lease_ttl > 0 and math.isfinite(lease_ttl)):
             raise ConfigurationError(
@@ -192,6 +232,18 @@ class Runtime:
             raise ConfigurationError(f"concurrency must be >= 1, got {concurrency}")
         if max_crashes < 1:
             raise ConfigurationError(f"max_crashes must be >= 1, got {max_crashes}")
+        for what, value in (
+            ("max_payload_bytes", max_payload_bytes),
+            ("inline_wait", inline_wait),
+            ("poll_interval", poll_interval),
+            ("store_deadline", store_deadline),
+        ):
+            if not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
+                raise ConfigurationError(f"{what} must be a positive number, got {value!r}")
+        if not (shutdown_grace >= 0 and math.isfinite(shutdown_grace)):
+            raise ConfigurationError(
+                f"shutdown_grace must be a number of seconds >= 0, got {shutdown_grace!r}"
+            )
         if isinstance(store, str) or store is None:
             self.store: Store = open_store(store or default_store_url())
         else:
@@ -201,6 +253,7 @@ class Runtime:
         self.worker = worker
         self.poll_interval = poll_interval
         self.max_crashes = max_crashes
+        self.shutdown_grace = shutdown_grace
         self.limits = Limits(max_payload_bytes, inline_wait, store_deadline)
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         for fn in workflows:
@@ -215,6 +268,10 @@ class Runtime:
         self._open = False
         self._crashed: SimulatedCrash | None = None  # set when fault injection "killed" us
         self._loop_scopes: list[anyio.CancelScope] = []  # the worker's own loops
+        self._claim_scope: anyio.CancelScope | None = None  # the claim loop (stops on shutdown)
+        self._draining = False
+        self._ended = anyio.Event()  # set (and replaced) whenever an activation ends
+        self._handed_back = 0  # runs handed back at their next effect by a graceful shutdown
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -239,18 +296,104 @@ class Runtime:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """Shut down: stop claiming, let steps in flight finish and journal their results (for
+        up to ``shutdown_grace`` seconds), hand the runs back, close the store.
+
+        An exception raised in the ``async with`` block comes out as itself (never wrapped in
+        an ExceptionGroup); a group comes out only if the runtime's own tasks failed."""
         self._open = False
         try:
             if self._tg is not None:
+                if self._crashed is None:
+                    with anyio.CancelScope(shield=True):
+                        await self._shutdown(
+                            "the `async with` block raised " + type(exc).__name__
+                            if exc is not None
+                            else "the `async with` block ended"
+                        )
                 self._tg.cancel_scope.cancel()
-                await self._tg.__aexit__(exc_type, exc, tb)
-                self._tg = None
+                tg, self._tg = self._tg, None
+                await tg.__aexit__(None, None, None)
         finally:
             if self._unsubscribe is not None:
                 self._unsubscribe()
                 self._unsubscribe = None
             with anyio.CancelScope(shield=True):
                 await self.store.close()
+
+    async def _shutdown(self, why: str) -> None:
+        """Graceful shutdown of the worker: see ``__aexit__``."""
+        self._draining = True
+        if self._claim_scope is not None:
+            self._claim_scope.cancel()
+        if not self._activations:
+            return
+        running = len(self._activations)
+        steps = sum(len(a.executing()) for a, _ in self._activations.values() if a is not None)
+        log.info(
+            "worker %s: shutting down (%s): claiming nothing more; %d run(s) in progress, %d "
+            "step(s) in flight get up to %gs to finish and be journaled",
+            self.worker_id,
+            why,
+            running,
+            steps,
+            self.shutdown_grace,
+        )
+        for activation, _ in list(self._activations.values()):
+            if activation is not None:
+                activation.drain()
+        with anyio.move_on_after(self.shutdown_grace):
+            while self._activations:
+                ended = self._ended
+                await ended.wait()
+        abandoned = self.abandon() if self._activations else []
+        log.info(
+            "worker %s: shut down (%s): handed back %d run(s) with every finished step "
+            "journaled%s",
+            self.worker_id,
+            why,
+            self._handed_back,
+            f"; abandoned {len(abandoned)} step(s) still running after the {self.shutdown_grace:g}s "
+            "grace (they run again elsewhere, under the same idempotency key)"
+            if abandoned
+            else "",
+        )
+
+    def abandon(self) -> list[StepInfo]:
+        """Stop every activation now, without waiting for the steps in flight (their results are
+        dropped; another worker runs them again under the same idempotency key) and hand the runs
+        back. Cuts a graceful shutdown short (the CLI worker does this on a second SIGINT).
+        Returns the step attempts that were abandoned."""
+        abandoned: list[StepInfo] = []
+        for activation, scope in list(self._activations.values()):
+            if activation is not None:
+                abandoned.extend(activation.executing())
+            scope.cancel()
+        if abandoned:
+            log.warning(
+                "worker %s: abandoning %d step(s) in flight: %s",
+                self.worker_id,
+                len(abandoned),
+                ", ".join(f"run {i.run_id} seq {i.seq} ({i.name}, attempt {i.attempt})"
+                          for i in abandoned),
+            )
+        return abandoned
+
+    async def serve(
+        self, signals: Iterable[signal.Signals] = (signal.SIGINT, signal.SIGTERM)
+    ) -> str:
+        """Run the worker until one of ``signals`` arrives; return the signal's name.
+
+        Leaving the ``async with`` block afterwards shuts down gracefully (``shutdown_grace``):
+
+            async with cd.Runtime(url) as rt:
+                await rt.serve()      # SIGTERM from a deploy: finish in-flight steps, hand back
+        """
+        self._check_open()
+        with anyio.open_signal_receiver(*signals) as received:
+            async for signum in received:
+                return signal.Signals(signum).name
+        return ""  # pragma: no cover - the receiver never ends on its own
 
     @property
     def active_runs(self) -> int:
@@ -382,7 +525,11 @@ class Runtime:
     async def describe(self, run_id: str) -> RunInfo:
         """Status, step, what it waits on, inputs and error of a run."""
         self._check_open()
-        return RunInfo.from_record(await self._get(run_id))
+        run = await self._get(run_id)
+        journal: list[JournalEntry] = []
+        if run.status == RunStatus.RUNNING:  # name the steps executing now
+            journal = await self._call(self.store.load_journal, run_id)
+        return RunInfo.from_record(run, journal)
 
     async def history(self, run_id: str) -> list[JournalEntry]:
         """The run's journal, oldest first: the audit trail of every effect and its outcome."""
@@ -393,9 +540,16 @@ class Runtime:
 
     async def cancel(self, run_id: str) -> None:
         """Cancel a run: RunCancelledError is raised at its pending await (the workflow may
-        clean up); a run that is not executing is cancelled on the spot."""
+        catch it and await cleanup effects, which run normally); a run that is not executing is
+        cancelled on the spot. A step in flight is interrupted: an async one is cancelled, a sync
+        one is abandoned (its thread runs on; its ``cd.heartbeat()`` raises RunCancelledError)
+        and its result is not journaled. A worker in another process learns of the cancel at
+        its next lease renewal, within about half a second."""
         self._check_open()
         await self._call(self.store.request_cancel, run_id)
+        activation = self._activations.get(run_id, (None, None))[0]
+        if activation is not None:  # driven here: interrupt its pending await now
+            activation.request_cancel()
         self._wake_run(run_id)  # a run that was not executing is cancelled on the spot
 
     async def resume(self, run_id: str) -> RunInfo:
@@ -453,7 +607,9 @@ class Runtime:
     async def _worker_loop(self) -> None:
         with anyio.CancelScope() as scope:
             self._loop_scopes.append(scope)
-            await self._claim_forever()
+            self._claim_scope = scope
+            if not self._draining:
+                await self._claim_forever()
 
     async def _claim_forever(self) -> None:
         assert self._tg is not None
@@ -463,16 +619,17 @@ class Runtime:
             claimed: list[RunRecord] = []
             if free > 0:
                 try:
-                    claimed = await self._call(
-                        functools.partial(
-                            self.store.claim,
-                            self.worker_id,
-                            limit=free,
-                            lease_ttl=self.lease_ttl,
-                            workflows=_workflow.registered(),
-                            max_crashes=self.max_crashes,
+                    with anyio.CancelScope(shield=True):  # a claim that lands is activated
+                        claimed = await self._call(
+                            functools.partial(
+                                self.store.claim,
+                                self.worker_id,
+                                limit=free,
+                                lease_ttl=self.lease_ttl,
+                                workflows=_workflow.registered(),
+                                max_crashes=self.max_crashes,
+                            )
                         )
-                    )
                 except Exception:
                     log.exception("worker %s: claiming runs failed; retrying", self.worker_id)
                 for run in claimed:
@@ -487,8 +644,12 @@ class Runtime:
             await self._renew_forever()
 
     async def _renew_forever(self) -> None:
+        """Renew leases every ``lease_ttl / 3`` seconds, and at least twice a second: the answer
+        says which runs were cancelled, so a cancel from another process reaches the run's
+        step within about half a second; then supervise the steps in flight (heartbeat timeouts,
+        progress entries for ``describe``)."""
         while True:
-            await anyio.sleep(self.lease_ttl / 3)
+            await anyio.sleep(min(self.lease_ttl / 3, 0.5))
             if not self._active:
                 continue
             leases = dict(self._active)
@@ -519,13 +680,36 @@ class Runtime:
                     if scope is not None:
                         scope.cancel()
                 elif held[run_id] and activation is not None:
-                    activation.cancel_requested = True
+                    activation.request_cancel()
+            await self._supervise()
             if lost or time.monotonic() - started > self.lease_ttl / 2:
                 self._lease_trouble(f"{lost} leases lost at renewal" if lost else "slow renewal")
             elif self._claim_limit < self.concurrency:
                 self._claim_limit = min(self.concurrency, self._claim_limit * 5 // 4 + 1)
                 if self._claim_limit == self.concurrency:
                     log.info("worker %s: renewals keep up again", self.worker_id)
+
+    async def _supervise(self) -> None:
+        """Journal the progress of the steps in flight (pending entries: attempt, worker, last
+        heartbeat and its details), so ``describe`` from any process names them and a crash
+        keeps the heartbeat details for the next attempt; time out silent heartbeaters."""
+        for run_id, (activation, _) in list(self._activations.items()):
+            if activation is None or activation.releasing:
+                continue
+            entries = activation.supervise()
+            if not entries:
+                continue
+            try:
+                await self.store.append(run_id, activation.epoch, entries)
+            except (LeaseLost, ConflictError):
+                pass  # the run moved on (lost, or the step's result landed first): nothing to show
+            except Exception as exc:
+                log.warning(
+                    "worker %s: could not journal the progress of run %s (%s); will retry",
+                    self.worker_id,
+                    run_id,
+                    exc,
+                )
 
     def _lease_trouble(self, why: str) -> None:
         """This live worker lost a lease (or renewed too slowly to be sure of keeping them): it
@@ -553,7 +737,11 @@ class Runtime:
                 fn = _workflow.lookup(run.workflow)
                 entries = await self._call(self.store.load_journal, run_id)
                 journal = verify_journal(run_id, entries)
-                activation = Activation(self.store, run, journal, fn, self.limits)
+                activation = Activation(
+                    self.store, run, journal, fn, self.limits, worker_id=self.worker_id
+                )
+                if self._draining:
+                    activation.drain()
                 self._activations[run_id] = (activation, scope)
                 log.info(
                     "worker %s: claimed run %s (%s, epoch %d)",
@@ -563,6 +751,8 @@ class Runtime:
                     epoch,
                 )
                 end = await activation.execute()
+                if end.how == "parked" and activation.draining:
+                    self._handed_back += 1
                 log.info(
                     "worker %s: run %s %s%s",
                     self.worker_id,
@@ -606,6 +796,8 @@ class Runtime:
                 del self._active[run_id]
             if self._activations.get(run_id, (None, None))[1] is scope:
                 del self._activations[run_id]
+            ended, self._ended = self._ended, anyio.Event()
+            ended.set()
             self._wake_run(run_id)
             self._on_store_change()
 

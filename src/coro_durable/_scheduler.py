@@ -26,6 +26,7 @@ replay``: it executes nothing and writes nothing, and reports the first divergen
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import math
 import random as _random
@@ -48,9 +49,14 @@ from ._effects import (
     Outcome,
     Random,
     Sleep,
+    StepContext,
+    StepInfo,
     Uuid4,
     Value,
+    WorkflowInfo,
     _current_key,
+    _current_step,
+    _current_workflow,
     digest,
 )
 from ._faults import SimulatedCrash, fault
@@ -116,6 +122,23 @@ class _Park(Exception):
     def __init__(self, wake_at: float | None, waiting_on: str) -> None:
         self.wake_at = wake_at
         self.waiting_on = waiting_on
+
+
+class _CancelNow(Exception):
+    """A cancel request interrupted an inline wait: journal RunCancelledError for the effect."""
+
+
+@dataclass(slots=True)
+class _InFlight:
+    """A step attempt executing now: its live context, the scope that can stop it, and what the
+    journal's progress entry for it needs."""
+
+    leaf: _Leaf
+    ctx: StepContext
+    scope: anyio.CancelScope
+    failed: int  # failed attempts before this one
+    last_error: str | None
+    written_beats: int = -1  # heartbeat count of the last progress entry written (-1: none)
 
 
 class _ReplayEnd(Exception):
@@ -211,8 +234,10 @@ class Activation:
         limits: Limits,
         *,
         replay_only: bool = False,
+        worker_id: str = "",
     ) -> None:
         self.store = store
+        self.worker_id = worker_id
         self.run = run
         self.run_id = run.run_id
         self.epoch = run.epoch
@@ -227,7 +252,88 @@ class Activation:
             e.error is not None and (e.error_info or {}).get("type") == "RunCancelledError"
             for e in journal.values()
         )
+        self._cancel_written = False  # a cancel entry was written for the effect being resolved
+        self.draining = False  # the worker is shutting down: finish in-flight steps, then park
+        self._waits: set[anyio.CancelScope] = set()  # inline timer/backoff waits in progress
+        self._in_flight: dict[int, _InFlight] = {}  # seq -> step attempt executing now
         self._unjournaled: list[JournalEntry] = []  # only ever used by a planted bug (tests)
+
+    # -- what the worker tells a running activation ---------------------------------------------------
+
+    def request_cancel(self) -> None:
+        """The run was cancelled: interrupt the effect the workflow is awaiting now.
+
+        Inline waits end at once; async steps are cancelled through their cancel scope; sync steps
+        are abandoned (their thread runs on, ``cd.heartbeat()`` raises RunCancelledError there,
+        whatever they return is dropped). The workflow then sees RunCancelledError at that await.
+        Effects it awaits after that (cleanup) run normally."""
+        if self.cancel_requested or self.replay_only:
+            return
+        self.cancel_requested = True
+        if self.cancel_injected:
+            return
+        for flight in list(self._in_flight.values()):
+            flight.ctx.cancelled = True
+            flight.scope.cancel()
+        for scope in list(self._waits):
+            scope.cancel()
+
+    def drain(self) -> None:
+        """The worker is shutting down: let steps in flight finish and journal their results, then
+        hand the run back at its next effect (inline waits end now: their due time is journaled)."""
+        self.draining = True
+        for scope in list(self._waits):
+            scope.cancel()
+
+    def supervise(self) -> list[JournalEntry]:
+        """Called about twice a second by the worker: time out attempts whose heartbeats stopped,
+        and return the progress entries to journal for attempts that started or heartbeated since
+        the last call (a *pending* entry per step: attempt, worker, last heartbeat and details)."""
+        now = time.monotonic()
+        entries: list[JournalEntry] = []
+        for flight in list(self._in_flight.values()):
+            ctx = flight.ctx
+            limit = ctx.heartbeat_timeout
+            if limit is not None and ctx.timed_out is None and now - ctx.last_beat > limit:
+                ctx.timed_out = (
+                    f"attempt {ctx.info.attempt} of step {ctx.info.name} sent no heartbeat for "
+                    f"{limit}s (heartbeat_timeout)"
+                )
+                flight.scope.cancel()
+                continue
+            if flight.written_beats != ctx.beats and not ctx.cancelled and ctx.timed_out is None:
+                flight.written_beats = ctx.beats
+                entries.append(self._progress_entry(flight))
+        return entries
+
+    def executing(self) -> list[StepInfo]:
+        """The step attempts executing now."""
+        return [flight.ctx.info for flight in self._in_flight.values()]
+
+    def _progress_entry(self, flight: _InFlight) -> JournalEntry:
+        ctx = flight.ctx
+        progress: dict[str, Any] = {
+            "attempt": ctx.info.attempt,
+            "worker": self.worker_id,
+            "attempt_started_at": ctx.started_at,
+            "heartbeat_at": ctx.beat_at,
+            "details": ctx.details,
+        }
+        try:
+            text = _codec.encode(progress, limit=self.limits.max_payload_bytes)
+        except SerializationError as exc:
+            progress["details"] = None
+            progress["details_error"] = str(exc)
+            text = _codec.encode(progress)
+        pending = self.journal.get(flight.leaf.seq)
+        return self._entry(
+            flight.leaf,
+            "pending",
+            pending=pending if pending is not None and not pending.final else None,
+            attempts=flight.failed,
+            error=flight.last_error,
+            result=text,
+        )
 
     # -- the drive loop -----------------------------------------------------------------------------
 
@@ -237,6 +343,15 @@ class Activation:
         coro = self.fn(*payload.get("args", ()), **payload.get("kwargs", {}))
         send: Outcome | None = None
         throw: BaseException | None = None
+        token = _current_workflow.set(
+            WorkflowInfo(
+                run_id=self.run_id,
+                workflow=self.run.workflow,
+                started_at=_dt.datetime.fromtimestamp(self.run.created_at, _dt.UTC)
+                if self.run.created_at
+                else None,
+            )
+        )
         try:
             while True:
                 try:
@@ -279,6 +394,7 @@ class Activation:
                 coro.close()
             except RuntimeError:  # the workflow awaited an effect in a `finally` while parking
                 pass
+            _current_workflow.reset(token)
 
     async def _complete(self, value: Any) -> ActivationEnd:
         beyond = [seq for seq in self.journal if seq >= self.next_seq]
@@ -322,6 +438,17 @@ class Activation:
     # -- resolving effects ------------------------------------------------------------------------------
 
     async def _resolve(self, effect: Effect) -> Outcome:
+        """Resolve one effect the workflow awaits (a gather with all its sub-effects). A cancel
+        request interrupts every sub-effect still in progress; once this await has delivered
+        RunCancelledError, later effects (the workflow's cleanup) are not interrupted again."""
+        self._cancel_written = False
+        try:
+            return await self._resolve_effect(effect)
+        finally:
+            if self._cancel_written:
+                self.cancel_injected = True
+
+    async def _resolve_effect(self, effect: Effect) -> Outcome:
         if isinstance(effect, Gather):
             node = self._plan_gather(effect)
             outcomes: dict[int, Outcome] = {}
@@ -340,14 +467,14 @@ class Activation:
         return await self._resolve_leaf(leaf)
 
     async def _resolve_concurrently(self, todo: list[_Leaf], outcomes: dict[int, Outcome]) -> None:
-        parks: list[_Park] = []
+        parks: list[tuple[_Leaf, _Park]] = []
         failures: list[BaseException] = []
 
         async def one(leaf: _Leaf) -> None:
             try:
                 outcomes[leaf.seq] = await self._resolve_leaf(leaf)
             except _Park as park:
-                parks.append(park)
+                parks.append((leaf, park))
             except (Exception, LeaseLost, SimulatedCrash) as exc:  # re-raised below, unwrapped
                 failures.append(exc)
                 if isinstance(exc, SimulatedCrash):
@@ -358,9 +485,15 @@ class Activation:
                 tg.start_soon(one, leaf)
         if failures:
             raise failures[0]
+        if parks and self._cancel_written and not self.draining:
+            # A cancel interrupted sub-effects of this gather while others were parked (waiting
+            # for a signal or a long timer): they are cancelled too, not left waiting forever.
+            for leaf, _ in parks:
+                outcomes[leaf.seq] = await self._inject_cancel(leaf, self.journal.get(leaf.seq))
+            return
         if parks:
-            wakes = [p.wake_at for p in parks if p.wake_at is not None]
-            raise _Park(min(wakes, default=None), ", ".join(p.waiting_on for p in parks))
+            wakes = [p.wake_at for _, p in parks if p.wake_at is not None]
+            raise _Park(min(wakes, default=None), ", ".join(p.waiting_on for _, p in parks))
 
     def _plan_leaf(self, effect: Effect) -> _Leaf:
         """Assign the next seq and compute the effect's journal identity."""
@@ -410,16 +543,21 @@ class Activation:
         pending = self.journal.get(leaf.seq)
         if self.replay_only:
             raise _ReplayEnd(leaf.seq, leaf.describe())
-        if self.cancel_requested and not self.cancel_injected:
+        if self._cancel_pending():
             return await self._inject_cancel(leaf, pending)
+        if self.draining:
+            raise _Park(time.time(), f"a worker (handed back by {self.worker_id}: shutting down)")
         effect = leaf.effect
         fault("X1", self.run_id, leaf.seq)
-        if isinstance(effect, Call):
-            return await self._run_call(effect, leaf, pending)
-        if isinstance(effect, Sleep):
-            return await self._run_sleep(effect, leaf, pending)
-        if isinstance(effect, AwaitSignal):
-            return await self._run_signal(effect, leaf, pending)
+        try:
+            if isinstance(effect, Call):
+                return await self._run_call(effect, leaf, pending)
+            if isinstance(effect, Sleep):
+                return await self._run_sleep(effect, leaf, pending)
+            if isinstance(effect, AwaitSignal):
+                return await self._run_signal(effect, leaf, pending)
+        except _CancelNow:
+            return await self._inject_cancel(leaf, self.journal.get(leaf.seq))
         if isinstance(effect, Now):
             value: Any = _dt.datetime.now(_dt.UTC)
         elif isinstance(effect, Uuid4):
@@ -496,46 +634,89 @@ class Activation:
             self.limits.store_deadline, self.store.append, self.run_id, self.epoch, entries
         )
 
+    def _cancel_pending(self) -> bool:
+        return self.cancel_requested and not self.cancel_injected
+
     async def _wait_until(self, due: float, waiting_on: str) -> None:
+        """Wait in-process until ``due`` (its entry is journaled already), or park the run when the
+        wait is long or the worker drains. A cancel request ends the wait with _CancelNow."""
         remaining = due - time.time()
         if remaining <= 0:
             return
-        if remaining > self.limits.inline_wait:
+        if remaining > self.limits.inline_wait or self.draining:
             raise _Park(due, waiting_on)
-        await anyio.sleep(remaining)
+        if self._cancel_pending():
+            raise _CancelNow()
+        with anyio.CancelScope() as scope:
+            self._waits.add(scope)
+            try:
+                await anyio.sleep(remaining)
+            finally:
+                self._waits.discard(scope)
+        if scope.cancel_called:  # interrupted by request_cancel or drain
+            if self._cancel_pending():
+                raise _CancelNow()
+            raise _Park(due, waiting_on)
 
-    async def _inject_cancel(self, leaf: _Leaf, pending: JournalEntry | None) -> Outcome:
+    async def _inject_cancel(
+        self,
+        leaf: _Leaf,
+        pending: JournalEntry | None,
+        *,
+        attempts: int | None = None,
+        during: str = "",
+    ) -> Outcome:
         """Cancellation is delivered as RunCancelledError at the pending await, journaled."""
-        exc = RunCancelledError(self.run_id)
+        pending = pending if pending is not None and not pending.final else None
+        exc = RunCancelledError(self.run_id, during)
         await self._write(
             self._entry(
                 leaf,
                 "error",
                 pending=pending,
                 error=_error_json("RunCancelledError", str(exc)),
-                attempts=pending.attempts if pending else 0,
+                attempts=attempts if attempts is not None else (pending.attempts if pending else 0),
+                due_at=pending.due_at if pending else None,
                 finished=True,
             )
         )
-        self.cancel_injected = True
+        self._cancel_written = True
         return Error(exc)
 
     async def _run_call(self, effect: Call, leaf: _Leaf, pending: JournalEntry | None) -> Outcome:
         attempts = pending.attempts if pending else 0
+        details = _progress(pending).get("details")
+        last_error = pending.error if pending else None
         if pending is not None and pending.due_at is not None:
             await self._wait_until(pending.due_at, f"retry of step {leaf.name}")
         started = time.time()  # when the first attempt of this activation began
         policy = effect.retry
         while True:
+            if self._cancel_pending():  # cancelled between attempts
+                return await self._inject_cancel(leaf, pending)
             attempts += 1
-            try:
-                value = await self._invoke(effect, leaf)
+            info = StepInfo(
+                run_id=self.run_id,
+                workflow=self.run.workflow,
+                seq=leaf.seq,
+                name=leaf.name,
+                attempt=attempts,
+                idempotency_key=f"{self.run_id}:{leaf.seq}",
+                heartbeat_details=details,
+            )
+            ctx = StepContext(info, effect.heartbeat_timeout)
+            flight = _InFlight(leaf, ctx, anyio.CancelScope(), attempts - 1, last_error)
+            value, failure = await self._attempt(effect, flight)
+            if ctx.cancelled:  # the run was cancelled while this attempt ran: its result is dropped
+                return await self._inject_cancel(
+                    leaf,
+                    pending,
+                    attempts=attempts,
+                    during=f"during attempt {attempts} of step {leaf.name}",
+                )
+            details = ctx.details
+            if failure is None:
                 fault("X3", self.run_id, leaf.seq)
-            except Exception as exc:
-                type_name, message = _exception_info(exc)
-                if isinstance(exc, TimeoutError) and effect.timeout is not None and not message:
-                    message = f"attempt {attempts} timed out after {effect.timeout}s"
-            else:
                 try:
                     text, decoded = _codec.roundtrip(
                         value,
@@ -568,7 +749,8 @@ class Activation:
                     )
                 )
                 return Value(decoded)
-            error = _error_json(type_name, message)
+            type_name, message = _exception_info(failure)
+            error = last_error = _error_json(type_name, message)
             if attempts >= policy.max_attempts or type_name in policy.non_retryable:
                 await self._write(
                     self._entry(
@@ -591,33 +773,52 @@ class Activation:
                 error=error,
                 attempts=attempts,
                 due_at=due,
+                result=_progress_text(details),
             )
             await self._write(pending)
             fault("X2", self.run_id, leaf.seq)
             await self._wait_until(due, f"retry of step {leaf.name}")
 
-    async def _invoke(self, effect: Call, leaf: _Leaf) -> Any:
-        key = f"{self.run_id}:{leaf.seq}"
+    async def _attempt(self, effect: Call, flight: _InFlight) -> tuple[Any, BaseException | None]:
+        """Run one attempt of a step: ``(value, None)`` or ``(None, failure)``.
+
+        The attempt runs in ``flight.scope``; the worker's supervision (``supervise``) and
+        ``request_cancel`` stop it through that scope. A timed-out attempt fails with
+        TimeoutError and its result, if it ever comes, is never journaled."""
+        leaf, ctx, seq = flight.leaf, flight.ctx, flight.leaf.seq
+        key = ctx.info.idempotency_key
         if _faults.PLANTED and "reuse_key" in _faults.PLANTED:
             key = f"{self.run_id}:{leaf.name}"  # planted bug (tests only): one key per function
-        token = _current_key.set(key)
-        fault("invoke", self.run_id, leaf.seq)
+        key_token, step_token = _current_key.set(key), _current_step.set(ctx)
+        workflow_token = _current_workflow.set(None)  # effects cannot be awaited inside a step
+        self._in_flight[seq] = flight
+        value: Any = None
+        failure: BaseException | None = None
+        finished = False
         try:
-            if effect.is_async:
-                if effect.timeout is None:
-                    return await effect.fn(*effect.args, **effect.kwargs)
-                with anyio.fail_after(effect.timeout):
-                    return await effect.fn(*effect.args, **effect.kwargs)
-
-            def run_sync() -> Any:
-                return effect.fn(*effect.args, **effect.kwargs)
-
-            if effect.timeout is None:
-                return await anyio.to_thread.run_sync(run_sync)
-            with anyio.fail_after(effect.timeout):
-                return await anyio.to_thread.run_sync(run_sync, abandon_on_cancel=True)
+            fault("invoke", self.run_id, seq)
+            with flight.scope:
+                with anyio.move_on_after(effect.timeout) as deadline:
+                    try:
+                        value = await _invoke(effect)
+                        finished = True
+                    except Exception as exc:
+                        failure = exc
+                    except RunCancelledError as exc:  # e.g. cd.heartbeat() of a cancelled run
+                        failure = exc
+                if deadline.cancelled_caught and not finished and failure is None:
+                    ctx.timed_out = f"attempt {ctx.info.attempt} timed out after {effect.timeout}s"
         finally:
-            _current_key.reset(token)
+            _current_workflow.reset(workflow_token)
+            _current_step.reset(step_token)
+            _current_key.reset(key_token)
+            if self._in_flight.get(seq) is flight:
+                del self._in_flight[seq]
+        if ctx.timed_out is not None and not finished:
+            return None, TimeoutError(ctx.timed_out)
+        if not finished and failure is None and not ctx.cancelled:  # pragma: no cover - defensive
+            return None, TimeoutError(f"attempt {ctx.info.attempt} of step {leaf.name} was stopped")
+        return value, failure
 
     async def _run_sleep(self, effect: Sleep, leaf: _Leaf, pending: JournalEntry | None) -> Outcome:
         if pending is not None and pending.due_at is not None:
@@ -681,6 +882,39 @@ class Activation:
 
 
 # -- helpers ------------------------------------------------------------------------------------------
+
+
+async def _invoke(effect: Call) -> Any:
+    """Call the step function: async ones in this task, sync ones in a worker thread.
+
+    A sync step's thread cannot be stopped: when its attempt is cancelled or times out, the
+    thread is abandoned (``abandon_on_cancel``) and runs on until the function returns; what it
+    returns then is dropped, and its ``cd.heartbeat()`` raises so it can stop early."""
+    if effect.is_async:
+        return await effect.fn(*effect.args, **effect.kwargs)
+    call = functools.partial(effect.fn, *effect.args, **effect.kwargs)
+    return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+
+
+def _progress(entry: JournalEntry | None) -> dict[str, Any]:
+    """The progress a pending call entry carries in ``result`` (attempt, worker, heartbeat...)."""
+    if entry is None or entry.final or entry.kind != "call" or not entry.result:
+        return {}
+    try:
+        value = _codec.decode(entry.result)
+    except SerializationError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _progress_text(details: Any) -> str | None:
+    """The ``result`` of a backoff entry: the last heartbeat details, so they survive a crash."""
+    if details is None:
+        return None
+    try:
+        return _codec.encode({"details": details})
+    except SerializationError:
+        return None
 
 
 def _iso(ts: float) -> str:

@@ -32,7 +32,9 @@ from ._effects import (
     Sleep,
     Uuid4,
     Value,
+    WorkflowInfo,
     _current_key,
+    _current_workflow,
     step_name,
 )
 from ._workflow import lookup, workflow_name
@@ -51,6 +53,7 @@ __all__ = [
     "Sleep",
     "Uuid4",
     "Value",
+    "WorkflowInfo",
     "drive",
     "lookup",
     "step_context",
@@ -59,16 +62,23 @@ __all__ = [
 ]
 
 
+_ENGINE_WORKFLOW = WorkflowInfo(run_id="", workflow="", started_at=None)
+
+
 async def drive(
-    coro: Coroutine[Any, Any, Any], resolve: Callable[[Effect], Awaitable[Outcome]]
+    coro: Coroutine[Any, Any, Any],
+    resolve: Callable[[Effect], Awaitable[Outcome]],
+    info: WorkflowInfo | None = None,
 ) -> Any:
     """Run a workflow coroutine to completion, resolving each effect it yields with ``resolve``.
 
     Returns the workflow's result, or raises what it raised. Awaiting a non-effect raises
-    NotAnEffectError inside the workflow, at that await.
+    NotAnEffectError inside the workflow, at that await. ``info`` is what ``cd.workflow_info()``
+    returns in the workflow (without it, workflow_info() says the engine does not provide it).
     """
     send: Outcome | None = None
     throw: BaseException | None = None
+    token = _current_workflow.set(info or _ENGINE_WORKFLOW)
     try:
         while True:
             try:
@@ -85,6 +95,7 @@ async def drive(
             coro.close()
         except RuntimeError:  # the workflow awaited an effect in a `finally` while being closed
             pass
+        _current_workflow.reset(token)
 
 
 @contextlib.contextmanager

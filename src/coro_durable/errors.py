@@ -5,18 +5,19 @@
     │   ├── NotAnEffectError (TypeError)  a workflow awaited something that is not an effect
     │   ├── NonDeterminismError           replayed code issued a different effect than the journal
     │   ├── UnknownWorkflowError (LookupError)  no workflow registered under a name
-    │   └── EffectNotAllowedError         an effect used where it cannot be (e.g. outside a workflow)
+    │   └── EffectNotAllowedError         an effect or helper used where it cannot be
+    │       └── NotInWorkflowError        an effect awaited outside a workflow run
     ├── StepError                         a step failed after its retries; carries the original
     │                                     exception's type name and message
     ├── SignalTimeout (TimeoutError)      await_signal(..., timeout=) expired
+    ├── StepTimeoutError (TimeoutError)   raised by cd.heartbeat() in a step attempt that timed
+    │                                     out (timeout= or heartbeat_timeout=): stop working
     ├── SerializationError (TypeError)    a value the codec cannot encode or decode
     │   └── PayloadTooLargeError          an encoded payload exceeds the configured limit
     ├── RunError                          about a run as a whole
     │   ├── RunNotFoundError (LookupError)
     │   ├── RunAlreadyExistsError         same run_id started with another workflow or input
     │   ├── RunFailedError                result() of a run that failed
-    │   ├── RunCancelledError             result() of a run that was cancelled; also what a
-    │   │                                 workflow sees at its pending await when cancelled
     │   ├── RunQuarantinedError           result() of a run parked after repeated crashes
     │   └── ResultTimeoutError (TimeoutError)   result(timeout=) expired before the run finished
     ├── StoreError                        the store failed; drivers never leak their own errors
@@ -26,6 +27,10 @@
     │   └── ConflictError                 a write lost a race it must not retry (seq taken)
     └── ConfigurationError (ValueError)   bad arguments to Runtime, RetryPolicy, a store URL...
 
+    RunCancelledError (BaseException)     the run was cancelled: raised at the workflow's pending
+                                          await, by cd.heartbeat() in a step, and by result().
+                                          A BaseException (like asyncio.CancelledError) so that
+                                          `except Exception:` in user code does not swallow it.
     LeaseLost (BaseException)             the worker no longer owns the run; stops the activation.
                                           It is a BaseException so workflow code cannot swallow it.
 
@@ -41,8 +46,10 @@ __all__ = [
     "NonDeterminismError",
     "UnknownWorkflowError",
     "EffectNotAllowedError",
+    "NotInWorkflowError",
     "StepError",
     "SignalTimeout",
+    "StepTimeoutError",
     "SerializationError",
     "PayloadTooLargeError",
     "RunError",
@@ -118,6 +125,18 @@ class EffectNotAllowedError(WorkflowError):
     """An effect or helper was used where it cannot work."""
 
 
+class NotInWorkflowError(EffectNotAllowedError):
+    """An effect was awaited outside a workflow run (e.g. ``await cd.call(f)`` in plain code)."""
+
+    def __init__(self, effect: str) -> None:
+        self.effect = effect
+        super().__init__(
+            f"`await {effect}` ran outside a workflow: effects only work inside an `async def` "
+            "that a Runtime executes. Start the workflow with `await rt.start(workflow, ...)`, "
+            "or call the function directly (without cd.call) in ordinary code"
+        )
+
+
 # -- step and effect outcomes -------------------------------------------------------------------
 
 
@@ -141,6 +160,14 @@ class StepError(CoroDurableError):
 
 class SignalTimeout(CoroDurableError, TimeoutError):
     """``await_signal(name, timeout=...)`` expired before the signal arrived."""
+
+
+class StepTimeoutError(CoroDurableError, TimeoutError):
+    """A step attempt timed out (``timeout=`` or ``heartbeat_timeout=``).
+
+    The runtime has already given up on the attempt (its result will not be journaled) and
+    retries the step per its policy; ``cd.heartbeat()`` raises this inside the abandoned attempt
+    (a sync step's thread cannot be killed) so the body can stop its work."""
 
 
 class SerializationError(CoroDurableError, TypeError):
@@ -176,15 +203,6 @@ class RunFailedError(RunError):
         self.type_name = type_name
         self.message = message
         super().__init__(f"run {run_id!r} failed: {type_name}: {message}")
-
-
-class RunCancelledError(RunError):
-    """The run was cancelled (also raised inside the workflow at its pending await)."""
-
-    def __init__(self, run_id: str, reason: str = "") -> None:
-        self.run_id = run_id
-        self.reason = reason
-        super().__init__(f"run {run_id!r} was cancelled" + (f": {reason}" if reason else ""))
 
 
 class RunQuarantinedError(RunError):
@@ -245,3 +263,18 @@ class LeaseLost(BaseException):
             + (f"; {detail}" if detail else "")
             + "): another worker owns the run now; this worker writes nothing more for it"
         )
+
+
+class RunCancelledError(BaseException):
+    """The run was cancelled.
+
+    Raised inside the workflow at the await that was pending when the cancel arrived (the
+    workflow may catch it and still await cleanup effects, which run and are journaled), by
+    ``cd.heartbeat()`` inside a step of a cancelled run, and by ``result()``. It derives from
+    BaseException, like ``asyncio.CancelledError``, so ``except Exception:`` in user code does
+    not swallow a cancel; catch it by name."""
+
+    def __init__(self, run_id: str, reason: str = "") -> None:
+        self.run_id = run_id
+        self.reason = reason
+        super().__init__(f"run {run_id!r} was cancelled" + (f": {reason}" if reason else ""))
