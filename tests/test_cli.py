@@ -555,11 +555,25 @@ def test_real_processes_python_m_and_console_script(url: str, app: str, tmp_path
 def test_worker_exits_cleanly_on_sigterm_and_hands_back_its_run(
     cli: Cli, url: str, app: str, tmp_path: Path
 ) -> None:
-    """SIGTERM stops a worker with exit code 0; the run it was executing is handed back (pending,
-    no owner, due now) so another worker resumes it at once instead of waiting for the lease to expire."""
+    """SIGTERM stops a worker with exit code 0; a step still running when the shutdown grace ends
+    is abandoned and its run handed back (pending, no owner, due now) so another worker resumes it
+    at once instead of waiting for the lease to expire."""
     cli("start", "cli_slow", "[]", "--run-id", "slow")
     proc = subprocess.Popen(
-        [*CLI, "--store", url, "worker", "--app", app, "--poll", "0.02", "--lease-ttl", "30"],
+        [
+            *CLI,
+            "--store",
+            url,
+            "worker",
+            "--app",
+            app,
+            "--poll",
+            "0.02",
+            "--lease-ttl",
+            "30",
+            "--shutdown-grace",
+            "0.5",
+        ],
         stderr=subprocess.PIPE,
         text=True,
         env=clean_env(),
@@ -580,6 +594,7 @@ def test_worker_exits_cleanly_on_sigterm_and_hands_back_its_run(
     assert proc.returncode == 0, err
     assert "claimed run slow (cli_slow" in err
     assert "run slow handed back" in err
+    assert "abandoned 1 step(s) still running after the 0.5s grace" in err
     assert "worker stopped: SIGTERM; handed back 1 run(s) in progress" in err
     assert "Traceback" not in err
     run = show_json(cli, "slow")["run"]
@@ -588,3 +603,39 @@ def test_worker_exits_cleanly_on_sigterm_and_hands_back_its_run(
     if run["status"] == "waiting":
         assert run["waiting_on"].startswith("a worker (handed back by")
         assert datetime.fromisoformat(run["wake_at"]) <= datetime.now(UTC)
+
+
+def test_a_second_sigint_says_what_the_worker_abandoned(
+    cli: Cli, url: str, app: str, tmp_path: Path
+) -> None:
+    """The first SIGINT lets the step in flight finish (grace 30 s); a second SIGINT abandons it at
+    once and the log names the run, seq and step it abandoned."""
+    cli("start", "cli_slow", "[]", "--run-id", "slow2")
+    proc = subprocess.Popen(
+        [*CLI, "--store", url, "worker", "--app", app, "--poll", "0.02", "--lease-ttl", "30"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+        cwd=tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while show_json(cli, "slow2")["run"]["status"] != "running":
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(1.0)
+        assert proc.poll() is None  # still finishing the step: the grace is 30 s
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "send SIGINT again to abandon them" in err
+    assert "second SIGINT: abandoned 1 step(s) in flight" in err
+    assert "run slow2 seq 0: slow_step (attempt 1)" in err
+    assert show_json(cli, "slow2")["run"]["owner"] is None, err

@@ -173,6 +173,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="S",
         help="seconds between store polls for new work (0.25)",
     )
+    p.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="on SIGINT/SIGTERM, seconds the steps in flight get to finish and be journaled "
+        "before their runs are handed back; a second SIGINT abandons them at once (30)",
+    )
     stop = p.add_mutually_exclusive_group()
     stop.add_argument(
         "--max-runs",
@@ -846,17 +854,34 @@ async def _worker(args: argparse.Namespace, modules: list[str], names: list[str]
         concurrency=args.concurrency,
         lease_ttl=args.lease_ttl,
         poll_interval=args.poll,
+        shutdown_grace=args.shutdown_grace,
     )
     stop_reason = ""
+    stopping = anyio.Event()
     async with anyio.create_task_group() as tg:
 
         async def on_signals() -> None:
+            # The first SIGINT/SIGTERM ends the loop below: leaving `async with runtime` lets the
+            # steps in flight finish and be journaled. Another signal abandons them.
             nonlocal stop_reason
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:
-                    stop_reason = signal.Signals(signum).name
-                    tg.cancel_scope.cancel()
-                    return
+                    name = signal.Signals(signum).name
+                    if not stopping.is_set():
+                        stop_reason = name
+                        stopping.set()
+                        continue
+                    abandoned = runtime.abandon()
+                    log.warning(
+                        "second %s: abandoned %d step(s) in flight%s; their runs are handed back "
+                        "and the steps run again on another worker, under the same idempotency key",
+                        name,
+                        len(abandoned),
+                        "".join(
+                            f"\n  run {i.run_id} seq {i.seq}: {i.name} (attempt {i.attempt})"
+                            for i in abandoned
+                        ),
+                    )
 
         tg.start_soon(on_signals)
         async with runtime:
@@ -869,15 +894,24 @@ async def _worker(args: argparse.Namespace, modules: list[str], names: list[str]
                 args.concurrency,
                 args.lease_ttl,
             )
-            while True:
+            while not stopping.is_set():
                 if args.max_runs is not None and state.finished >= args.max_runs:
                     stop_reason = f"{state.finished} run(s) finished (--max-runs)"
                     break
                 if args.exit_when_idle and state.idle:
                     stop_reason = "idle (--exit-when-idle)"
                     break
-                await anyio.sleep(min(args.poll, 0.05))
-            tg.cancel_scope.cancel()
+                with anyio.move_on_after(min(args.poll, 0.05)):
+                    await stopping.wait()
+            if stopping.is_set() and runtime.active_runs:
+                log.info(
+                    "%s: finishing %d run(s)' steps in flight (up to %gs; send SIGINT again to "
+                    "abandon them)",
+                    stop_reason,
+                    runtime.active_runs,
+                    args.shutdown_grace,
+                )
+        tg.cancel_scope.cancel()
     handed = f"; handed back {state.handed_back} run(s) in progress" if state.handed_back else ""
     log.info("worker stopped: %s%s", stop_reason or "cancelled", handed)
     return EXIT_OK

@@ -413,14 +413,14 @@ class StepContext:
     it. Plain attribute writes: safe across the step's thread and the event loop."""
 
     __slots__ = (
-        "info",
-        "heartbeat_timeout",
-        "started_at",
-        "last_beat",
         "beat_at",
-        "details",
         "beats",
         "cancelled",
+        "details",
+        "heartbeat_timeout",
+        "info",
+        "last_beat",
+        "started_at",
         "timed_out",
     )
 

@@ -39,9 +39,9 @@ import anyio
 import anyio.abc
 
 from . import _codec, _workflow
+from ._effects import StepInfo
 from ._faults import SimulatedCrash, fault
 from ._journal import TERMINAL, JournalEntry, RunRecord, RunStatus, verify_journal
-from ._effects import StepInfo
 from ._scheduler import Activation, Limits, ReplayReport, _progress, replay, store_call
 from ._store import Store, default_store_url, open_store, plugin_class
 from .errors import (
@@ -106,9 +106,7 @@ class RunInfo:
     executing: tuple[ExecutingStep, ...] = ()  # steps in flight, when running
 
     @classmethod
-    def from_record(
-        cls, run: RunRecord, journal: Iterable[JournalEntry] = ()
-    ) -> RunInfo:
+    def from_record(cls, run: RunRecord, journal: Iterable[JournalEntry] = ()) -> RunInfo:
         inputs = _codec.decode(run.input)
         executing: list[ExecutingStep] = []
         if run.status == RunStatus.RUNNING:
@@ -348,8 +346,7 @@ class Runtime:
                 await ended.wait()
         abandoned = self.abandon() if self._activations else []
         log.info(
-            "worker %s: shut down (%s): handed back %d run(s) with every finished step "
-            "journaled%s",
+            "worker %s: shut down (%s): handed back %d run(s) with every finished step journaled%s",
             self.worker_id,
             why,
             self._handed_back,
@@ -374,8 +371,9 @@ class Runtime:
                 "worker %s: abandoning %d step(s) in flight: %s",
                 self.worker_id,
                 len(abandoned),
-                ", ".join(f"run {i.run_id} seq {i.seq} ({i.name}, attempt {i.attempt})"
-                          for i in abandoned),
+                ", ".join(
+                    f"run {i.run_id} seq {i.seq} ({i.name}, attempt {i.attempt})" for i in abandoned
+                ),
             )
         return abandoned
 
@@ -760,6 +758,8 @@ class Runtime:
                     end.how,
                     f" waiting on {end.waiting_on}" if end.how == "parked" else "",
                 )
+            if scope.cancelled_caught and self._active.get(run_id) == epoch:
+                await self._hand_back(run_id, epoch)  # abandoned by abandon(): still ours
         except LeaseLost as exc:
             log.warning("worker %s: %s", self.worker_id, exc)
             self._lease_trouble("a lease was lost mid-run")
@@ -780,13 +780,7 @@ class Runtime:
             if self._crashed is not None:
                 raise  # a crashed process hands nothing back
             # Runtime shutting down: hand the run back so another worker resumes it at once.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                try:
-                    await self.store.park(
-                        run_id, epoch, time.time(), f"a worker (handed back by {self.worker_id})"
-                    )
-                except (Exception, LeaseLost):
-                    pass
+            await self._hand_back(run_id, epoch)
             raise
         finally:
             # After a lost lease this worker may have claimed the run again while this stale
@@ -800,6 +794,24 @@ class Runtime:
             ended.set()
             self._wake_run(run_id)
             self._on_store_change()
+
+    async def _hand_back(self, run_id: str, epoch: int) -> None:
+        """Release a run this worker stops driving, due now, so another worker resumes it at once
+        (its step in flight, if any, runs again there under the same idempotency key)."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            try:
+                await self.store.park(
+                    run_id, epoch, time.time(), f"a worker (handed back by {self.worker_id})"
+                )
+                self._handed_back += 1
+            except (Exception, LeaseLost) as exc:
+                log.warning(
+                    "worker %s: could not hand run %s back (%s); another worker takes it "
+                    "over when its lease expires",
+                    self.worker_id,
+                    run_id,
+                    exc,
+                )
 
     async def _record_crash(self, run_id: str, epoch: int | None, exc: Exception) -> None:
         run = await self.store.get_run(run_id)

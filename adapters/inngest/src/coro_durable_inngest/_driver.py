@@ -216,7 +216,7 @@ class RunDriver:
             value = await engine.drive(coro, self._resolve)
         except AdapterFault:
             raise
-        except Exception as exc:
+        except (Exception, RunCancelledError) as exc:  # RunCancelledError is a BaseException
             type_name, message = exception_info(exc)
             raise WorkflowFailed(type_name, message) from None
         try:

@@ -354,7 +354,7 @@ class RestateRuntime:
     def _workflow_url(self, run_id: str, handler: str) -> str:
         return f"{self.settings.ingress}/{self.settings.service}/{_path(run_id)}/{handler}"
 
-    def _failure(self, run_id: str, response: httpx.Response) -> RunError:
+    def _failure(self, run_id: str, response: httpx.Response) -> RunError | RunCancelledError:
         """The RunError for a failed run's output/attach answer."""
         try:
             body = response.json()
@@ -495,7 +495,7 @@ class RestateRuntime:
             raise self._failure(run_id, response)
         return _codec.decode(response.text)
 
-    async def _output(self, run_id: str) -> tuple[Any, RunError | None]:
+    async def _output(self, run_id: str) -> tuple[Any, RunError | RunCancelledError | None]:
         """A finished run's result, or its failure."""
         url = f"{self.settings.ingress}/restate/workflow/{self.settings.service}/{_path(run_id)}/output"  # fmt: skip
         response = await self._request("GET", url, run_id)

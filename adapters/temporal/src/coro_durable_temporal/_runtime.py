@@ -541,7 +541,7 @@ class TemporalRuntime:
         return False
 
     @staticmethod
-    def _run_error(run_id: str, exc: WorkflowFailureError) -> RunError:
+    def _run_error(run_id: str, exc: WorkflowFailureError) -> RunError | RunCancelledError:
         cause = exc.cause
         if isinstance(cause, CancelledError):
             return RunCancelledError(run_id)
