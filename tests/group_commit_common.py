@@ -30,6 +30,14 @@ def entry(run_id: str, seq: int, result: str = "1") -> JournalEntry:
     ).sealed()  # fmt: skip
 
 
+def pending_entry(run_id: str, seq: int, attempts: int = 1) -> JournalEntry:
+    """A pending call entry of ``run_id`` at ``seq`` (a step in flight, its ``attempts`` so far)."""
+    return JournalEntry(
+        seq, "call", "step", "d0", "pending", None, None, attempts=attempts, key=f"{run_id}:{seq}",
+        started_at=1.0,
+    ).sealed()  # fmt: skip
+
+
 async def claimed(
     store: Any, run_ids: Sequence[str], worker: str = "w1", ttl: float = 60
 ) -> dict[str, int]:

@@ -27,9 +27,16 @@ import pytest
 import coro_durable as cd
 from conftest import STORES, pg_test_url, redis_test_url
 from coro_durable._groupcommit import GroupCommit, GroupCommitOptions
-from coro_durable._journal import RunStatus
+from coro_durable._journal import JournalEntry, RunStatus
 from coro_durable.errors import ConfigurationError, ConflictError, LeaseLost, RunNotFoundError
-from group_commit_common import Write, batch_after_one, claimed, entry, record_batches
+from group_commit_common import (
+    Write,
+    batch_after_one,
+    claimed,
+    entry,
+    pending_entry,
+    record_batches,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -390,6 +397,59 @@ async def test_one_batch_answers_each_write_on_its_own(store_url: str) -> None:
         assert parked.status == RunStatus.WAITING and parked.waiting_on == "a timer"
         done = await store.get_run("done")
         assert done.status == RunStatus.FAILED and done.error == '{"type":"X","message":"m"}'
+
+
+async def test_batched_appends_reset_crash_count_only_for_final_entries(store_url: str) -> None:
+    """In a batch, each append resets its run's crash_count only if it writes a final entry, as
+    alone: batches of new seqs only, and batches that also replace pending entries or retry one
+    (pending -> pending, pending -> final, new pending, new final, identical pending again)."""
+    async with opened(store_url) as store:
+        ids = [f"a{i}" for i in range(4)] + [f"b{i}" for i in range(5)]
+        await claimed(store, ids, ttl=-1.0)  # leases expired at once: the takeover is a crash
+        epochs: dict[str, int] = {}
+        while len(epochs) < len(ids):
+            for run in await store.claim(
+                "w2", limit=len(ids), lease_ttl=60, workflows=["wf"], max_crashes=10
+            ):
+                assert run.crash_count == 1
+                epochs[run.run_id] = run.epoch
+        lead = await claimed(store, ["lead"])
+        for run_id in ("b0", "b2", "b4"):
+            await store.append(run_id, epochs[run_id], [pending_entry(run_id, 0)])
+        sizes = record_batches(store)
+
+        epochs.update(lead)
+
+        def append(run_id: str, e: JournalEntry) -> Write:
+            return lambda: store.append(run_id, epochs[run_id], [e])
+
+        new_seqs = {
+            "a0": pending_entry("a0", 0),
+            "a1": pending_entry("a1", 0),
+            "a2": entry("a2", 0),
+            "a3": entry("a3", 0),
+        }
+        mixed = {
+            "b0": pending_entry("b0", 0, attempts=2),  # replaces a pending entry
+            "b1": pending_entry("b1", 0),  # a new seq
+            "b2": entry("b2", 0),  # a final entry replacing a pending one
+            "b3": entry("b3", 0),  # a new seq
+            "b4": pending_entry("b4", 0),  # the same pending entry again
+        }
+        for seq, batch in enumerate((new_seqs, mixed)):
+            await anyio.sleep(0.1)  # the previous batch is stale: the lead write goes alone
+            outcomes = await batch_after_one(
+                store,
+                append("lead", entry("lead", seq)),
+                *(append(run_id, e) for run_id, e in batch.items()),
+            )
+            assert outcomes == [None] * len(batch)
+            assert sizes[-2:] == [1, len(batch)]
+        for run_id, e in {**new_seqs, **mixed}.items():
+            assert await store.load_journal(run_id) == [e]
+            run = await store.get_run(run_id)
+            assert run.steps == 1
+            assert run.crash_count == (0 if e.final else 1), (run_id, e.status)
 
 
 async def test_a_lone_writer_never_waits_on_a_real_store(store_url: str) -> None:

@@ -156,6 +156,43 @@ async def test_concurrent_opens_migrate_exactly_once() -> None:
             await store.close()
 
 
+async def test_a_version_2_schema_is_migrated_to_keep_crash_count_on_pending_appends() -> None:
+    """A schema made before migration 3, whose append functions reset crash_count on every
+    append, is migrated on open: its functions are replaced, so an append of pending entries
+    leaves crash_count alone (and a final one still resets it)."""
+    url = pg_test_url()
+    pending = JournalEntry(0, "call", "step", "d0", "pending", None, None, key="r:0").sealed()
+
+    async def crashes(store: PostgresStore) -> int:
+        run = await store.get_run("r1")
+        assert run is not None
+        return run.crash_count
+
+    async with opened(url) as store:
+        schema = store.schema
+        # Back to version 2: its one-entry append reset crash_count unconditionally.
+        create = next(s for step in store._sql.migrations for s in step if ".append_entry(" in s)
+        reset = "CASE WHEN p_status = 'pending' THEN crash_count ELSE 0 END"
+        assert create.count(reset) == 2
+        sql(create.replace(reset, "0"))
+        sql(f'DELETE FROM "{schema}".schema_version WHERE version > 2')
+        epoch = await running(store)
+        await store.record_crash("r1", epoch, "boom", time.time() - 1, max_crashes=5)
+        (run,) = await store.claim("w1", limit=1, lease_ttl=30, workflows=["wf"], max_crashes=5)
+        await store.append("r1", run.epoch, [pending])
+        assert await crashes(store) == 0  # the old behaviour
+        await store.record_crash("r1", run.epoch, "boom", time.time() - 1, max_crashes=5)
+    async with opened(url) as store:
+        versions = sql(f'SELECT version FROM "{schema}".schema_version ORDER BY version')
+        assert versions == [(v,) for v in range(1, SCHEMA_VERSION + 1)] and SCHEMA_VERSION >= 3
+        (run,) = await store.claim("w1", limit=1, lease_ttl=30, workflows=["wf"], max_crashes=5)
+        assert run.crash_count == 1
+        await store.append("r1", run.epoch, [pending])
+        assert await crashes(store) == 1
+        await store.append("r1", run.epoch, [entry(0)])
+        assert await crashes(store) == 0
+
+
 async def test_a_newer_schema_is_refused() -> None:
     """A schema written by a newer coro-durable-postgres is not misread: open() refuses it."""
     url = pg_test_url()

@@ -348,16 +348,82 @@ async def test_append_batch_is_atomic(store: Store) -> None:
     assert run is not None and run.steps == 1
 
 
-async def test_append_resets_crash_count(store: Store) -> None:
-    """A successful append (progress) resets crash_count to zero."""
-    epoch = await running(store)
-    await store.record_crash("r1", epoch, "boom", time.time() - 1, max_crashes=5)
-    epoch = (await claim(store))["r1"].epoch
-    run = await store.get_run("r1")
+async def crashed_once(store: Store, run_id: str = "r1") -> int:
+    """Create and claim ``run_id``, record a crash of that activation and claim it again; return
+    the new epoch (the run holds ``crash_count == 1``)."""
+    epoch = await running(store, run_id)
+    await store.record_crash(run_id, epoch, "boom", time.time() - 1, max_crashes=5)
+    epoch = (await claim(store))[run_id].epoch
+    run = await store.get_run(run_id)
     assert run is not None and run.crash_count == 1
+    return epoch
+
+
+async def crash_count(store: Store, run_id: str = "r1") -> int:
+    run = await store.get_run(run_id)
+    assert run is not None
+    return run.crash_count
+
+
+async def test_append_of_a_final_entry_resets_crash_count(store: Store) -> None:
+    """An append holding a final entry (ok or error: the run made progress) resets crash_count
+    to zero, whether its seq is new or held a pending entry; last_error is kept."""
+    epoch = await crashed_once(store)
     await store.append("r1", epoch, [entry(0)])
     run = await store.get_run("r1")
     assert run is not None and run.crash_count == 0 and run.last_error == "boom"
+    await store.append("r1", epoch, [entry(1, "pending", None, attempts=1)])
+    await store.record_crash("r1", epoch, "boom", time.time() - 1, max_crashes=5)
+    epoch = (await claim(store))["r1"].epoch
+    assert await crash_count(store) == 1
+    failed = entry(1, "error", None, error='{"type":"E","message":"m"}', attempts=2)
+    await store.append("r1", epoch, [failed])  # replaces the pending entry at seq 1
+    assert await crash_count(store) == 0
+    assert await store.load_journal("r1") == [entry(0), failed]
+
+
+async def test_append_of_only_pending_entries_leaves_crash_count(store: Store) -> None:
+    """An append of pending entries only (an in-flight step's progress write) is not progress of
+    the run: crash_count stays, while the entries are still written (new or replacing pending
+    ones), counted in steps and updated_at moves; a batch with one final entry resets it."""
+    epoch = await crashed_once(store)
+    before = await store.get_run("r1")
+    assert before is not None
+    await anyio.sleep(0.01)
+    await store.append("r1", epoch, [entry(0, "pending", None, attempts=1)])
+    run = await store.get_run("r1")
+    assert run is not None and run.crash_count == 1 and run.steps == 1
+    assert run.updated_at > before.updated_at
+    await store.append("r1", epoch, [entry(0, "pending", None, attempts=2)])  # replaces
+    await store.append("r1", epoch, [entry(0, "pending", None, attempts=2)])  # identical again
+    await store.append(
+        "r1", epoch, [entry(1, "pending", None, attempts=1), entry(2, "pending", None)]
+    )
+    await store.append(
+        "r1", epoch, [entry(1, "pending", None, attempts=2), entry(3, "pending", None)]
+    )
+    run = await store.get_run("r1")
+    assert run is not None and run.crash_count == 1 and run.steps == 4
+    assert await store.load_journal("r1") == [
+        entry(0, "pending", None, attempts=2),
+        entry(1, "pending", None, attempts=2),
+        entry(2, "pending", None),
+        entry(3, "pending", None),
+    ]
+    with pytest.raises(LeaseLost):  # still fenced
+        await store.append("r1", epoch + 1, [entry(4, "pending", None)])
+    await store.append("r1", epoch, [entry(4, "pending", None), entry(0, attempts=3)])
+    run = await store.get_run("r1")
+    assert run is not None and run.crash_count == 0 and run.steps == 5
+
+
+async def test_consume_signal_resets_crash_count(store: Store) -> None:
+    """consume_signal journals a final entry: it resets crash_count like a final append."""
+    epoch = await crashed_once(store)
+    await store.deliver_signal("r1", "go", '"yes"', "s1")
+    got = await store.consume_signal("r1", epoch, "go", entry(0, "pending", None, kind="signal"))
+    assert got is not None and got.final
+    assert await crash_count(store) == 0
 
 
 async def test_journal_round_trip_keeps_every_field_and_checksum(store: Store) -> None:
@@ -446,6 +512,22 @@ async def test_expired_leases_quarantine_at_max_crashes(store: Store) -> None:
     assert stored.owner is None and stored.lease_expires is None and stored.wake_at is None
     assert "lost its lease" in (stored.last_error or "")
     assert await claim(store, max_crashes=3) == {}
+
+
+async def test_a_run_whose_workers_die_mid_step_is_quarantined_despite_pending_writes(
+    store: Store,
+) -> None:
+    """Workers that each write a pending entry for the step in flight (its attempt, heartbeat)
+    and then die still count as crashes: the run is quarantined at max_crashes."""
+    await new_run(store)
+    for crashes in range(3):  # each claim's lease expires at once (negative ttl)
+        run = (await claim(store, lease_ttl=-1.0, max_crashes=3))["r1"]
+        assert run.crash_count == crashes
+        await store.append("r1", run.epoch, [entry(0, "pending", None, attempts=crashes + 1)])
+    assert await claim(store, max_crashes=3) == {}
+    stored = await store.get_run("r1")
+    assert stored is not None and stored.status == RunStatus.QUARANTINED
+    assert stored.crash_count == 3 and stored.steps == 1
 
 
 async def test_quarantined_takeover_does_not_use_up_the_limit(store: Store) -> None:

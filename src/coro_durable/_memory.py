@@ -91,7 +91,8 @@ class MemoryStore:
             accepted[entry.seq] = entry
         journal.update(accepted)
         run.steps = len(journal)
-        run.crash_count = 0
+        if any(entry.final for entry in entries):
+            run.crash_count = 0  # progress; pending entries alone (a step in flight) are not
         run.updated_at = time.time()
 
     # -- runs -------------------------------------------------------------------------------------------

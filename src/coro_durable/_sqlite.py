@@ -183,8 +183,10 @@ _SQL_FENCE = "SELECT epoch, status, cancel_requested, crash_count, steps FROM ru
 # Fenced writes in one statement: the common case (the lease is ours). When they match no row,
 # ``_fenced`` tells lease lost from unknown run (and the planted no_fencing bug still writes).
 _FENCE_CLAUSE = " AND epoch = ? AND status = 'running'"
+# An append resets crash_count only when it writes a final entry (the first parameter, 1 or 0).
+_RESET_CRASHES = "crash_count = CASE WHEN ? THEN 0 ELSE crash_count END"
 _SQL_FENCED_BUMP = (
-    "UPDATE runs SET steps = steps + 1, crash_count = 0, updated_at = ? WHERE run_id = ?"
+    f"UPDATE runs SET steps = steps + 1, {_RESET_CRASHES}, updated_at = ? WHERE run_id = ?"
     + _FENCE_CLAUSE
 )
 _SQL_UNBUMP = "UPDATE runs SET steps = steps - 1 WHERE run_id = ?"
@@ -198,7 +200,7 @@ _SQL_FINISH = (
     "UPDATE runs SET status = ?, result = ?, error = ?, owner = NULL, lease_expires = NULL, "
     "wake_at = NULL, waiting_on = NULL, updated_at = ? WHERE run_id = ?"
 )
-_SQL_APPENDED = "UPDATE runs SET steps = ?, crash_count = 0, updated_at = ? WHERE run_id = ?"
+_SQL_APPENDED = f"UPDATE runs SET steps = ?, {_RESET_CRASHES}, updated_at = ? WHERE run_id = ?"
 _SQL_OLDEST_SIGNAL = (
     "SELECT id, payload FROM signals WHERE run_id = ? AND name = ? AND consumed = 0 "
     "ORDER BY id LIMIT 1"
@@ -582,7 +584,8 @@ class SqliteStore:
                     f"{existing[2]}({existing[3]}) entry"
                 )
             conn.execute(_SQL_REPLACE_ENTRY, (*params[2:], run_id, entry.seq))
-        conn.execute(_SQL_APPENDED, (steps, time.time(), run_id))
+        final = any(entry.final for entry in entries)
+        conn.execute(_SQL_APPENDED, (steps, final, time.time(), run_id))
 
     # -- runs ---------------------------------------------------------------------------------------
 
@@ -651,7 +654,9 @@ class SqliteStore:
             # The common case in two statements: the fenced step count, then a new seq.
             if (
                 len(entries) == 1
-                and conn.execute(_SQL_FENCED_BUMP, (time.time(), run_id, epoch)).rowcount
+                and conn.execute(
+                    _SQL_FENCED_BUMP, (entries[0].final, time.time(), run_id, epoch)
+                ).rowcount
             ):
                 if conn.execute(_SQL_INSERT_ENTRY, _entry_params(run_id, entries[0])).rowcount:
                     return

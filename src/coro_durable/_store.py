@@ -11,8 +11,14 @@ passes the same conformance suite (tests/test_store_conformance.py). The rules a
   holds a final entry it is accepted only if identical (same checksum: a retry of our own write
   whose acknowledgement was lost) and raises :class:`~coro_durable.errors.ConflictError` otherwise.
   Seqs need not arrive in order: the sub-effects of a ``gather`` finish in any order, so a journal
-  may have gaps while (or after a crash during) a gather. A successful append resets
-  ``crash_count`` (the run made progress) and sets ``steps`` to the number of entries.
+  may have gaps while (or after a crash during) a gather. A successful append sets ``steps`` to
+  the number of entries; it resets ``crash_count`` only if it holds at least one final entry
+  (``JournalEntry.final``: the run made progress). A batch of pending entries only (a retry's
+  failed attempt, a timer armed, an in-flight step's progress and heartbeats) is still fenced,
+  replaces pending entries, counts towards ``steps`` and bumps ``updated_at``, but leaves
+  ``crash_count`` alone: a step that kills its worker every time is quarantined at
+  ``max_crashes`` however often it wrote progress. ``consume_signal`` journals a final entry, so
+  it resets ``crash_count`` too.
 * **Claiming.** A run is claimable when it is ``pending`` or ``waiting`` with ``wake_at <= now``, or
   ``running`` with an expired lease (its worker died: that takeover counts as a crash, and past
   ``max_crashes`` the run is quarantined instead of claimed). Only runs of the given workflow

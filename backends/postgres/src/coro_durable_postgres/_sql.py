@@ -70,9 +70,13 @@ def _fill(template: str, **parts: str) -> str:
 # The fenced journal append. Returns NULL once written, 'lost <epoch> <status>' when the lease is
 # not ours, 'missing' for an unknown run, 'taken' when signal p_signal was already consumed; raises
 # CDCNF when a seq holds a different final entry. p_uniform[k]: every entry the caller's batch
-# had for p_seq[k] was identical (required to accept an existing final entry).
+# had for p_seq[k] was identical (required to accept an existing final entry). crash_count is
+# reset only when the batch holds a final entry (an append of pending entries is no progress).
+#
+# The functions are created with CREATE OR REPLACE from their current text: a migration step
+# that changes a body re-issues it (see MIGRATIONS), and a fresh schema ends the same.
 _APPEND_FUNCTION = _fill(
-    """CREATE FUNCTION {s}.append(p_run_id text, p_epoch bigint, @PARAMS@,
+    """CREATE OR REPLACE FUNCTION {s}.append(p_run_id text, p_epoch bigint, @PARAMS@,
     p_uniform boolean[], p_signal bigint) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
     v_run record;
@@ -119,7 +123,8 @@ BEGIN
         WHERE j.run_id = p_run_id AND j.seq = i.seq AND j.status = 'pending'
           AND NOT i.seq = ANY(v_inserted);
     END IF;
-    UPDATE {s}.runs SET steps = v_run.steps + cardinality(v_inserted), crash_count = 0,
+    UPDATE {s}.runs SET steps = v_run.steps + cardinality(v_inserted),
+        crash_count = CASE WHEN 'pending' = ALL(p_status) THEN crash_count ELSE 0 END,
         updated_at = date_part('epoch', clock_timestamp()),
         unconsumed = unconsumed - (p_signal IS NOT NULL)::integer
     WHERE run_id = p_run_id;
@@ -136,7 +141,7 @@ END $$""",
 # answers as append() (NULL, 'missing', 'lost <epoch> <status>', SQLSTATE CDCNF for a different
 # final entry at the seq), about 0.1 ms less server time than building and unnesting 15 arrays.
 _APPEND_ENTRY_FUNCTION = _fill(
-    """CREATE FUNCTION {s}.append_entry(p_run_id text, p_epoch bigint, @PARAMS@)
+    """CREATE OR REPLACE FUNCTION {s}.append_entry(p_run_id text, p_epoch bigint, @PARAMS@)
     RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
     v_run record;
@@ -153,7 +158,8 @@ BEGIN
     INSERT INTO {s}.journal (run_id, @NAMES@) VALUES (p_run_id, @VALUES@)
     ON CONFLICT (run_id, seq) DO NOTHING;
     IF FOUND THEN
-        UPDATE {s}.runs SET steps = steps + 1, crash_count = 0,
+        UPDATE {s}.runs SET steps = steps + 1,
+            crash_count = CASE WHEN p_status = 'pending' THEN crash_count ELSE 0 END,
             updated_at = date_part('epoch', clock_timestamp())
         WHERE run_id = p_run_id;
         RETURN NULL;
@@ -170,7 +176,9 @@ BEGIN
     ELSE
         UPDATE {s}.journal SET @SET@ WHERE run_id = p_run_id AND seq = p_seq;
     END IF;
-    UPDATE {s}.runs SET crash_count = 0, updated_at = date_part('epoch', clock_timestamp())
+    UPDATE {s}.runs
+    SET crash_count = CASE WHEN p_status = 'pending' THEN crash_count ELSE 0 END,
+        updated_at = date_part('epoch', clock_timestamp())
     WHERE run_id = p_run_id;
     RETURN NULL;
 END $$""",
@@ -193,7 +201,8 @@ END $$""",
 # locked in run_id byte order (the order renew and every other batch use, so they cannot
 # deadlock), then all fenced appends of new seqs are one INSERT and one UPDATE of the step counts;
 # what remains (refused appends, appends that found their seq taken, parks, finishes) is decided
-# item by item. The caller sends at most one append per (run_id, seq).
+# item by item. The caller sends at most one append per (run_id, seq). As alone, an append resets
+# its run's crash_count only when its entry is final.
 _ITEM_COLUMNS = ", ".join(
     [
         "i int",
@@ -206,7 +215,7 @@ _ITEM_COLUMNS = ", ".join(
     ]
 )
 _WRITE_BATCH_FUNCTION = _fill(
-    """CREATE FUNCTION {s}.write_batch(p_items json, p_count integer, p_channel text,
+    """CREATE OR REPLACE FUNCTION {s}.write_batch(p_items json, p_count integer, p_channel text,
     p_origin text)
     RETURNS text[] LANGUAGE plpgsql AS $$
 DECLARE
@@ -234,10 +243,12 @@ BEGIN
         INSERT INTO {s}.journal (run_id, @NAMES@)
         SELECT run_id, @NAMES@ FROM fenced
         ON CONFLICT (run_id, seq) DO NOTHING
-        RETURNING run_id
+        RETURNING run_id, status
     ), counted AS (
-        UPDATE {s}.runs r SET steps = r.steps + c.n, crash_count = 0, updated_at = v_now
-        FROM (SELECT run_id, count(*) AS n FROM ins GROUP BY run_id) c
+        UPDATE {s}.runs r SET steps = r.steps + c.n,
+            crash_count = CASE WHEN c.final THEN 0 ELSE r.crash_count END, updated_at = v_now
+        FROM (SELECT run_id, count(*) AS n, bool_or(status <> 'pending') AS final
+              FROM ins GROUP BY run_id) c
         WHERE r.run_id = c.run_id
     )
     SELECT (SELECT count(*) FROM fenced), (SELECT count(*) FROM ins)
@@ -263,7 +274,8 @@ BEGIN
                 SELECT status, checksum, kind, name INTO v_old FROM {s}.journal
                 WHERE run_id = v.run_id AND seq = v.seq;
                 IF v_old.checksum = v.checksum THEN
-                    UPDATE {s}.runs SET crash_count = 0, updated_at = v_now
+                    UPDATE {s}.runs SET updated_at = v_now,
+                        crash_count = CASE WHEN v.status = 'pending' THEN crash_count ELSE 0 END
                     WHERE run_id = v.run_id;
                 ELSIF v_old.status <> 'pending' THEN
                     v_res := format(
@@ -271,7 +283,8 @@ BEGIN
                         v.run_id, v.seq, v_old.kind, v_old.name);
                 ELSE
                     UPDATE {s}.journal SET @SET@ WHERE run_id = v.run_id AND seq = v.seq;
-                    UPDATE {s}.runs SET crash_count = 0, updated_at = v_now
+                    UPDATE {s}.runs SET updated_at = v_now,
+                        crash_count = CASE WHEN v.status = 'pending' THEN crash_count ELSE 0 END
                     WHERE run_id = v.run_id;
                 END IF;
             END IF;
@@ -378,6 +391,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 2: group commit, and a leaner one-entry append
     (_WRITE_BATCH_FUNCTION, _APPEND_ENTRY_FUNCTION),
+    # 3: only an append holding a final entry resets crash_count (the three append functions)
+    (_APPEND_FUNCTION, _APPEND_ENTRY_FUNCTION, _WRITE_BATCH_FUNCTION),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

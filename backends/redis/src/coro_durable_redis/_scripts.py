@@ -111,12 +111,14 @@ local function done_before(token)
 end
 
 -- Check journal entries given as quads (seq, status, checksum, value) in ARGV[first..last].
--- Returns the seqs and values to write, or a conflict reply. Writes nothing.
+-- Returns the seqs and values to write and whether any entry is final, or a conflict reply.
+-- Writes nothing.
 local function stage(id, first, last)
   local key = jk(id)
-  local staged, order = {}, {}
+  local staged, order, final = {}, {}, false
   for i = first, last, 4 do
     local seq, ck, value = ARGV[i], ARGV[i + 2], ARGV[i + 3]
+    if ARGV[i + 1] ~= 'pending' then final = true end
     local cur = staged[seq] or redis.call('HGET', key, seq)
     local keep = false
     if cur then
@@ -131,11 +133,12 @@ local function stage(id, first, last)
       staged[seq] = value
     end
   end
-  return {staged, order}, nil
+  return {staged, order, final}, nil
 end
 
+-- Write a staged plan; only a plan holding a final entry resets crash_count (progress).
 local function commit(id, plan, now)
-  local staged, order = plan[1], plan[2]
+  local staged, order, final = plan[1], plan[2], plan[3]
   local key = jk(id)
   if #order > 0 then
     local args = {}
@@ -145,8 +148,8 @@ local function commit(id, plan, now)
     end
     redis.call('HSET', key, unpack(args))
   end
-  redis.call('HSET', rk(id), 'steps', redis.call('HLEN', key), 'crash_count', '0',
-             'updated_at', now)
+  redis.call('HSET', rk(id), 'steps', redis.call('HLEN', key), 'updated_at', now)
+  if final then redis.call('HSET', rk(id), 'crash_count', '0') end
 end
 
 -- The fenced writes, shared by their own scripts and the group commit batch script.
