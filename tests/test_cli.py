@@ -639,3 +639,28 @@ def test_a_second_sigint_says_what_the_worker_abandoned(
     assert "second SIGINT: abandoned 1 step(s) in flight" in err
     assert "run slow2 seq 0: slow_step (attempt 1)" in err
     assert show_json(cli, "slow2")["run"]["owner"] is None, err
+
+
+def test_show_names_the_step_executing_now(cli: Cli, url: str, app: str, tmp_path: Path) -> None:
+    """`show` of a running run names the step in flight (seq, name, attempt, worker), not
+    "step 0" of an empty journal."""
+    cli("start", "cli_slow", "[]", "--run-id", "busy")
+    proc = subprocess.Popen(
+        [*CLI, "--store", url, "worker", "--app", app, "--poll", "0.02", "--shutdown-grace", "0"],
+        stderr=subprocess.DEVNULL,
+        env=clean_env(),
+        cwd=tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not show_json(cli, "busy")["run"]["executing"]:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        step = show_json(cli, "busy")["run"]["executing"][0]
+        text = cli("show", "busy")[1]
+    finally:
+        proc.kill()
+        proc.wait()
+    assert (step["seq"], step["name"], step["attempt"]) == (0, "slow_step", 1)
+    assert step["worker"] and step["started_at"]
+    assert "executing" in text and "seq 0 slow_step attempt 1" in text

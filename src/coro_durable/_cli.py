@@ -433,6 +433,8 @@ def _outcome(entry: JournalEntry) -> str:
             left = entry.due_at - time.time()
             due = f"due in {_duration(left)}" if left > 0 else "due now"
         what = {"sleep": "timer", "signal": "waiting"}.get(entry.kind, "retrying")
+        if entry.kind == "call" and entry.due_at is None:
+            what = "executing"  # a progress entry of the attempt in flight
         last = f"; last error {info.get('type')}: {info.get('message')}" if info else ""
         return f"({what}{', ' if due else ''}{due}{last})"
     if info is None:
@@ -486,6 +488,23 @@ def run_summary(info: RunInfo, *, width: int | None = None) -> str:
     if info.waiting_on:
         until = f" until {_when(info.wake_at)}" if info.wake_at else ""
         pairs.append(("waiting on", info.waiting_on + until))
+    for step in info.executing:
+        beat = f"last heartbeat {_when(step.heartbeat_at)}" if step.heartbeat_at else "no heartbeat"
+        details = (
+            f", details {_compact(_jsonable(step.details))}" if step.details is not None else ""
+        )
+        pairs.append(
+            (
+                "executing",
+                _clip(
+                    f"seq {step.seq} {step.name} attempt {step.attempt} since "
+                    f"{_when(step.started_at)} on {step.worker} ({beat}{details})",
+                    room,
+                ),
+            )
+        )
+    if info.status == RunStatus.RUNNING and not info.executing:
+        pairs.append(("executing", f"seq {info.step} or later, just started on {info.owner}"))
     if info.status == RunStatus.COMPLETED:
         pairs.append(("result", _clip(_compact(_jsonable(info.result)), room)))
     if info.error:
@@ -517,6 +536,18 @@ def _info_json(info: RunInfo) -> dict[str, Any]:
         "wake_at": _iso(info.wake_at),
         "created_at": _iso(info.created_at),
         "updated_at": _iso(info.updated_at),
+        "executing": [
+            {
+                "seq": step.seq,
+                "name": step.name,
+                "attempt": step.attempt,
+                "started_at": _iso(step.started_at),
+                "heartbeat_at": _iso(step.heartbeat_at),
+                "worker": step.worker,
+                "details": _jsonable(step.details),
+            }
+            for step in info.executing
+        ],
     }
 
 

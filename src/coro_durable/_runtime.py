@@ -191,6 +191,9 @@ class Runtime:
         inline_wait: timers and retry backoffs up to this many seconds are waited in-process;
             longer ones park the run (it then holds no task, lease or connection).
         store_deadline: how long store failures are retried before the run counts a crash.
+        shutdown_grace: on leaving ``async with`` (or after ``serve()`` got SIGTERM), seconds the
+            steps in flight get to finish and be journaled before their runs are handed back;
+            0 hands them back at once (the steps then run again elsewhere).
     """
 
     def __new__(cls, store: str | Store | None = None, **options: Any) -> Runtime:

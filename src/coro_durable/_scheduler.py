@@ -668,13 +668,13 @@ class Activation:
     ) -> Outcome:
         """Cancellation is delivered as RunCancelledError at the pending await, journaled."""
         pending = pending if pending is not None and not pending.final else None
-        exc = RunCancelledError(self.run_id, during)
+        exc = RunCancelledError(self.run_id)  # as a replay rebuilds it from the entry
         await self._write(
             self._entry(
                 leaf,
                 "error",
                 pending=pending,
-                error=_error_json("RunCancelledError", str(exc)),
+                error=_error_json("RunCancelledError", f"{exc} {during}".strip()),
                 attempts=attempts if attempts is not None else (pending.attempts if pending else 0),
                 due_at=pending.due_at if pending else None,
                 finished=True,
