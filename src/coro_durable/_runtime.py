@@ -548,9 +548,7 @@ class Runtime:
         its next lease renewal, within about half a second."""
         self._check_open()
         await self._call(self.store.request_cancel, run_id)
-        activation = self._activations.get(run_id, (None, None))[0]
-        if activation is not None:  # driven here: interrupt its pending await now
-            activation.request_cancel()
+        self._deliver_cancel(run_id)  # driven here: interrupt its pending await now
         self._wake_run(run_id)  # a run that was not executing is cancelled on the spot
 
     async def resume(self, run_id: str) -> RunInfo:
@@ -681,7 +679,7 @@ class Runtime:
                     if scope is not None:
                         scope.cancel()
                 elif held[run_id] and activation is not None:
-                    activation.request_cancel()
+                    self._deliver_cancel(run_id)
             await self._supervise()
             if lost or time.monotonic() - started > self.lease_ttl / 2:
                 self._lease_trouble(f"{lost} leases lost at renewal" if lost else "slow renewal")
@@ -689,6 +687,12 @@ class Runtime:
                 self._claim_limit = min(self.concurrency, self._claim_limit * 5 // 4 + 1)
                 if self._claim_limit == self.concurrency:
                     log.info("worker %s: renewals keep up again", self.worker_id)
+
+    def _deliver_cancel(self, run_id: str) -> None:
+        """Tell the activation driving ``run_id`` here (if any) that the run was cancelled."""
+        activation, scope = self._activations.get(run_id, (None, None))
+        if activation is not None and scope is not None and activation.request_cancel():
+            scope.cancel()  # the step it awaits has no scope of its own: restart (see _activate)
 
     async def _supervise(self) -> None:
         """Journal the progress of the steps in flight (pending entries: attempt, worker, last
@@ -732,37 +736,53 @@ class Runtime:
         run_id, epoch = run.run_id, run.epoch
         scope = anyio.CancelScope()
         self._activations[run_id] = (None, scope)
+        restarts = 0
         try:
-            with scope:
-                fault("X10", run_id)
-                fn = _workflow.lookup(run.workflow)
-                entries = await self._call(self.store.load_journal, run_id)
-                journal = verify_journal(run_id, entries)
-                activation = Activation(
-                    self.store, run, journal, fn, self.limits, worker_id=self.worker_id
-                )
-                if self._draining:
-                    activation.drain()
-                self._activations[run_id] = (activation, scope)
-                log.info(
-                    "worker %s: claimed run %s (%s, epoch %d)",
-                    self.worker_id,
-                    run_id,
-                    run.workflow,
-                    epoch,
-                )
-                end = await activation.execute()
-                if end.how == "parked" and activation.draining:
-                    self._handed_back += 1
-                log.info(
-                    "worker %s: run %s %s%s",
-                    self.worker_id,
-                    run_id,
-                    end.how,
-                    f" waiting on {end.waiting_on}" if end.how == "parked" else "",
-                )
-            if scope.cancelled_caught and self._active.get(run_id) == epoch:
+            while True:
+                activation: Activation | None = None
+                with scope:
+                    fault("X10", run_id)
+                    fn = _workflow.lookup(run.workflow)
+                    entries = await self._call(self.store.load_journal, run_id)
+                    journal = verify_journal(run_id, entries)
+                    activation = Activation(
+                        self.store, run, journal, fn, self.limits, worker_id=self.worker_id
+                    )
+                    if restarts:
+                        activation.cancel_requested = True
+                    if self._draining:
+                        activation.drain()
+                    self._activations[run_id] = (activation, scope)
+                    if not restarts:
+                        log.info(
+                            "worker %s: claimed run %s (%s, epoch %d)",
+                            self.worker_id,
+                            run_id,
+                            run.workflow,
+                            epoch,
+                        )
+                    end = await activation.execute()
+                    if end.how == "parked" and activation.draining:
+                        self._handed_back += 1
+                    log.info(
+                        "worker %s: run %s %s%s",
+                        self.worker_id,
+                        run_id,
+                        end.how,
+                        f" waiting on {end.waiting_on}" if end.how == "parked" else "",
+                    )
+                still_ours = self._active.get(run_id) == epoch and self._crashed is None
+                if not (scope.cancelled_caught and still_ours):
+                    break
+                if activation is not None and activation.restart_for_cancel:
+                    # A cancel interrupted the step this activation was awaiting: run the
+                    # workflow again from its journal, which delivers RunCancelledError there.
+                    restarts += 1
+                    scope = anyio.CancelScope()
+                    self._activations[run_id] = (None, scope)
+                    continue
                 await self._hand_back(run_id, epoch)  # abandoned by abandon(): still ours
+                break
         except LeaseLost as exc:
             log.warning("worker %s: %s", self.worker_id, exc)
             self._lease_trouble("a lease was lost mid-run")

@@ -135,7 +135,7 @@ class _InFlight:
 
     leaf: _Leaf
     ctx: StepContext
-    scope: anyio.CancelScope
+    scope: anyio.CancelScope | None  # None: a step awaited alone, without timeouts (see _attempt)
     failed: int  # failed attempts before this one
     last_error: str | None
     written_beats: int = -1  # heartbeat count of the last progress entry written (-1: none)
@@ -209,6 +209,7 @@ class _Leaf:
     name: str
     args: str | None
     digest: str
+    concurrent: bool = False  # runs in a task of its own, beside other branches of a gather
 
     def describe(self) -> str:
         return f"{self.effect.kind}({self.name})"
@@ -254,29 +255,39 @@ class Activation:
         )
         self._cancel_written = False  # a cancel entry was written for the effect being resolved
         self.draining = False  # the worker is shutting down: finish in-flight steps, then park
+        self.restart_for_cancel = False  # see request_cancel
         self._waits: set[anyio.CancelScope] = set()  # inline timer/backoff waits in progress
         self._in_flight: dict[int, _InFlight] = {}  # seq -> step attempt executing now
         self._unjournaled: list[JournalEntry] = []  # only ever used by a planted bug (tests)
 
     # -- what the worker tells a running activation ---------------------------------------------------
 
-    def request_cancel(self) -> None:
+    def request_cancel(self) -> bool:
         """The run was cancelled: interrupt the effect the workflow is awaiting now.
 
-        Inline waits end at once; async steps are cancelled through their cancel scope; sync steps
-        are abandoned (their thread runs on, ``cd.heartbeat()`` raises RunCancelledError there,
-        whatever they return is dropped). The workflow then sees RunCancelledError at that await.
-        Effects it awaits after that (cleanup) run normally."""
+        Inline waits end at once; steps in flight are stopped: an async step is cancelled, a
+        sync step is abandoned (its thread runs on, ``cd.heartbeat()`` raises RunCancelledError
+        there, whatever it returns is dropped). The workflow then sees RunCancelledError at
+        that await; effects it awaits after that (cleanup) run normally.
+
+        Returns True when the caller must cancel the whole activation and run it again from the
+        journal (with the cancel requested): a step awaited on its own runs without a cancel
+        scope of its own, which keeps the common step cheap (an anyio cancel scope costs about
+        as much as the rest of the step's bookkeeping), so that is how it is interrupted."""
         if self.cancel_requested or self.replay_only:
-            return
+            return False
         self.cancel_requested = True
         if self.cancel_injected:
-            return
+            return False
         for flight in list(self._in_flight.values()):
             flight.ctx.cancelled = True
-            flight.scope.cancel()
+            if flight.scope is not None:
+                flight.scope.cancel()
+            else:
+                self.restart_for_cancel = True
         for scope in list(self._waits):
             scope.cancel()
+        return self.restart_for_cancel
 
     def drain(self) -> None:
         """The worker is shutting down: let steps in flight finish and journal their results, then
@@ -294,7 +305,12 @@ class Activation:
         for flight in list(self._in_flight.values()):
             ctx = flight.ctx
             limit = ctx.heartbeat_timeout
-            if limit is not None and ctx.timed_out is None and now - ctx.last_beat > limit:
+            if (
+                limit is not None
+                and flight.scope is not None
+                and ctx.timed_out is None
+                and now - ctx.last_beat > limit
+            ):
                 ctx.timed_out = (
                     f"attempt {ctx.info.attempt} of step {ctx.info.name} sent no heartbeat for "
                     f"{limit}s (heartbeat_timeout)"
@@ -482,6 +498,7 @@ class Activation:
 
         async with anyio.create_task_group() as tg:
             for leaf in todo:
+                leaf.concurrent = True
                 tg.start_soon(one, leaf)
         if failures:
             raise failures[0]
@@ -707,9 +724,15 @@ class Activation:
                 heartbeat_details=details,
             )
             ctx = StepContext(info, effect.heartbeat_timeout)
-            flight = _InFlight(leaf, ctx, anyio.CancelScope(), attempts - 1, last_error)
+            # A cancel scope only where something may have to stop this attempt alone (its
+            # timeouts, or a cancel of one branch among a gather's); see request_cancel.
+            needs_scope = leaf.concurrent or effect.timeout or effect.heartbeat_timeout
+            scope = anyio.CancelScope() if needs_scope else None
+            flight = _InFlight(leaf, ctx, scope, attempts - 1, last_error)
             value, failure = await self._attempt(effect, flight)
             if ctx.cancelled:  # the run was cancelled while this attempt ran: its result is dropped
+                if scope is None:  # the worker restarts the activation (request_cancel)
+                    await anyio.lowlevel.checkpoint()
                 return await self._inject_cancel(
                     leaf,
                     pending,
@@ -799,16 +822,27 @@ class Activation:
         finished = False
         try:
             fault("invoke", self.run_id, seq)
-            with flight.scope:
-                with anyio.move_on_after(effect.timeout) as deadline:
+            if flight.scope is None:
+                try:
+                    value = await _invoke(effect)
+                    finished = True
+                except Exception as exc:
+                    failure = exc
+                except RunCancelledError as exc:  # e.g. cd.heartbeat() of a cancelled run
+                    failure = exc
+            else:
+                if effect.timeout is not None:
+                    flight.scope.deadline = anyio.current_time() + effect.timeout
+                with flight.scope:
                     try:
                         value = await _invoke(effect)
                         finished = True
                     except Exception as exc:
                         failure = exc
-                    except RunCancelledError as exc:  # e.g. cd.heartbeat() of a cancelled run
+                    except RunCancelledError as exc:
                         failure = exc
-                if deadline.cancelled_caught and not finished and failure is None:
+                timed_out = flight.scope.cancelled_caught and not ctx.cancelled
+                if timed_out and ctx.timed_out is None and not finished and failure is None:
                     ctx.timed_out = f"attempt {ctx.info.attempt} timed out after {effect.timeout}s"
         finally:
             _current_workflow.reset(workflow_token)
