@@ -21,7 +21,7 @@ from ._effects import (
 )
 from ._journal import JournalEntry, RunStatus
 from ._memory import MemoryStore
-from ._runtime import RunHandle, RunInfo, Runtime
+from ._runtime import RunHandle, RunInfo, Runtime, WorkerInfo
 from ._scheduler import ReplayReport
 from ._sqlite import SqliteStore
 from ._store import Store, open_store
@@ -54,6 +54,7 @@ __all__ = [
     "Runtime",
     "RunHandle",
     "RunInfo",
+    "WorkerInfo",
     "RunStatus",
     "JournalEntry",
     "ReplayReport",
