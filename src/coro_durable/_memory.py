@@ -341,8 +341,8 @@ class MemoryStore:
     async def heartbeat_worker(self, worker: WorkerRecord, ttl: float) -> WorkerRecord:
         now = time.time()
         with self._lock:
-            for worker_id, known in list(self._workers.items()):
-                if known.expires_at <= now and worker_id != worker.worker_id:
+            for worker_id, other in list(self._workers.items()):
+                if other.expires_at <= now and worker_id != worker.worker_id:
                     del self._workers[worker_id]
             known = self._workers.get(worker.worker_id)
             started = known.started_at if known is not None and known.expires_at > now else now
