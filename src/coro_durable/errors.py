@@ -4,7 +4,8 @@
     ├── WorkflowError                     something about workflow code itself
     │   ├── NotAnEffectError (TypeError)  a workflow awaited something that is not an effect
     │   ├── NonDeterminismError           replayed code issued a different effect than the journal
-    │   ├── UnknownWorkflowError (LookupError)  no workflow registered under a name
+    │   ├── UnknownWorkflowError (LookupError)  no workflow registered under a name (for
+    │   │                                 start: none here, and no live worker serves it)
     │   └── EffectNotAllowedError         an effect used where it cannot be (e.g. outside a workflow)
     ├── StepError                         a step failed after its retries; carries the original
     │                                     exception's type name and message
