@@ -218,7 +218,7 @@ def test_start_work_list_and_show(cli: Cli, app: str) -> None:
 
 def test_worker_max_runs(cli: Cli, app: str) -> None:
     """worker --max-runs N exits 0 once N runs reached a final state on it."""
-    cli("start", "cli_greet", '["m"]', "--run-id", "m-1")
+    cli("start", "cli_greet", '["m"]', "--run-id", "m-1", "--app", app)
     code, _, err = cli("worker", "--app", app, "--max-runs", "1", "--poll", "0.02")
     assert code == 0
     assert "finished run m-1: completed" in err
@@ -228,21 +228,22 @@ def test_worker_max_runs(cli: Cli, app: str) -> None:
 def test_start_inputs_forms_and_idempotency(cli: Cli, app: str) -> None:
     """JSON_ARGS may be a list, an object (kwargs) or one value; restarting a run_id is idempotent
     with the same inputs and refused with others."""
-    assert cli("start", "cli_greet", '{"name": "bo", "punctuation": "?"}', "--run-id", "kw")[0] == 0
-    assert cli("start", "cli_greet", '"cy"', "--run-id", "one")[0] == 0
-    code, out, err = cli("start", "cli_greet", '"cy"', "--run-id", "one")
+    kwargs = '{"name": "bo", "punctuation": "?"}'
+    assert cli("start", "cli_greet", kwargs, "--run-id", "kw", "--app", app)[0] == 0
+    assert cli("start", "cli_greet", '"cy"', "--run-id", "one", "--app", app)[0] == 0
+    code, out, err = cli("start", "cli_greet", '"cy"', "--run-id", "one", "--app", app)
     assert (code, out) == (0, "one\n")
     assert "already exists" in err
-    code, out, err = cli("start", "cli_greet", '"other"', "--run-id", "one")
+    code, out, err = cli("start", "cli_greet", '"other"', "--run-id", "one", "--app", app)
     assert code == 2
     assert err.startswith("coro-durable: error: run 'one' already exists")
-    code, _, err = cli("start", "cli_greet", "[not json", "--run-id", "bad")
+    code, _, err = cli("start", "cli_greet", "[not json", "--run-id", "bad", "--app", app)
     assert code == 2
     assert "JSON_ARGS is not valid JSON" in err
     work(cli, app)
     assert show_json(cli, "kw")["run"]["result"] == "hello bo?"
     assert show_json(cli, "one")["run"]["result"] == "hello cy!"
-    code, out, _ = cli("start", "cli_greet", '["x"]')  # a generated run id
+    code, out, _ = cli("start", "cli_greet", '["x"]', "--app", app)  # a generated run id
     assert code == 0
     assert len(out.strip()) == 32
 
@@ -255,11 +256,102 @@ def test_start_with_app_checks_the_workflow_name(cli: Cli, app: str) -> None:
     assert "cli_greet" in err
 
 
+def test_start_without_app_checks_the_worker_registry(cli: Cli) -> None:
+    """Without --app, a name no live worker serves fails with exit 2 and the way out, creating
+    nothing; --allow-unknown starts it, and `show` notes that no live worker serves it; an
+    empty name is refused."""
+    code, out, err = cli("start", "cli_typo", "[]", "--run-id", "t-1")
+    assert (code, out) == (2, "")
+    assert err.startswith("coro-durable: error: no workflow named 'cli_typo'")
+    assert "no worker is live" in err and "--allow-unknown" in err
+    assert json.loads(cli("list", "--json")[1]) == []
+    code, out, err = cli("start", "cli_typo", "[]", "--run-id", "t-1", "--allow-unknown")
+    assert (code, out) == (0, "t-1\n")
+    code, out, _ = cli("show", "t-1")
+    assert code == 0
+    assert fields(out)["note"].startswith("no live worker serves workflow 'cli_typo'")
+    assert "no live worker serves" in show_json(cli, "t-1")["run"]["note"]
+    code, out, err = cli("start", "", "[]", "--allow-unknown")
+    assert (code, out) == (2, "")
+    assert "the workflow name is empty" in err
+
+
+def test_workers_without_any_live_worker(cli: Cli) -> None:
+    """`workers` on a store nobody works on says so (exit 0); --json prints an empty list."""
+    cli("start", "cli_typo", "[]", "--allow-unknown")  # the store exists
+    code, out, err = cli("workers")
+    assert (code, out, err) == (0, "", "no live workers\n")
+    code, out, _ = cli("workers", "--json")
+    assert (code, json.loads(out)) == (0, [])
+
+
+def test_workers_lists_a_worker_process_and_start_checks_it(
+    url: str, app: str, tmp_path: Path
+) -> None:
+    """A `worker --app` process is listed by `workers` (id, host, pid, its workflows, last seen)
+    while it runs; `start` without --app accepts a name it serves and refuses a typo with the
+    live worker named in the message; after SIGTERM it is gone from the list."""
+    env = clean_env()
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*CLI, "--store", url, *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=30,
+        )
+
+    assert run("start", "cli_greet", '["x"]', "--run-id", "before", "--app", app).returncode == 0
+    proc = subprocess.Popen(
+        [*CLI, "--store", url, "worker", "--app", app, "--poll", "0.02"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not json.loads(run("workers", "--json").stdout or "[]"):
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        (worker,) = json.loads(run("workers", "--json").stdout)
+        assert worker["pid"] == proc.pid
+        assert f":{proc.pid}:" in worker["worker_id"]  # host:pid:random
+        assert {"cli_greet", "cli_approval", "cli_fail", "cli_slow"} <= set(worker["workflows"])
+        table = run("workers")
+        assert table.returncode == 0
+        header, row = table.stdout.strip().split("\n")
+        assert header.split() == ["worker_id", "host", "pid", "workflows", "last", "seen"]
+        assert row.split()[:3] == [worker["worker_id"], worker["host"], str(proc.pid)]
+        assert "cli_greet" in row and row.endswith(" ago")
+
+        typo = run("start", "cli_gret", '["x"]')
+        assert typo.returncode == 2
+        assert "Traceback" not in typo.stderr
+        assert "no workflow named 'cli_gret'" in typo.stderr
+        assert f"{worker['worker_id']} serves cli_approval, cli_fail, cli_greet" in typo.stderr
+        served = run("start", "cli_greet", '["w"]', "--run-id", "served")
+        assert (served.returncode, served.stdout) == (0, "served\n")
+        assert json.loads(run("result", "served", "--timeout", "20").stdout) == "hello w!"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    gone = run("workers")
+    assert (gone.returncode, gone.stdout, gone.stderr) == (0, "", "no live workers\n")
+
+
 def test_list_filters_and_json(cli: Cli, app: str) -> None:
     """list filters by status and workflow, limits, and prints JSON for scripts."""
     for i in range(3):
-        cli("start", "cli_greet", f'["n{i}"]', "--run-id", f"g{i}")
-    cli("start", "cli_approval", '["doc"]', "--run-id", "a0")
+        cli("start", "cli_greet", f'["n{i}"]', "--run-id", f"g{i}", "--app", app)
+    cli("start", "cli_approval", '["doc"]', "--run-id", "a0", "--app", app)
     work(cli, app)
     code, out, _ = cli("list", "--status", "waiting")
     assert code == 0
@@ -284,7 +376,7 @@ def test_list_filters_and_json(cli: Cli, app: str) -> None:
 def test_signal_wakes_a_waiting_run_once_per_signal_id(cli: Cli, app: str) -> None:
     """`signal` delivers a JSON payload that the waiting run consumes; the same --signal-id twice
     is delivered once; `result` prints the run's result as JSON."""
-    cli("start", "cli_approval", '["memo"]', "--run-id", "s-1")
+    cli("start", "cli_approval", '["memo"]', "--run-id", "s-1", "--app", app)
     work(cli, app)
     info = show_json(cli, "s-1")["run"]
     assert (info["status"], info["waiting_on"]) == ("waiting", "signal 'approval'")
@@ -317,7 +409,7 @@ def test_signal_wakes_a_waiting_run_once_per_signal_id(cli: Cli, app: str) -> No
 
 def test_failed_run_shows_its_error_and_result_exits_1(cli: Cli, app: str) -> None:
     """A failed run: show prints the step's error, `result` exits 1 with one line, no traceback."""
-    cli("start", "cli_fail", '["lemons"]', "--run-id", "f-1")
+    cli("start", "cli_fail", '["lemons"]', "--run-id", "f-1", "--app", app)
     work(cli, app)
     code, out, _ = cli("show", "f-1")
     head = fields(out)
@@ -335,10 +427,10 @@ def test_failed_run_shows_its_error_and_result_exits_1(cli: Cli, app: str) -> No
 def test_cancel_pending_and_waiting_runs(cli: Cli, app: str) -> None:
     """cancel ends a never-started run at once, and a waiting run at its pending await (via a
     worker); cancelling a finished run is a no-op; result of a cancelled run exits 1."""
-    cli("start", "cli_greet", '["x"]', "--run-id", "c-new")
+    cli("start", "cli_greet", '["x"]', "--run-id", "c-new", "--app", app)
     code, out, _ = cli("cancel", "c-new")
     assert (code, out) == (0, "run c-new cancelled\n")
-    cli("start", "cli_approval", '["y"]', "--run-id", "c-wait")
+    cli("start", "cli_approval", '["y"]', "--run-id", "c-wait", "--app", app)
     work(cli, app)
     code, out, _ = cli("cancel", "c-wait")
     assert code == 0
@@ -359,8 +451,8 @@ def test_cancel_pending_and_waiting_runs(cli: Cli, app: str) -> None:
 
 def test_replay_matches_unchanged_code(cli: Cli, app: str) -> None:
     """replay re-executes a waiting run and a completed run against their journals: match, exit 0."""
-    cli("start", "cli_approval", '["doc"]', "--run-id", "rp")
-    cli("start", "cli_greet", '["doc"]', "--run-id", "rp-done")
+    cli("start", "cli_approval", '["doc"]', "--run-id", "rp", "--app", app)
+    cli("start", "cli_greet", '["doc"]', "--run-id", "rp-done", "--app", app)
     work(cli, app)
     code, out, _ = cli("replay", "rp", "--app", app)
     assert code == 0
@@ -377,7 +469,7 @@ def test_changed_code_diverges_is_quarantined_and_resumes(
     worker on the new code quarantines the run; after restoring the code `resume` releases it and
     it completes."""
     v2 = apps[1]
-    cli("start", "cli_approval", '["doc"]', "--run-id", "q-1")
+    cli("start", "cli_approval", '["doc"]', "--run-id", "q-1", "--app", app)
     work(cli, app)
     before = show_json(cli, "q-1")
 
@@ -443,7 +535,7 @@ def test_changed_code_diverges_is_quarantined_and_resumes(
 )
 def test_unknown_run_is_one_line_exit_2(cli: Cli, app: str, args: list[str]) -> None:
     """Every command on an unknown run prints one error line naming it, exit code 2."""
-    cli("start", "cli_greet", '["x"]', "--run-id", "exists")  # the store exists
+    cli("start", "cli_greet", '["x"]', "--run-id", "exists", "--app", app)  # the store exists
     code, out, err = cli(*args)
     assert (code, out) == (2, "")
     assert err == (
@@ -459,8 +551,11 @@ def test_store_option_and_environment_variable(
     flag_url = f"sqlite:///{tmp_path / 'flag.db'}"
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CORO_DURABLE_STORE", env_url)
-    assert cli("start", "cli_greet", '["e"]', "--run-id", "in-env", store=None)[0] == 0
-    assert cli("start", "cli_greet", '["f"]', "--run-id", "in-flag", store=flag_url)[0] == 0
+    unknown = "--allow-unknown"  # no worker serves cli_greet (yet)
+    assert cli("start", "cli_greet", '["e"]', "--run-id", "in-env", unknown, store=None)[0] == 0
+    assert (
+        cli("start", "cli_greet", '["f"]', "--run-id", "in-flag", unknown, store=flag_url)[0] == 0
+    )
     ids = [r["run_id"] for r in json.loads(cli("list", "--json", store=None)[1])]
     assert ids == ["in-env"]
     ids = [r["run_id"] for r in json.loads(cli("list", "--json", store=flag_url)[1])]
@@ -471,7 +566,7 @@ def test_store_option_and_environment_variable(
     assert code == 2
     assert "no SQLite store at .coro_durable/runs.db" in err
     assert not (tmp_path / ".coro_durable").exists()  # reading did not create a store
-    assert cli("start", "cli_greet", '["d"]', "--run-id", "in-default", store=None)[0] == 0
+    assert cli("start", "cli_greet", '["d"]', "--run-id", "in-default", unknown, store=None)[0] == 0
     assert (tmp_path / ".coro_durable" / "runs.db").exists()
 
 
@@ -529,7 +624,7 @@ def test_real_processes_python_m_and_console_script(url: str, app: str, tmp_path
     error comes out as one line without a traceback."""
     env = clean_env()
     started = subprocess.run(
-        [*CLI, "--store", url, "start", "cli_greet", '["p"]', "--run-id", "proc-1"],
+        [*CLI, "--store", url, "start", "cli_greet", '["p"]', "--run-id", "proc-1", "--app", app],
         capture_output=True,
         text=True,
         env=env,
@@ -558,7 +653,7 @@ def test_worker_exits_cleanly_on_sigterm_and_hands_back_its_run(
     """SIGTERM stops a worker with exit code 0; a step still running when the shutdown grace ends
     is abandoned and its run handed back (pending, no owner, due now) so another worker resumes it
     at once instead of waiting for the lease to expire."""
-    cli("start", "cli_slow", "[]", "--run-id", "slow")
+    cli("start", "cli_slow", "[]", "--run-id", "slow", "--app", app)
     proc = subprocess.Popen(
         [
             *CLI,
@@ -610,7 +705,7 @@ def test_a_second_sigint_says_what_the_worker_abandoned(
 ) -> None:
     """The first SIGINT lets the step in flight finish (grace 30 s); a second SIGINT abandons it at
     once and the log names the run, seq and step it abandoned."""
-    cli("start", "cli_slow", "[]", "--run-id", "slow2")
+    cli("start", "cli_slow", "[]", "--run-id", "slow2", "--app", app)
     proc = subprocess.Popen(
         [*CLI, "--store", url, "worker", "--app", app, "--poll", "0.02", "--lease-ttl", "30"],
         stderr=subprocess.PIPE,
@@ -644,7 +739,7 @@ def test_a_second_sigint_says_what_the_worker_abandoned(
 def test_show_names_the_step_executing_now(cli: Cli, url: str, app: str, tmp_path: Path) -> None:
     """`show` of a running run names the step in flight (seq, name, attempt, worker), not
     "step 0" of an empty journal."""
-    cli("start", "cli_slow", "[]", "--run-id", "busy")
+    cli("start", "cli_slow", "[]", "--run-id", "busy", "--app", app)
     proc = subprocess.Popen(
         [*CLI, "--store", url, "worker", "--app", app, "--poll", "0.02", "--shutdown-grace", "0"],
         stderr=subprocess.DEVNULL,

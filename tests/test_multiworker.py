@@ -58,8 +58,8 @@ async def test_three_workers_300_runs_with_a_kill_and_a_pause(kind: str, tmp_pat
         procs = [workers.spawn(log) for log in logs]
         try:
             async with cd.Runtime(url, worker=False) as client:
-                for i in range(n_runs):
-                    await client.start("ten_steps", 0.01, run_id=f"mw-{i:03}")
+                for i in range(n_runs):  # allow_unknown: the workers may not have registered yet
+                    await client.start("ten_steps", 0.01, run_id=f"mw-{i:03}", allow_unknown=True)
 
                 async def completed() -> int:
                     return len(await client.list_runs(status="completed", limit=n_runs + 1))

@@ -25,7 +25,7 @@ import pytest
 
 import coro_durable as cd
 from conftest import PG_URL, pg_test_url
-from coro_durable._journal import JournalEntry, RunRecord
+from coro_durable._journal import JournalEntry, RunRecord, WorkerRecord
 from coro_durable.errors import (
     ConfigurationError,
     ConflictError,
@@ -200,6 +200,35 @@ async def test_a_newer_schema_is_refused() -> None:
         sql(f'INSERT INTO "{store.schema}".schema_version (version) VALUES (%s)', [99])
     with pytest.raises(StoreError, match="version 99, newer than"):
         await PostgresStore(url).open()
+
+
+async def test_a_version_2_schema_gains_the_worker_registry() -> None:
+    """A schema from before the worker registry (version 2) is migrated on open: its runs are
+    kept and workers can register."""
+    url = pg_test_url()
+    async with opened(url) as store:
+        await store.create_run(RunRecord("kept", "wf", "{}"))
+        sql(f'DROP TABLE "{store.schema}".workers')
+        sql(f'DELETE FROM "{store.schema}".schema_version WHERE version > 2')
+    async with opened(url) as store:
+        assert (await store.settings())["schema_version"] == SCHEMA_VERSION >= 3
+        assert (await store.get_run("kept")) is not None
+        stored = await store.heartbeat_worker(WorkerRecord("w1", "h", 1, ("wf",)), 30.0)
+        assert await store.list_workers() == [stored]
+
+
+async def test_expired_worker_rows_are_deleted() -> None:
+    """The registry cannot grow forever: the next heartbeat deletes the rows of workers that
+    expired, and remove_worker deletes its row."""
+    async with opened(pg_test_url()) as store:
+        for i in range(20):
+            await store.heartbeat_worker(WorkerRecord(f"gone-{i}", "h", i, ("wf",)), 0.05)
+        await anyio.sleep(0.1)
+        await store.heartbeat_worker(WorkerRecord("live", "h", 99, ("wf",)), 30.0)
+        table = f'"{store.schema}".workers'
+        assert sql(f"SELECT worker_id FROM {table}") == [("live",)]
+        await store.remove_worker("live")
+        assert sql(f"SELECT count(*) FROM {table}") == [(0,)]
 
 
 async def test_synchronous_commit_off_is_reported(caplog: pytest.LogCaptureFixture) -> None:

@@ -70,7 +70,8 @@ async def test_sigkilled_worker_resumes_with_every_effect_applied_once(tmp_path:
     kills = 0
     try:
         async with cd.Runtime(workers.store, worker=False) as client:
-            await client.start("twenty_steps", 0.08, run_id="kill-me")
+            # allow_unknown: the worker process that serves it is started afterwards
+            await client.start("twenty_steps", 0.08, run_id="kill-me", allow_unknown=True)
             while kills < 10:
                 proc = workers.spawn()
                 before = (await client.describe("kill-me")).step
@@ -105,12 +106,15 @@ async def test_run_that_kills_its_worker_is_quarantined_while_others_flow(tmp_pa
     deaths = 0
     try:
         async with cd.Runtime(workers.store, worker=False) as client:
-            await client.start("poisoned", run_id="poison")
+            # allow_unknown: the worker is started afterwards, and restarted after each death
+            await client.start("poisoned", run_id="poison", allow_unknown=True)
             proc = workers.spawn()
             healthy = 0
             with anyio.fail_after(60):
                 while (await client.describe("poison")).status != cd.RunStatus.QUARANTINED:
-                    await client.start("healthy", healthy, run_id=f"healthy-{healthy}")
+                    await client.start(
+                        "healthy", healthy, run_id=f"healthy-{healthy}", allow_unknown=True
+                    )
                     healthy += 1
                     await anyio.sleep(0.1)
                     if proc.poll() is not None:  # a supervisor restarting the dead worker
@@ -137,7 +141,7 @@ async def test_paused_worker_past_its_lease_cannot_write(tmp_path: Path) -> None
     log_a = tmp_path / "worker-a.log"
     try:
         async with cd.Runtime(workers.store, worker=False) as client:
-            await client.start("twenty_steps", 0.25, run_id="paused")
+            await client.start("twenty_steps", 0.25, run_id="paused", allow_unknown=True)
             worker_a = workers.spawn(log_a)
             with anyio.fail_after(30):
                 while (await client.describe("paused")).step < 2:

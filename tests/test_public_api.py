@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 
 import coro_durable as cd
@@ -35,6 +36,18 @@ def test_design_contract_names_exist() -> None:
         "Runtime",
     ]:
         assert name in cd.__all__
+
+
+def test_worker_registry_names_exist() -> None:
+    """rt.workers() answers WorkerInfo records (design.md, Wave 2), and start takes
+    allow_unknown."""
+    assert "WorkerInfo" in cd.__all__
+    fields = [f.name for f in dataclasses.fields(cd.WorkerInfo)]
+    assert fields == ["worker_id", "host", "pid", "workflows", "started_at", "last_seen"]
+    assert inspect.iscoroutinefunction(cd.Runtime.workers)
+    start = inspect.signature(cd.Runtime.start).parameters["allow_unknown"]
+    assert start.kind is inspect.Parameter.KEYWORD_ONLY and start.default is False
+    assert "note" in [f.name for f in dataclasses.fields(cd.RunInfo)]
 
 
 def test_every_error_is_in_one_tree() -> None:

@@ -26,7 +26,7 @@ from anyio.streams.tls import TLSListener
 
 import coro_durable as cd
 from conftest import REDIS_URL, redis_server_config, redis_test_url
-from coro_durable._journal import JournalEntry, RunRecord, RunStatus
+from coro_durable._journal import JournalEntry, RunRecord, RunStatus, WorkerRecord
 from coro_durable.errors import (
     ConfigurationError,
     CorruptJournalError,
@@ -371,6 +371,25 @@ async def test_unreachable_server_raises_store_unavailable_after_the_deadline() 
 
 
 # -- errors ---------------------------------------------------------------------------------------------
+
+
+async def test_expired_worker_keys_are_deleted(raw: redis.Redis) -> None:
+    """The registry cannot grow forever: the next heartbeat deletes the entries of workers that
+    expired, and remove_worker deletes its entry."""
+    prefix = f"cdt_{uuid.uuid4().hex[:12]}:"
+    store = RedisStore(redis_test_url(prefix))
+    await store.open()
+    try:
+        for i in range(20):
+            await store.heartbeat_worker(WorkerRecord(f"gone-{i}", "h", i, ("wf",)), 0.05)
+        await anyio.sleep(0.1)
+        await store.heartbeat_worker(WorkerRecord("live", "h", 99, ("wf",)), 30.0)
+        assert raw.hkeys(f"{prefix}workers") == [b"live"]
+        assert raw.zrange(f"{prefix}workers:expiry", 0, -1) == [b"live"]
+        await store.remove_worker("live")
+        assert raw.exists(f"{prefix}workers", f"{prefix}workers:expiry") == 0
+    finally:
+        await store.close()
 
 
 async def test_redis_errors_are_translated(raw: redis.Redis) -> None:

@@ -101,7 +101,7 @@ async def test_sigterm_finishes_the_step_in_flight_then_hands_the_run_back(procs
     """SIGTERM while a sync step runs: the worker lets the step finish, journals its result, hands
     the run back and exits 0 saying so; a new worker resumes it and no step body runs twice."""
     async with cd.Runtime(procs.url, worker=False) as client:
-        await client.start("four_steps", 1.0, run_id="term")
+        await client.start("four_steps", 1.0, run_id="term", allow_unknown=True)
         worker, log = procs.spawn("first")
         await until(lambda: procs.rows("SELECT 1 FROM invocations WHERE step = 1"))
         worker.send_signal(signal.SIGTERM)
@@ -125,7 +125,7 @@ async def test_a_cancel_reaches_a_step_running_in_another_process(procs: Procs, 
     """A cancel from this process interrupts a step running in the worker process within about a
     second: the step's effect never happens, the workflow's cleanup runs, the run is cancelled."""
     async with cd.Runtime(procs.url, worker=False) as client:
-        await client.start("cancellable", kind, 30.0, run_id="c")
+        await client.start("cancellable", kind, 30.0, run_id="c", allow_unknown=True)
         procs.spawn("worker")
         await until(lambda: procs.rows("SELECT 1 FROM invocations WHERE key = 'c:0'"))
         began = time.monotonic()
@@ -143,7 +143,7 @@ async def test_heartbeat_details_survive_a_killed_worker(procs: Procs) -> None:
     """describe from another process names the step in flight with its heartbeat details; after
     the worker is SIGKILLed, the next attempt (attempt 2) starts from those details."""
     async with cd.Runtime(procs.url, worker=False) as client:
-        await client.start("paged", 30, run_id="pages")
+        await client.start("paged", 30, run_id="pages", allow_unknown=True)
         worker, _ = procs.spawn("first")
         with anyio.fail_after(30):
             while True:

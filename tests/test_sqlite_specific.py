@@ -18,8 +18,8 @@ import anyio.lowlevel
 import anyio.to_thread
 import pytest
 
-from coro_durable._journal import JournalEntry, RunRecord, RunStatus, verify_journal
-from coro_durable._sqlite import SCHEMA_VERSION, SqliteStore
+from coro_durable._journal import JournalEntry, RunRecord, RunStatus, WorkerRecord, verify_journal
+from coro_durable._sqlite import _MIGRATIONS, SCHEMA_VERSION, SqliteStore
 from coro_durable._store import open_store
 from coro_durable.errors import (
     ConfigurationError,
@@ -187,6 +187,48 @@ async def test_newer_schema_is_refused(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(StoreError, match="newer"):
         await SqliteStore(url(path)).open()
+
+
+async def test_a_version_1_file_gains_the_worker_registry(tmp_path: Path) -> None:
+    """A file written before the worker registry existed (schema version 1) is migrated on open:
+    its runs are kept and workers can register."""
+    path = tmp_path / "v1.db"
+    conn = raw(path)
+    for statement in _MIGRATIONS[0]:
+        conn.execute(statement)
+    conn.execute(
+        "INSERT INTO runs VALUES ('kept', 'wf', '{}', 'pending', 0, NULL, NULL, 1.0, NULL, 0, "
+        "NULL, NULL, 0, NULL, 0, 1.0, 1.0)"
+    )
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    store = SqliteStore(url(path))
+    try:
+        assert (await store.settings())["schema_version"] == SCHEMA_VERSION >= 2
+        assert (await store.get_run("kept")) is not None
+        stored = await store.heartbeat_worker(WorkerRecord("w1", "h", 1, ("wf",)), 30.0)
+        assert await store.list_workers() == [stored]
+    finally:
+        await store.close()
+
+
+async def test_expired_worker_rows_are_deleted(tmp_path: Path) -> None:
+    """The registry cannot grow forever: the next heartbeat deletes the rows of workers that
+    expired, and remove_worker deletes its row."""
+    path = tmp_path / "runs.db"
+    store = SqliteStore(url(path))
+    try:
+        for i in range(20):
+            await store.heartbeat_worker(WorkerRecord(f"gone-{i}", "h", i, ("wf",)), 0.05)
+        await anyio.sleep(0.1)
+        await store.heartbeat_worker(WorkerRecord("live", "h", 99, ("wf",)), 30.0)
+        conn = raw(path)
+        assert conn.execute("SELECT worker_id FROM workers").fetchall() == [("live",)]
+        await store.remove_worker("live")
+        assert conn.execute("SELECT count(*) FROM workers").fetchone() == (0,)
+        conn.close()
+    finally:
+        await store.close()
 
 
 # ---- URLs ------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from coro_durable._journal import (
     JournalEntry,
     RunRecord,
     RunStatus,
+    WorkerRecord,
     verify_journal,
 )
 from coro_durable._memory import MemoryStore
@@ -837,6 +838,92 @@ async def test_finish_records_the_outcome_and_releases(store: Store) -> None:
         await store.finish("r1", epoch, RunStatus.FAILED, None, "x")
     assert await claim(store) == {}
     assert await store.renew("w1", {"r1": epoch}, TTL) == {}
+
+
+# ---- the worker registry --------------------------------------------------------------------------
+
+
+def worker(worker_id: str = "w1", workflows: tuple[str, ...] = ("a", "b")) -> WorkerRecord:
+    return WorkerRecord(worker_id, "host-1", 4242, workflows)
+
+
+async def test_heartbeat_registers_a_worker_every_store_object_sees(
+    make_store: Callable[[], Store],
+) -> None:
+    """A first heartbeat registers the worker with its host, pid and workflows, started and last
+    seen now and live for ttl seconds; another store object on the same database lists it."""
+    stores = [make_store(), make_store()]
+    for s in stores:
+        await s.open()
+    try:
+        before = time.time()
+        stored = await stores[0].heartbeat_worker(worker(), 30.0)
+        after = time.time()
+        assert (stored.worker_id, stored.host, stored.pid, stored.workflows) == (
+            "w1",
+            "host-1",
+            4242,
+            ("a", "b"),
+        )
+        assert before - 0.5 <= stored.started_at == stored.last_seen <= after + 0.5
+        assert stored.expires_at == pytest.approx(stored.last_seen + 30.0)
+        assert await stores[1].list_workers() == [stored]
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_heartbeat_refreshes_a_registration(store: Store) -> None:
+    """A later heartbeat of the same worker moves last_seen and expires_at on, replaces what it
+    serves and keeps started_at: still one registration."""
+    first = await store.heartbeat_worker(worker(), 30.0)
+    await anyio.sleep(0.02)
+    again = await store.heartbeat_worker(worker(workflows=("a", "b", "c")), 60.0)
+    assert again.started_at == first.started_at
+    assert again.last_seen > first.last_seen
+    assert again.expires_at == pytest.approx(again.last_seen + 60.0)
+    assert again.workflows == ("a", "b", "c")
+    assert await store.list_workers() == [again]
+
+
+async def test_list_workers_oldest_registration_first(store: Store) -> None:
+    """list_workers gives every live worker, oldest registration first; a worker serving no
+    workflow (yet) and names with odd characters round-trip."""
+    odd = WorkerRecord("w2 é|\"x'", "höst:2", 1, ())
+    first = await store.heartbeat_worker(worker("w9"), 30.0)
+    await anyio.sleep(0.01)
+    second = await store.heartbeat_worker(odd, 30.0)
+    await anyio.sleep(0.01)
+    await store.heartbeat_worker(worker("w9"), 30.0)  # a refresh does not reorder
+    listed = await store.list_workers()
+    assert [w.worker_id for w in listed] == ["w9", odd.worker_id]
+    assert listed[0].started_at == first.started_at
+    assert listed[1] == second and second.workflows == () and second.host == "höst:2"
+
+
+async def test_expired_worker_is_gone_and_comes_back_as_a_new_registration(store: Store) -> None:
+    """A worker whose heartbeats stopped for longer than its ttl is not listed any more; if it
+    heartbeats again, that starts a new registration (a later started_at)."""
+    old = await store.heartbeat_worker(worker("short"), 0.1)
+    live = await store.heartbeat_worker(worker("long"), 30.0)
+    await anyio.sleep(0.25)
+    assert await store.list_workers() == [live]
+    back = await store.heartbeat_worker(worker("short"), 30.0)
+    assert back.started_at > old.expires_at - 0.05
+    assert back.started_at == back.last_seen
+    assert [w.worker_id for w in await store.list_workers()] == ["long", "short"]
+
+
+async def test_remove_worker_deregisters_it(store: Store) -> None:
+    """remove_worker takes one worker out of the registry at once; removing an unknown or
+    already removed worker is a no-op."""
+    await store.heartbeat_worker(worker("w1"), 30.0)
+    kept = await store.heartbeat_worker(worker("w2"), 30.0)
+    await store.remove_worker("w1")
+    assert await store.list_workers() == [kept]
+    await store.remove_worker("w1")
+    await store.remove_worker("never-registered")
+    assert await store.list_workers() == [kept]
 
 
 # ---- listeners ------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from ._effects import (
 )
 from ._journal import JournalEntry, RunStatus
 from ._memory import MemoryStore
-from ._runtime import ExecutingStep, RunHandle, RunInfo, Runtime
+from ._runtime import ExecutingStep, RunHandle, RunInfo, Runtime, WorkerInfo
 from ._scheduler import ReplayReport
 from ._sqlite import SqliteStore
 from ._store import Store, open_store
@@ -65,6 +65,7 @@ __all__ = [
     "RunHandle",
     "RunInfo",
     "ExecutingStep",
+    "WorkerInfo",
     "RunStatus",
     "JournalEntry",
     "ReplayReport",

@@ -3,6 +3,7 @@
     coro-durable demo                                  the crash-and-resume demo (examples/)
     coro-durable worker --app myapp                    execute runs until SIGINT/SIGTERM
     coro-durable start research '["durable AI"]'       start a run, print its id
+    coro-durable workers [--json]                      live workers and what each serves
     coro-durable list [--status waiting]               runs, newest first
     coro-durable show RUN [--json]                     status and the journal (the audit trail)
     coro-durable signal RUN approval '{"ok": true}'    send a signal
@@ -44,7 +45,7 @@ import anyio
 
 from . import _codec, _workflow
 from ._journal import TERMINAL, JournalEntry, RunRecord, RunStatus
-from ._runtime import RunInfo, Runtime
+from ._runtime import RunInfo, Runtime, WorkerInfo
 from ._store import Store, StoreWrapper, default_store_url, open_store
 from .errors import (
     CoroDurableError,
@@ -54,7 +55,14 @@ from .errors import (
     RunQuarantinedError,
 )
 
-__all__ = ["main", "format_table", "journal_table", "run_summary", "runs_table"]
+__all__ = [
+    "main",
+    "format_table",
+    "journal_table",
+    "run_summary",
+    "runs_table",
+    "workers_table",
+]
 
 EXIT_OK, EXIT_NOT_OK, EXIT_ERROR = 0, 1, 2
 PROG = "coro-durable"
@@ -205,7 +213,16 @@ def _parser() -> argparse.ArgumentParser:
         "arguments; any other JSON value is the single argument",
     )
     p.add_argument("--run-id", metavar="ID", help="run id (starting it again is idempotent)")
+    p.add_argument(
+        "--allow-unknown",
+        action="store_true",
+        help="start it even though no live worker serves the workflow (yet): for starting runs "
+        "before deploying their worker",
+    )
     app_option(p)
+
+    p = command("workers", _cmd_workers, "list the live workers and the workflows each serves")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
 
     p = command("list", _cmd_list, "list runs, newest first")
     p.add_argument("--status", choices=[s.value for s in RunStatus])
@@ -423,6 +440,29 @@ def runs_table(runs: Sequence[RunInfo]) -> str:
     return format_table(headers, rows, right="step")
 
 
+def workers_table(workers: Sequence[WorkerInfo], *, width: int | None = None) -> str:
+    """Live workers: id, host, pid, the workflows each serves (cut to fit ``width``) and how long
+    ago it last heartbeated."""
+    now = _dt.datetime.now(_dt.UTC)
+    rows = [
+        [
+            w.worker_id,
+            w.host,
+            str(w.pid),
+            ", ".join(w.workflows) or "-",
+            f"{_duration(max((now - w.last_seen).total_seconds(), 0.0))} ago",
+        ]
+        for w in workers
+    ]
+    headers = ["worker_id", "host", "pid", "workflows", "last seen"]
+    fixed = [0, 1, 2, 4]
+    used = sum(max(len(headers[i]), *(len(r[i]) for r in rows)) + 2 for i in fixed)
+    room = max((width or _terminal_width()) - used, 24)
+    for r in rows:
+        r[3] = _clip(r[3], room)
+    return format_table(headers, rows, right="pid")
+
+
 def _outcome(entry: JournalEntry) -> str:
     if entry.status == "ok":
         return entry.result if entry.result is not None else "null"
@@ -514,6 +554,8 @@ def run_summary(info: RunInfo, *, width: int | None = None) -> str:
         pairs.append(("crashes", f"{info.crash_count} in a row without progress"))
     if info.last_error:
         pairs.append(("last crash", _clip(info.last_error, room)))
+    if info.note:
+        pairs.append(("note", info.note))
     pairs.append(("created", _when(info.created_at)))
     pairs.append(("updated", _when(info.updated_at)))
     key_width = max(len(k) for k, _ in pairs)
@@ -548,6 +590,18 @@ def _info_json(info: RunInfo) -> dict[str, Any]:
             }
             for step in info.executing
         ],
+        "note": info.note,
+    }
+
+
+def _worker_json(w: WorkerInfo) -> dict[str, Any]:
+    return {
+        "worker_id": w.worker_id,
+        "host": w.host,
+        "pid": w.pid,
+        "workflows": list(w.workflows),
+        "started_at": _iso(w.started_at),
+        "last_seen": _iso(w.last_seen),
     }
 
 
@@ -578,7 +632,8 @@ def _print_json(value: Any) -> None:
 def _cmd_start(args: argparse.Namespace) -> int:
     if args.app:
         _import_apps(args.app)
-        _workflow.lookup(args.workflow)  # UnknownWorkflowError names the registered ones
+        if args.workflow and not args.allow_unknown:
+            _workflow.lookup(args.workflow)  # UnknownWorkflowError names the registered ones
     inputs = _parse_json(args.inputs, "JSON_ARGS")
     if isinstance(inputs, list):
         call_args, call_kwargs = inputs, {}
@@ -589,10 +644,31 @@ def _cmd_start(args: argparse.Namespace) -> int:
 
     async def go() -> int:
         async with _client(args, must_exist=False) as rt:
-            handle = await rt.start(args.workflow, *call_args, run_id=args.run_id, **call_kwargs)
+            handle = await rt.start(
+                args.workflow,
+                *call_args,
+                run_id=args.run_id,
+                allow_unknown=args.allow_unknown,  # else a name no live worker serves is refused
+                **call_kwargs,
+            )
         if not handle.created:
             print(f"run {handle.run_id} already exists with these inputs", file=sys.stderr)
         print(handle.run_id)
+        return EXIT_OK
+
+    return anyio.run(go)
+
+
+def _cmd_workers(args: argparse.Namespace) -> int:
+    async def go() -> int:
+        async with _client(args) as rt:
+            workers = await rt.workers()
+        if args.json:
+            _print_json([_worker_json(w) for w in workers])
+        elif workers:
+            print(workers_table(workers))
+        else:
+            print("no live workers", file=sys.stderr)
         return EXIT_OK
 
     return anyio.run(go)

@@ -1,10 +1,15 @@
-"""The records every store persists: runs and journal entries, plus their checksums.
+"""The records every store persists: runs and journal entries, plus their checksums; and the
+registry of live workers.
 
 A *run* is one execution of a workflow. Its journal is a list of entries numbered by ``seq`` in
 the order the workflow issued effects. An entry is ``pending`` while an effect is in progress
 across a durable boundary (a timer's absolute due time, a signal wait's deadline, a step's failed
 attempts waiting for their backoff), then ``ok`` or ``error`` once its outcome is final. A final
 entry never changes again.
+
+A *worker record* is one worker Runtime's entry in the store's worker registry: which workflows it
+serves, and until when it counts as alive (it heartbeats; one that stops is gone once its record
+expires). Clients read it to refuse starting a workflow that nobody serves.
 
 Payloads (inputs, results, signal payloads) are stored as JSON text written by ``_codec``; stores
 never interpret them. Every entry carries a checksum over its meaningful fields, verified when the
@@ -29,6 +34,7 @@ __all__ = [
     "RunRecord",
     "RunStatus",
     "TERMINAL",
+    "WorkerRecord",
     "verify_journal",
 ]
 
@@ -75,6 +81,24 @@ class RunRecord:
 
     def copy(self) -> RunRecord:
         return dataclasses.replace(self)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRecord:
+    """One live worker in the store's registry (see ``Store.heartbeat_worker``).
+
+    The runtime fills in the first four fields; the store sets the times from its own clock:
+    ``started_at`` when this registration began, ``last_seen`` at the latest heartbeat and
+    ``expires_at`` (``last_seen`` plus the heartbeat's ttl), after which the worker counts as gone.
+    """
+
+    worker_id: str
+    host: str
+    pid: int
+    workflows: tuple[str, ...]  # the workflow names it claims runs of
+    started_at: float = 0.0
+    last_seen: float = 0.0
+    expires_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ Hypothesis tests do). It is the oracle the conformance suite compares the other 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 import time
@@ -14,7 +15,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from . import _faults
-from ._journal import CANCELLED_ERROR, TERMINAL, JournalEntry, RunRecord, RunStatus
+from ._journal import (
+    CANCELLED_ERROR,
+    TERMINAL,
+    JournalEntry,
+    RunRecord,
+    RunStatus,
+    WorkerRecord,
+)
 from ._store import Listener
 from .errors import ConflictError, LeaseLost, RunNotFoundError
 
@@ -39,6 +47,7 @@ class MemoryStore:
         self._runs: dict[str, RunRecord] = {}
         self._journals: dict[str, dict[int, JournalEntry]] = {}
         self._signals: dict[str, list[_Signal]] = {}
+        self._workers: dict[str, WorkerRecord] = {}
         self._order = itertools.count()
         self._listeners: list[Listener] = []
 
@@ -327,3 +336,33 @@ class MemoryStore:
             result = run.copy()
         self._notify()
         return result
+
+    # -- the worker registry ----------------------------------------------------------------------------
+
+    async def heartbeat_worker(self, worker: WorkerRecord, ttl: float) -> WorkerRecord:
+        now = time.time()
+        with self._lock:
+            for worker_id, other in list(self._workers.items()):
+                if other.expires_at <= now and worker_id != worker.worker_id:
+                    del self._workers[worker_id]
+            known = self._workers.get(worker.worker_id)
+            started = known.started_at if known is not None and known.expires_at > now else now
+            stored = dataclasses.replace(
+                worker,
+                workflows=tuple(worker.workflows),
+                started_at=started,
+                last_seen=now,
+                expires_at=now + ttl,
+            )
+            self._workers[worker.worker_id] = stored
+        return stored
+
+    async def list_workers(self) -> list[WorkerRecord]:
+        now = time.time()
+        with self._lock:
+            live = [w for w in self._workers.values() if w.expires_at > now]
+        return sorted(live, key=lambda w: (w.started_at, w.worker_id))
+
+    async def remove_worker(self, worker_id: str) -> None:
+        with self._lock:
+            self._workers.pop(worker_id, None)

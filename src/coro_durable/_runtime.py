@@ -11,6 +11,13 @@ that could not be renewed (another worker took the run over) cancels that activa
 store's fencing rejects anything it still tries to write. With ``worker=False`` the Runtime is a
 client only: it starts, signals, cancels and inspects runs that other processes execute.
 
+A worker registers itself in the store's worker registry (id, host, pid, the workflows it serves)
+before it claims anything, heartbeats from its own task every ``lease_ttl / 3`` seconds and
+deregisters when it closes; a worker that dies drops out once its registration expires
+(``lease_ttl`` after its last heartbeat). ``workers()`` lists the live ones, ``start`` by name
+refuses a workflow that neither this process registers nor any live worker serves (unless
+``allow_unknown=True``), and ``describe`` notes when a runnable run has no live worker to run it.
+
 Runs that crash their activation (an internal error, a store failure past its deadline, a worker
 process killed mid-run) are retried with backoff; after ``max_crashes`` consecutive crashes
 without progress the run is quarantined with its last error, and ``resume`` releases it after a fix.
@@ -41,7 +48,14 @@ import anyio.abc
 from . import _codec, _workflow
 from ._effects import StepInfo
 from ._faults import SimulatedCrash, fault
-from ._journal import TERMINAL, JournalEntry, RunRecord, RunStatus, verify_journal
+from ._journal import (
+    TERMINAL,
+    JournalEntry,
+    RunRecord,
+    RunStatus,
+    WorkerRecord,
+    verify_journal,
+)
 from ._scheduler import Activation, Limits, ReplayReport, _progress, replay, store_call
 from ._store import Store, default_store_url, open_store, plugin_class
 from .errors import (
@@ -60,7 +74,7 @@ from .errors import (
     UnknownWorkflowError,
 )
 
-__all__ = ["ExecutingStep", "Runtime", "RunHandle", "RunInfo"]
+__all__ = ["ExecutingStep", "Runtime", "RunHandle", "RunInfo", "WorkerInfo"]
 
 log = logging.getLogger("coro_durable")
 
@@ -104,9 +118,13 @@ class RunInfo:
     created_at: _dt.datetime | None
     updated_at: _dt.datetime | None
     executing: tuple[ExecutingStep, ...] = ()  # steps in flight, when running
+    # Why a runnable run does not move, from describe() only: no live worker serves its workflow.
+    note: str | None = None
 
     @classmethod
-    def from_record(cls, run: RunRecord, journal: Iterable[JournalEntry] = ()) -> RunInfo:
+    def from_record(
+        cls, run: RunRecord, journal: Iterable[JournalEntry] = (), note: str | None = None
+    ) -> RunInfo:
         inputs = _codec.decode(run.input)
         executing: list[ExecutingStep] = []
         if run.status == RunStatus.RUNNING:
@@ -140,6 +158,30 @@ class RunInfo:
             created_at=_ts(run.created_at),
             updated_at=_ts(run.updated_at),
             executing=tuple(executing),
+            note=note,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A live worker, as ``Runtime.workers()`` reads it from the store's worker registry."""
+
+    worker_id: str
+    host: str
+    pid: int
+    workflows: tuple[str, ...]  # the workflow names it claims runs of
+    started_at: _dt.datetime  # when this registration began (the store's clock)
+    last_seen: _dt.datetime  # its latest heartbeat (the store's clock)
+
+    @classmethod
+    def from_record(cls, worker: WorkerRecord) -> WorkerInfo:
+        return cls(
+            worker_id=worker.worker_id,
+            host=worker.host,
+            pid=worker.pid,
+            workflows=worker.workflows,
+            started_at=_dt.datetime.fromtimestamp(worker.started_at, _dt.UTC),
+            last_seen=_dt.datetime.fromtimestamp(worker.last_seen, _dt.UTC),
         )
 
 
@@ -278,6 +320,8 @@ class Runtime:
 
     async def __aenter__(self) -> Self:
         await self.store.open()
+        if self.worker:
+            await self._register()  # before anything is claimed
         self._changed = anyio.Event()
         self._unsubscribe = self.store.subscribe(self._on_store_change)
         self._open = True
@@ -289,6 +333,7 @@ class Runtime:
         if self.worker:
             self._tg.start_soon(self._worker_loop)
             self._tg.start_soon(self._renew_loop)
+            self._tg.start_soon(self._heartbeat_loop)
         return self
 
     async def __aexit__(
@@ -319,6 +364,7 @@ class Runtime:
             if self._unsubscribe is not None:
                 self._unsubscribe()
                 self._unsubscribe = None
+            await self._deregister()
             with anyio.CancelScope(shield=True):
                 await self.store.close()
 
@@ -447,15 +493,32 @@ class Runtime:
         workflow: Callable[..., Coroutine[Any, Any, Any]] | str,
         *args: Any,
         run_id: str | None = None,
+        allow_unknown: bool = False,
         **kwargs: Any,
     ) -> RunHandle:
         """Start a run of ``workflow(*args, **kwargs)``; idempotent on ``run_id``.
 
         Starting an existing run_id with the same workflow and inputs returns its handle (with
         ``created=False``); with another workflow or other inputs it raises RunAlreadyExistsError.
+
+        A workflow given by name must be registered in this process or served by a live worker
+        (see ``workers()``), else UnknownWorkflowError is raised and nothing is created;
+        ``allow_unknown=True`` starts it anyway (to start runs before deploying their worker).
         """
         self._check_open()
-        name = workflow if isinstance(workflow, str) else _workflow.register_function(workflow)
+        if isinstance(workflow, str):
+            name = workflow
+            if not name:
+                raise ConfigurationError(
+                    "the workflow name is empty; pass the name the workflow is registered under "
+                    "(its function name, or @cd.workflow(name=...)) or the function itself"
+                )
+            if not allow_unknown and name not in _workflow.registered():
+                existing = await self._call(self.store.get_run, run_id) if run_id else None
+                if existing is None:  # starting an existing run again stays idempotent
+                    await self._check_served(name)
+        else:
+            name = _workflow.register_function(workflow)
         text = _codec.encode(
             {"args": list(args), "kwargs": kwargs},
             where=f"inputs of workflow {name}",
@@ -524,13 +587,20 @@ class Runtime:
             interval = min(interval * 2, self.poll_interval)
 
     async def describe(self, run_id: str) -> RunInfo:
-        """Status, step, what it waits on, inputs and error of a run."""
+        """Status, step, what it waits on, inputs and error of a run; for a runnable run that no
+        live worker serves, a ``note`` saying so."""
         self._check_open()
         run = await self._get(run_id)
         journal: list[JournalEntry] = []
         if run.status == RunStatus.RUNNING:  # name the steps executing now
             journal = await self._call(self.store.load_journal, run_id)
-        return RunInfo.from_record(run, journal)
+        return RunInfo.from_record(run, journal, note=await self._unserved_note(run))
+
+    async def workers(self) -> list[WorkerInfo]:
+        """The live workers on this store and the workflows each serves, oldest first."""
+        self._check_open()
+        records: list[WorkerRecord] = await self._call(self.store.list_workers)
+        return [WorkerInfo.from_record(w) for w in records]
 
     async def history(self, run_id: str) -> list[JournalEntry]:
         """The run's journal, oldest first: the audit trail of every effect and its outcome."""
@@ -600,6 +670,90 @@ class Runtime:
 
     async def _call(self, op: Callable[..., Any], *args: Any) -> Any:
         return await store_call(self.limits.store_deadline, op, *args)
+
+    # -- the worker registry ---------------------------------------------------------------------------
+
+    async def _check_served(self, name: str) -> None:
+        """Raise UnknownWorkflowError unless a live worker serves workflow ``name``."""
+        workers: list[WorkerRecord] = await self._call(self.store.list_workers)
+        if not any(name in w.workflows for w in workers):
+            served = {w.worker_id: w.workflows for w in workers}
+            raise UnknownWorkflowError(name, _workflow.registered(), served)
+
+    async def _unserved_note(self, run: RunRecord) -> str | None:
+        """For a run a worker could claim now, a note when no live worker serves its workflow."""
+        now = time.time()
+        runnable = (
+            run.status == RunStatus.PENDING
+            or (run.status == RunStatus.WAITING and run.wake_at is not None and run.wake_at <= now)
+            or (run.status == RunStatus.RUNNING and (run.lease_expires or 0.0) <= now)
+        )
+        if not runnable:
+            return None
+        workers: list[WorkerRecord] = await self._call(self.store.list_workers)
+        if any(run.workflow in w.workflows for w in workers):
+            return None
+        live = f"{len(workers)} live worker(s) serve other workflows" if workers else "none is live"
+        return (
+            f"no live worker serves workflow {run.workflow!r} ({live}); the run waits until one "
+            "does: start a worker that registers it (`coro-durable worker --app yourmodule`)"
+        )
+
+    def _worker_record(self) -> WorkerRecord:
+        names = tuple(sorted(_workflow.registered()))
+        return WorkerRecord(self.worker_id, socket.gethostname(), os.getpid(), names)
+
+    async def _register(self) -> None:
+        """Enter the store's worker registry; on failure the store is closed again."""
+        try:
+            await self._call(self.store.heartbeat_worker, self._worker_record(), self.lease_ttl)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.store.close()
+            raise
+
+    async def _heartbeat_loop(self) -> None:
+        """Refresh the registration every ``lease_ttl / 3`` (with the workflows registered by
+        then); a failing heartbeat is logged once and retried at the next beat."""
+        with anyio.CancelScope() as scope:
+            self._loop_scopes.append(scope)
+            failing = False
+            while True:
+                await anyio.sleep(self.lease_ttl / 3)
+                try:
+                    await self.store.heartbeat_worker(self._worker_record(), self.lease_ttl)
+                except Exception as exc:
+                    if not failing:
+                        log.warning(
+                            "worker %s: heartbeat to the worker registry failed (%s: %s); "
+                            "retrying every %gs, clients may not see this worker meanwhile",
+                            self.worker_id,
+                            type(exc).__name__,
+                            exc,
+                            self.lease_ttl / 3,
+                        )
+                    failing = True
+                    continue
+                if failing:
+                    log.info("worker %s: heartbeats reach the registry again", self.worker_id)
+                failing = False
+
+    async def _deregister(self) -> None:
+        """Leave the registry on close. A worker "killed" by fault injection stays until its
+        registration expires, as a killed process would."""
+        if not self.worker or self._crashed is not None:
+            return
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            try:
+                await self.store.remove_worker(self.worker_id)
+            except Exception as exc:
+                log.warning(
+                    "worker %s: could not leave the worker registry (%s: %s); it drops out "
+                    "when its registration expires",
+                    self.worker_id,
+                    type(exc).__name__,
+                    exc,
+                )
 
     # -- the worker -----------------------------------------------------------------------------------
 

@@ -55,6 +55,7 @@ boundary (``_translate``); none leaks.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import threading
 import time
@@ -70,7 +71,14 @@ from . import _faults
 from ._groupcommit import OPTION_NAMES as GROUP_COMMIT_OPTIONS
 from ._groupcommit import GroupCommit, GroupCommitOptions
 from ._groupcommit import parse_option as parse_group_option
-from ._journal import CANCELLED_ERROR, TERMINAL, JournalEntry, RunRecord, RunStatus
+from ._journal import (
+    CANCELLED_ERROR,
+    TERMINAL,
+    JournalEntry,
+    RunRecord,
+    RunStatus,
+    WorkerRecord,
+)
 from ._store import Listener
 from .errors import (
     ConfigurationError,
@@ -148,6 +156,18 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX signals_unconsumed ON signals (run_id, name, id) WHERE consumed = 0",
     ),
+    # 2: the worker registry (workflows: a JSON array of names)
+    (
+        """CREATE TABLE workers (
+            worker_id TEXT PRIMARY KEY,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            workflows TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            last_seen REAL NOT NULL,
+            expires_at REAL NOT NULL
+        )""",
+    ),
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -206,6 +226,14 @@ _SQL_OLDEST_SIGNAL = (
     "ORDER BY id LIMIT 1"
 )
 _SQL_HAS_SIGNAL = "SELECT 1 FROM signals WHERE run_id = ? AND consumed = 0 LIMIT 1"
+_WORKER_COLUMNS = ("worker_id", "host", "pid", "workflows", "started_at", "last_seen", "expires_at")
+_SQL_PUT_WORKER = (
+    f"INSERT OR REPLACE INTO workers ({', '.join(_WORKER_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_SQL_LIST_WORKERS = (
+    f"SELECT {', '.join(_WORKER_COLUMNS)} FROM workers WHERE expires_at > ? "
+    "ORDER BY started_at, worker_id"
+)
 
 _SYNCHRONOUS = ("FULL", "EXTRA", "NORMAL")
 
@@ -283,6 +311,19 @@ def _run_from_row(row: Sequence[Any]) -> RunRecord:
         ) from None
     values[9] = bool(values[9])
     return RunRecord(*values)
+
+
+def _worker_from_row(row: Sequence[Any]) -> WorkerRecord:
+    try:
+        workflows = json.loads(row[3])
+        if not isinstance(workflows, list) or not all(isinstance(w, str) for w in workflows):
+            raise ValueError("not a list of names")
+    except ValueError:
+        raise CorruptJournalError(
+            f"worker {row[0]!r}: stored workflows {row[3]!r} are not a JSON list of names; the "
+            "row was modified outside coro_durable"
+        ) from None
+    return WorkerRecord(row[0], row[1], int(row[2]), tuple(workflows), *row[4:7])
 
 
 def _entry_params(run_id: str, e: JournalEntry) -> tuple[Any, ...]:
@@ -891,6 +932,52 @@ class SqliteStore:
         result = await self._write(op)
         self._notify()
         return result
+
+    # -- the worker registry ------------------------------------------------------------------------
+
+    async def heartbeat_worker(self, worker: WorkerRecord, ttl: float) -> WorkerRecord:
+        workflows = json.dumps(list(worker.workflows), ensure_ascii=False)
+
+        def op(conn: sqlite3.Connection) -> WorkerRecord:
+            now = time.time()
+            conn.execute(
+                "DELETE FROM workers WHERE expires_at <= ? AND worker_id <> ?",
+                (now, worker.worker_id),
+            )
+            row = conn.execute(
+                "SELECT started_at, expires_at FROM workers WHERE worker_id = ?",
+                (worker.worker_id,),
+            ).fetchone()
+            started = row[0] if row is not None and row[1] > now else now
+            stored = WorkerRecord(
+                worker.worker_id,
+                worker.host,
+                worker.pid,
+                tuple(worker.workflows),
+                started,
+                now,
+                now + ttl,
+            )
+            conn.execute(
+                _SQL_PUT_WORKER,
+                (stored.worker_id, stored.host, stored.pid, workflows, started, now, now + ttl),
+            )
+            return stored
+
+        return await self._write(op)
+
+    async def list_workers(self) -> list[WorkerRecord]:
+        def op(conn: sqlite3.Connection) -> list[WorkerRecord]:
+            rows = conn.execute(_SQL_LIST_WORKERS, (time.time(),)).fetchall()
+            return [_worker_from_row(row) for row in rows]
+
+        return await self._read(op)
+
+    async def remove_worker(self, worker_id: str) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))
+
+        await self._write(op)
 
     # -- diagnostics ----------------------------------------------------------------------------------
 

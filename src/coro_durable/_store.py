@@ -33,6 +33,14 @@ passes the same conformance suite (tests/test_store_conformance.py). The rules a
   as if it had committed alone (one caller's LeaseLost or ConflictError never fails another's
   write), a caller resumes only once its write is durable, and if the shared commit fails every
   write in it fails with that error and none of it is kept.
+* **The worker registry.** Every worker Runtime registers itself with ``heartbeat_worker`` (an
+  upsert of its :class:`~coro_durable._journal.WorkerRecord`) before it claims anything, repeats
+  it while it runs, and calls ``remove_worker`` when it closes. The store stamps each heartbeat
+  with its own clock (``last_seen``, and ``expires_at = last_seen + ttl``); ``list_workers``
+  answers the registrations that have not expired. A heartbeat arriving after its own
+  registration expired starts a new one (``started_at`` is reset): that worker was gone. Expired
+  registrations are deleted by the next heartbeat of any worker, so the registry holds the live
+  workers and at most the ones that died since.
 * Times are ``time.time()`` floats from the store's clock.
 * Listeners registered with ``subscribe`` are called (on the event loop) when new work may be
   claimable: a run created, a signal delivered, a cancel requested, a lease released.
@@ -51,7 +59,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
-from ._journal import JournalEntry, RunRecord, RunStatus
+from ._journal import JournalEntry, RunRecord, RunStatus, WorkerRecord
 from .errors import ConfigurationError, StorePluginMissingError
 
 __all__ = ["Store", "open_store", "DEFAULT_STORE_URL"]
@@ -159,6 +167,20 @@ class Store(Protocol):
         """Flag the run for cancellation and wake it; return the run."""
         ...
 
+    # -- the worker registry -----------------------------------------------------------------------
+    async def heartbeat_worker(self, worker: WorkerRecord, ttl: float) -> WorkerRecord:
+        """Register ``worker`` or refresh its registration, live for ``ttl`` seconds from now (the
+        store's clock); return the stored record with its times. The record's own times are
+        ignored. Deletes registrations of other workers that have expired."""
+        ...
+
+    async def list_workers(self) -> list[WorkerRecord]:
+        """The registrations that have not expired, oldest ``started_at`` first."""
+        ...
+
+    async def remove_worker(self, worker_id: str) -> None:
+        """Delete the worker's registration (it is closing); a no-op if there is none."""
+
 
 class StoreWrapper:
     """A store that forwards every call to ``inner``: subclass it to observe some calls.
@@ -251,6 +273,15 @@ class StoreWrapper:
 
     async def request_cancel(self, run_id: str) -> RunRecord:
         return await self.inner.request_cancel(run_id)
+
+    async def heartbeat_worker(self, worker: WorkerRecord, ttl: float) -> WorkerRecord:
+        return await self.inner.heartbeat_worker(worker, ttl)
+
+    async def list_workers(self) -> list[WorkerRecord]:
+        return await self.inner.list_workers()
+
+    async def remove_worker(self, worker_id: str) -> None:
+        await self.inner.remove_worker(worker_id)
 
 
 def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:

@@ -4,7 +4,8 @@
     ├── WorkflowError                     something about workflow code itself
     │   ├── NotAnEffectError (TypeError)  a workflow awaited something that is not an effect
     │   ├── NonDeterminismError           replayed code issued a different effect than the journal
-    │   ├── UnknownWorkflowError (LookupError)  no workflow registered under a name
+    │   ├── UnknownWorkflowError (LookupError)  no workflow registered under a name (for
+    │   │                                 start: none here, and no live worker serves it)
     │   └── EffectNotAllowedError         an effect or helper used where it cannot be
     │       └── NotInWorkflowError        an effect awaited outside a workflow run
     ├── StepError                         a step failed after its retries; carries the original
@@ -38,6 +39,8 @@ Every message says what happened and what to do about it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
 
 __all__ = [
     "CoroDurableError",
@@ -109,16 +112,44 @@ class NonDeterminismError(WorkflowError):
 
 
 class UnknownWorkflowError(WorkflowError, LookupError):
-    """No workflow is registered under this name in this process."""
+    """No workflow is registered under this name in this process (and, when ``served`` is
+    given, no live worker serves it: ``Runtime.start`` refused to create a run nobody runs)."""
 
-    def __init__(self, name: str, known: list[str]) -> None:
+    def __init__(
+        self,
+        name: str,
+        known: list[str],
+        served: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
         self.name = name
+        self.served = dict(served) if served is not None else None
         listed = ", ".join(sorted(known)) or "none"
+        if served is None:
+            super().__init__(
+                f"no workflow named {name!r} is registered in this process (registered: "
+                f"{listed}). Import the module that defines it (e.g. `coro-durable worker --app "
+                "yourmodule`) or pass workflows=[...] to Runtime"
+            )
+            return
         super().__init__(
-            f"no workflow named {name!r} is registered in this process (registered: {listed}). "
-            "Import the module that defines it (e.g. `coro-durable worker --app yourmodule`) or "
-            "pass workflows=[...] to Runtime"
+            f"no workflow named {name!r} is registered in this process (registered: {listed}) "
+            f"or served by a live worker ({_live_workers(served)}), so a run of it would wait "
+            "forever. Check the name, or start a worker that serves it (`coro-durable worker "
+            "--app yourmodule`), or pass allow_unknown=True (`--allow-unknown` on the command "
+            "line) to start it before deploying a worker that serves it"
         )
+
+
+def _live_workers(served: Mapping[str, Sequence[str]], most: int = 5) -> str:
+    """``live workers: w1 serves a, b; w2 serves c`` (the first ``most`` of them)."""
+    if not served:
+        return "no worker is live"
+    parts = [
+        f"{worker} serves {', '.join(sorted(names)) or 'nothing'}"
+        for worker, names in list(served.items())[:most]
+    ]
+    more = f"; and {len(served) - most} more" if len(served) > most else ""
+    return "live workers: " + "; ".join(parts) + more
 
 
 class EffectNotAllowedError(WorkflowError):

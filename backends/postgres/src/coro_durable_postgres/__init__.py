@@ -62,8 +62,8 @@ How it works (details in the module docstrings of ``_sql`` and ``_driver``):
   statement would answer (NULL, 'missing', 'lost <epoch> <status>', 'conflict ...'), and nothing
   is written for a refused one; if the statement or its commit fails, every caller of the batch
   gets that error. Callers resume only once the commit returned.
-* **One clock.** Lease expiry, creation times and "due now" comparisons use the database
-  server's clock (``clock_timestamp()``), never the workers' clocks. Timer due times
+* **One clock.** Lease expiry, creation times, worker heartbeats and "due now" comparisons use
+  the database server's clock (``clock_timestamp()``), never the workers' clocks. Timer due times
   (``wake_at``) come from the worker that parked the run; a worker whose clock is off by *d*
   wakes its timers *d* early or late, never decides ownership with it.
 * **Versioned schema.** ``schema_version`` records the applied migrations; ``open()`` applies the

@@ -34,6 +34,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "RUN_COLUMNS",
     "ENTRY_COLUMNS",
+    "WORKER_COLUMNS",
     "Statements",
 ]
 
@@ -54,6 +55,9 @@ RUN_COLUMNS = (
 ENTRY_COLUMNS = (
     "seq", "kind", "name", "digest", "status", "args", "result", "error", "attempts", "key",
     "started_at", "finished_at", "due_at", "checksum",
+)  # fmt: skip
+WORKER_COLUMNS = (
+    "worker_id", "host", "pid", "workflows", "started_at", "last_seen", "expires_at",
 )  # fmt: skip
 _ENTRY_TYPES = (
     "int", "text", "text", "text", "text", "text", "text", "text", "int", "text",
@@ -393,6 +397,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (_WRITE_BATCH_FUNCTION, _APPEND_ENTRY_FUNCTION),
     # 3: only an append holding a final entry resets crash_count (the three append functions)
     (_APPEND_FUNCTION, _APPEND_ENTRY_FUNCTION, _WRITE_BATCH_FUNCTION),
+    # 4: the worker registry
+    (
+        """CREATE TABLE {s}.workers (
+            worker_id text PRIMARY KEY,
+            host text NOT NULL,
+            pid bigint NOT NULL,
+            workflows text[] NOT NULL,
+            started_at double precision NOT NULL,
+            last_seen double precision NOT NULL,
+            expires_at double precision NOT NULL
+        )""",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -632,6 +648,36 @@ upd AS (
 )
 SELECT {cols}, {_notify()}::text FROM upd"""
         )
+        # The worker registry. A heartbeat deletes the other workers' expired registrations
+        # (skipping rows another heartbeat holds, so two of them never wait on each other) and
+        # upserts its own; a registration that had expired starts again (started_at now).
+        workers = ", ".join(WORKER_COLUMNS)
+        self.heartbeat_worker = q(
+            f"""WITH {_CLOCK},
+pruned AS (
+    DELETE FROM {{s}}.workers WHERE worker_id IN (
+        SELECT worker_id FROM {{s}}.workers
+        WHERE expires_at <= (SELECT t FROM clock) AND worker_id <> %(worker_id)s
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING 1
+)
+INSERT INTO {{s}}.workers AS w ({workers})
+SELECT %(worker_id)s, %(host)s, %(pid)s, %(workflows)s::text[], c.t, c.t, c.t + %(ttl)s
+FROM clock c
+ON CONFLICT (worker_id) DO UPDATE SET host = excluded.host, pid = excluded.pid,
+    workflows = excluded.workflows,
+    started_at = CASE WHEN w.expires_at > excluded.last_seen THEN w.started_at
+                      ELSE excluded.started_at END,
+    last_seen = excluded.last_seen, expires_at = excluded.expires_at
+RETURNING {workers}"""
+        )
+        self.list_workers = q(
+            f"""SELECT {workers} FROM {{s}}.workers
+WHERE expires_at > date_part('epoch', clock_timestamp())
+ORDER BY started_at, worker_id"""
+        )
+        self.remove_worker = q("DELETE FROM {s}.workers WHERE worker_id = %s RETURNING worker_id")
         # Seconds from now (database clock) until the next run falls due: a parked run's timer
         # or a running run's lease expiry. Past-due runs are left to the workers' polling.
         self.next_due = q(

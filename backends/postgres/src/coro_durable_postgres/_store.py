@@ -16,7 +16,13 @@ import anyio.to_thread
 import psycopg
 
 from coro_durable._groupcommit import GroupCommit
-from coro_durable._journal import CANCELLED_ERROR, JournalEntry, RunRecord, RunStatus
+from coro_durable._journal import (
+    CANCELLED_ERROR,
+    JournalEntry,
+    RunRecord,
+    RunStatus,
+    WorkerRecord,
+)
 from coro_durable.errors import (
     ConfigurationError,
     ConflictError,
@@ -55,6 +61,13 @@ def _run_from_row(row: Sequence[Any]) -> RunRecord:
             "modified outside coro_durable"
         ) from None
     return RunRecord(*values)
+
+
+def _worker_from_row(row: Sequence[Any]) -> WorkerRecord:
+    worker_id, host, pid, workflows, started_at, last_seen, expires_at = row
+    return WorkerRecord(
+        worker_id, host, int(pid), tuple(workflows), started_at, last_seen, expires_at
+    )
 
 
 def _due_at(text: str | None) -> float | None:
@@ -759,6 +772,30 @@ class PostgresStore:
             raise RunNotFoundError(run_id)
         self._notify()
         return _run_from_row(rows[0])
+
+    # -- the worker registry -------------------------------------------------------------------
+
+    async def heartbeat_worker(self, worker: WorkerRecord, ttl: float) -> WorkerRecord:
+        _no_nul("worker id", worker.worker_id)
+        _no_nul("worker host", worker.host)
+        for name in worker.workflows:
+            _no_nul("workflow name", name)
+        params = {
+            "worker_id": worker.worker_id,
+            "host": worker.host,
+            "pid": int(worker.pid),
+            "workflows": list(worker.workflows),
+            "ttl": float(ttl),
+        }
+        rows = await self._fetch(self._sql.heartbeat_worker, params)
+        return _worker_from_row(rows[0])
+
+    async def list_workers(self) -> list[WorkerRecord]:
+        return [_worker_from_row(row) for row in await self._fetch(self._sql.list_workers)]
+
+    async def remove_worker(self, worker_id: str) -> None:
+        _no_nul("worker id", worker_id)
+        await self._fetch(self._sql.remove_worker, [worker_id])
 
     # -- diagnostics ---------------------------------------------------------------------------
 

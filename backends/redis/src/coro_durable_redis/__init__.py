@@ -86,8 +86,9 @@ Leases are decided by the server's clock alone: ``claim`` and ``renew`` compute
 ``lease_expires`` from ``TIME`` inside their scripts and compare it with ``TIME``, so two workers
 never compare their own clocks. Wake-up times given by the runtime (timers, retry backoffs) are the
 client's ``time.time()``, compared with the server clock at claim time: skew between them makes a
-timer fire that much early or late, never twice. ``created_at``/``updated_at`` and the
-``wake_at`` set by the store are server time too.
+timer fire that much early or late, never twice. ``created_at``/``updated_at``, the
+``wake_at`` set by the store and the worker registry's heartbeat and expiry times are server time
+too.
 
 Atomicity
 ---------
@@ -128,6 +129,8 @@ Key layout (``P`` is the prefix)
 ``P ix:st:<status>``          zset   by status
 ``P ix:wfst:<status>:<wf>``   zset   by status and workflow
 ``P op:<token>``              str    outcome of a write whose reply may be lost (expires in 10 min)
+``P workers``                 hash   worker id -> ``started|last_seen|expires|[host, pid, names]``
+``P workers:expiry``          zset   worker ids by registration expiry (server clock)
 ``P wake``                    chan   pub/sub wake-ups
 ============================  =====  ==========================================================
 

@@ -552,6 +552,56 @@ local nx = redis.call('ZRANGEBYSCORE', P .. 'timeline', '(' .. num(now), '+inf',
 return {num(now), nx[2] or ''}
 """
 
+# ---- the worker registry -----------------------------------------------------------------------------
+#
+# ``P workers`` maps a worker id to ``started_at|last_seen|expires_at|<JSON [host, pid, [names]]>``
+# and ``P workers:expiry`` orders the ids by expires_at (server clock).
+
+# ARGV: P, worker_id, ttl, JSON info -> {started_at, last_seen, expires_at}. Deletes the other
+# workers' expired registrations; a registration that had expired starts again.
+_WORKER_BEAT = r"""
+local id = ARGV[2]
+local H, Z = P .. 'workers', P .. 'workers:expiry'
+local now = clock()
+local nows = num(now)
+for _, other in ipairs(redis.call('ZRANGEBYSCORE', Z, '-inf', nows)) do
+  if other ~= id then
+    redis.call('HDEL', H, other)
+    redis.call('ZREM', Z, other)
+  end
+end
+local started = nows
+local cur = redis.call('HGET', H, id)
+if cur then
+  local s, e = string.match(cur, '^([^|]*)|[^|]*|([^|]*)|')
+  if s and tonumber(e) and tonumber(e) > now then started = s end
+end
+local expires = num(now + tonumber(ARGV[3]))
+redis.call('HSET', H, id, started .. '|' .. nows .. '|' .. expires .. '|' .. ARGV[4])
+redis.call('ZADD', Z, expires, id)
+return {started, nows, expires}
+"""
+
+# ARGV: P -> flat {worker_id, stored value, ...} of the registrations that have not expired
+_WORKERS = r"""
+local H = P .. 'workers'
+local out = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'workers:expiry', '(' .. num(clock()), '+inf')) do
+  local value = redis.call('HGET', H, id)
+  if value then
+    out[#out + 1] = id
+    out[#out + 1] = value
+  end
+end
+return out
+"""
+
+# ARGV: P, worker_id -> 1 if it was registered
+_WORKER_REMOVE = r"""
+redis.call('ZREM', P .. 'workers:expiry', ARGV[2])
+return redis.call('HDEL', P .. 'workers', ARGV[2])
+"""
+
 SCRIPTS: dict[str, Script] = {
     s.name: s
     for s in (
@@ -571,5 +621,8 @@ SCRIPTS: dict[str, Script] = {
         _script("deliver", _DELIVER),
         _script("cancel", _CANCEL),
         _script("next_wake", _NEXT_WAKE),
+        _script("worker_beat", _WORKER_BEAT),
+        _script("workers", _WORKERS),
+        _script("worker_remove", _WORKER_REMOVE),
     )
 }

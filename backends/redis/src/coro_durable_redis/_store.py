@@ -21,7 +21,13 @@ import redis.exceptions as rex
 from coro_durable._groupcommit import OPTION_NAMES as GROUP_COMMIT_OPTIONS
 from coro_durable._groupcommit import GroupCommit, GroupCommitOptions
 from coro_durable._groupcommit import parse_option as parse_group_option
-from coro_durable._journal import CANCELLED_ERROR, JournalEntry, RunRecord, RunStatus
+from coro_durable._journal import (
+    CANCELLED_ERROR,
+    JournalEntry,
+    RunRecord,
+    RunStatus,
+    WorkerRecord,
+)
 from coro_durable._store import Listener
 from coro_durable.errors import (
     ConfigurationError,
@@ -828,6 +834,59 @@ class RedisStore:
             self._refused(reply, run_id, None)
         self._notify()
         return _run_from_row(reply[1])
+
+    # -- the worker registry ------------------------------------------------------------------------
+
+    async def heartbeat_worker(self, worker: WorkerRecord, ttl: float) -> WorkerRecord:
+        info = json.dumps(
+            [worker.host, int(worker.pid), list(worker.workflows)], ensure_ascii=False
+        )
+        args = [_b(worker.worker_id), _b(repr(float(ttl))), _b(info)]
+        started, last_seen, expires = (
+            float(_s(x)) for x in await self._script("worker_beat", args)
+        )
+        return WorkerRecord(
+            worker.worker_id,
+            worker.host,
+            int(worker.pid),
+            tuple(worker.workflows),
+            started,
+            last_seen,
+            expires,
+        )
+
+    async def list_workers(self) -> list[WorkerRecord]:
+        reply = await self._script("workers", [])
+        workers = [
+            _worker_from_value(_s(reply[i]), _s(reply[i + 1])) for i in range(0, len(reply) - 1, 2)
+        ]
+        return sorted(workers, key=lambda w: (w.started_at, w.worker_id))
+
+    async def remove_worker(self, worker_id: str) -> None:
+        await self._script("worker_remove", [_b(worker_id)])
+
+
+def _worker_from_value(worker_id: str, value: str) -> WorkerRecord:
+    """A WorkerRecord from its ``P workers`` value: ``started|last_seen|expires|JSON info``."""
+    try:
+        started, last_seen, expires, info = value.split("|", 3)
+        host, pid, workflows = json.loads(info)
+        if not all(isinstance(name, str) for name in workflows):
+            raise ValueError("workflow names are not strings")
+        return WorkerRecord(
+            worker_id,
+            str(host),
+            int(pid),
+            tuple(workflows),
+            float(started),
+            float(last_seen),
+            float(expires),
+        )
+    except (TypeError, ValueError) as exc:
+        raise CorruptJournalError(
+            f"worker {worker_id!r}: its registration in Redis cannot be decoded ({exc}); it was "
+            "modified outside coro_durable"
+        ) from None
 
 
 def _on_asyncio() -> bool:
