@@ -588,3 +588,33 @@ def test_worker_exits_cleanly_on_sigterm_and_hands_back_its_run(
     if run["status"] == "waiting":
         assert run["waiting_on"].startswith("a worker (handed back by")
         assert datetime.fromisoformat(run["wake_at"]) <= datetime.now(UTC)
+
+
+# -- global options after the command ---------------------------------------------------------------
+
+
+def test_store_option_is_accepted_after_the_command(
+    cli: Cli, app: str, url: str, tmp_path: Path
+) -> None:
+    """--store works after the subcommand as well as before it, on every command; given in both
+    places, the one after the command wins."""
+    for args in (
+        ["start", "cli_approval", '["late"]', "--run-id", "late"],
+        ["worker", "--app", app, "--exit-when-idle", "--poll", "0.02"],
+        ["signal", "late", "approval", '"ok"'],
+        ["worker", "--app", app, "--exit-when-idle", "--poll", "0.02"],
+        ["result", "late", "--timeout", "5"],
+        ["replay", "late", "--app", app],
+        ["cancel", "late"],
+    ):
+        code, _, err = cli(*args, "--store", url, store=None)
+        assert code == 0, (args, err)
+    code, out, _ = cli("list", "--json", "--store", url, store=None)
+    assert [r["run_id"] for r in json.loads(out)] == ["late"]
+    code, out, _ = cli("show", "late", "--store", url, store=None)
+    assert fields(out)["status"] == "completed"
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    code, _, _ = cli("start", "cli_greet", '["o"]', "--run-id", "in-other", "--store", other)
+    assert code == 0  # the fixture passes --store url first: the later one wins
+    assert [r["run_id"] for r in json.loads(cli("list", "--json", store=other)[1])] == ["in-other"]
+    assert "in-other" not in cli("list", store=url)[1]

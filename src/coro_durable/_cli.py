@@ -118,19 +118,19 @@ def _parser() -> argparse.ArgumentParser:
         "sqlite:///.coro_durable/runs.db. Exit codes: 0 ok, 1 run failed/cancelled/quarantined "
         "or replay diverged, 2 error.",
     )
-    parser.add_argument(
-        "--store",
-        metavar="URL",
-        help="store URL: sqlite:///path/runs.db, memory://, postgresql://..., redis://... "
-        "(default: $CORO_DURABLE_STORE or sqlite:///.coro_durable/runs.db)",
-    )
+    _global_options(parser, default=None)
+    # The same options after the command (`coro-durable list --store URL`); absent there, they
+    # leave the value given before the command alone, and given there, they win.
+    after = argparse.ArgumentParser(add_help=False)
+    _global_options(after, default=argparse.SUPPRESS)
     parser.set_defaults(command=None)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     def command(
         name: str, handler: Callable[[argparse.Namespace], int], help: str, add_help: bool = True
     ) -> Any:
-        p = sub.add_parser(name, help=help, description=help, add_help=add_help)
+        parents = [after] if add_help else []  # the demo passes its options on to the example
+        p = sub.add_parser(name, help=help, description=help, add_help=add_help, parents=parents)
         p.set_defaults(command=name, handler=handler)
         return p
 
@@ -236,6 +236,16 @@ def _parser() -> argparse.ArgumentParser:
     p = command("resume", _cmd_resume, "release a quarantined run after fixing what crashed it")
     p.add_argument("run_id", metavar="RUN")
     return parser
+
+
+def _global_options(parser: argparse.ArgumentParser, *, default: Any) -> None:
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        default=default,
+        help="store URL: sqlite:///path/runs.db, memory://, postgresql://..., redis://... "
+        "(default: $CORO_DURABLE_STORE or sqlite:///.coro_durable/runs.db)",
+    )
 
 
 def _positive_int(text: str) -> int:
