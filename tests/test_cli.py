@@ -3,6 +3,7 @@ real processes (`python -m coro_durable`, the installed `coro-durable` script, S
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -588,6 +589,87 @@ def test_worker_exits_cleanly_on_sigterm_and_hands_back_its_run(
     if run["status"] == "waiting":
         assert run["waiting_on"].startswith("a worker (handed back by")
         assert datetime.fromisoformat(run["wake_at"]) <= datetime.now(UTC)
+
+
+# -- JSON arguments from a file or stdin -----------------------------------------------------------
+
+BIG = 300_000  # characters: well over Linux's 128 KiB limit on one command-line argument
+
+
+def test_json_arguments_from_a_file_and_stdin(url: str, app: str, cli: Cli, tmp_path: Path) -> None:
+    """`@path` reads a JSON argument from a file and `-` from stdin, for start's JSON_ARGS and
+    signal's payload: payloads far over the 128 KiB a command-line argument may hold get through
+    real processes whole."""
+    name, note = "a" * BIG, "b" * BIG
+    (tmp_path / "args.json").write_text(json.dumps([name]))
+    (tmp_path / "verdict.json").write_text(json.dumps({"note": note}))
+
+    def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [*CLI, "--store", url, *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=clean_env(),
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done
+
+    assert run("start", "cli_greet", "@args.json", "--run-id", "file").stdout == "file\n"
+    assert run("start", "cli_greet", "-", "--run-id", "stdin", stdin=json.dumps({"name": note}))
+    assert run("start", "cli_approval", "@args.json", "--run-id", "sig-file")
+    assert run("start", "cli_approval", '["x"]', "--run-id", "sig-stdin")
+    work(cli, app)
+    run("signal", "sig-file", "approval", "@verdict.json")
+    run("signal", "sig-stdin", "approval", "-", stdin=json.dumps([note]))
+    work(cli, app)
+    assert show_json(cli, "file")["run"]["result"] == f"hello {name}!"
+    assert show_json(cli, "stdin")["run"]["result"] == f"hello {note}!"
+    verdict = show_json(cli, "sig-file")["run"]["result"]["verdict"]
+    assert verdict == {"note": note}
+    assert show_json(cli, "sig-stdin")["run"]["result"]["verdict"] == [note]
+
+
+def test_json_argument_file_errors_are_one_line(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A missing or unreadable @file, or a file or stdin that is not JSON, is one error line that
+    says what happened and what to do (exit 2), without echoing a huge payload."""
+    monkeypatch.chdir(tmp_path)
+    cli("start", "cli_greet", '["x"]', "--run-id", "exists")
+    code, out, err = cli("start", "cli_greet", "@missing.json")
+    assert (code, out) == (2, "")
+    assert err == (
+        "coro-durable: error: cannot read JSON_ARGS from file 'missing.json' (@missing.json): "
+        "no such file. Check the path (relative to the current directory), or pass the JSON "
+        "itself or '-' to read it from stdin\n"
+    )
+    code, _, err = cli("signal", "exists", "approval", f"@{tmp_path}")
+    assert code == 2
+    assert f"cannot read the signal payload from file '{tmp_path}'" in err
+    assert "is a directory" in err
+    (tmp_path / "bad.json").write_text('{"text": "' + "x" * BIG)  # unterminated
+    code, _, err = cli("signal", "exists", "approval", "@bad.json")
+    assert code == 2
+    assert err.startswith(
+        "coro-durable: error: the signal payload in file 'bad.json' is not valid JSON "
+        "(Unterminated string starting at: line 1 column 10)"
+    )
+    assert err.count("\n") == 1
+    assert len(err) < 500
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"[not json")))
+    code, _, err = cli("start", "cli_greet", "-")
+    assert code == 2
+    assert err.startswith(
+        "coro-durable: error: JSON_ARGS read from stdin is not valid JSON (Expecting value: "
+        "line 1 column 2)"
+    )
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
+    code, _, err = cli("signal", "exists", "approval", "-")
+    assert code == 2
+    assert "the signal payload read from stdin is empty" in err
 
 
 # -- global options after the command ---------------------------------------------------------------

@@ -10,7 +10,10 @@
     coro-durable result RUN [--timeout 30]             wait for the result
     coro-durable cancel RUN | resume RUN
 
-The store is ``--store URL``, else ``$CORO_DURABLE_STORE``, else ``sqlite:///.coro_durable/runs.db``.
+The store is ``--store URL`` (before or after the command), else ``$CORO_DURABLE_STORE``, else
+``sqlite:///.coro_durable/runs.db``. A JSON argument (start's JSON_ARGS, signal's payload) is the
+JSON itself, ``@path/to/file.json`` (read from that file) or ``-`` (read from stdin): one
+command-line argument holds at most 128 KiB on Linux.
 Every command but ``worker`` opens a client-only Runtime (``worker=False``): it reads and writes
 the store and executes nothing. Exit codes: 0 success; 1 the run (or replay) did not succeed
 (failed, cancelled, quarantined, diverged); 2 an error (unknown run, bad store URL, bad JSON...),
@@ -194,7 +197,8 @@ def _parser() -> argparse.ArgumentParser:
         default="[]",
         metavar="JSON_ARGS",
         help="JSON list of positional arguments ('[\"a\", 2]'), or a JSON object of keyword "
-        "arguments; any other JSON value is the single argument",
+        "arguments; any other JSON value is the single argument. @FILE reads the JSON from a "
+        "file, - from stdin (for inputs too big for a command line)",
     )
     p.add_argument("--run-id", metavar="ID", help="run id (starting it again is idempotent)")
     app_option(p)
@@ -212,7 +216,11 @@ def _parser() -> argparse.ArgumentParser:
     p = command("signal", _cmd_signal, "send a signal with a JSON payload to a run")
     p.add_argument("run_id", metavar="RUN")
     p.add_argument("name", help="signal name, as in cd.await_signal(NAME)")
-    p.add_argument("payload", metavar="JSON", help="JSON payload ('null' for none)")
+    p.add_argument(
+        "payload",
+        metavar="JSON",
+        help="JSON payload ('null' for none); @FILE reads it from a file, - from stdin",
+    )
     p.add_argument(
         "--signal-id", metavar="ID", help="delivery id: resending the same id is a no-op"
     )
@@ -298,13 +306,63 @@ def _sqlite_path(url: str) -> Path | None:
 
 
 def _parse_json(text: str, what: str) -> Any:
+    """A JSON command-line argument: the JSON itself, ``@path`` (the JSON is read from that file)
+    or ``-`` (read from stdin). JSON never starts with ``@`` and is never ``-``, so nothing is
+    ambiguous; a file or stdin carries payloads too big for a command line (128 KiB on Linux)."""
+    if text == "-":
+        return _parse_json_bytes(_read_stdin(what), what, "read from stdin")
+    if text.startswith("@"):
+        path = text[1:]
+        try:
+            data = Path(path).expanduser().read_bytes()
+        except OSError as exc:
+            raise CliError(
+                f"cannot read {what} from file {path!r} ({text}): {_os_reason(exc)}. Check the "
+                "path (relative to the current directory), or pass the JSON itself or '-' to "
+                "read it from stdin"
+            ) from None
+        return _parse_json_bytes(data, what, f"in file {path!r}")
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise CliError(
-            f"{what} is not valid JSON ({exc.msg} at character {exc.pos}): {text!r}. "
-            "Quote strings in JSON, e.g. '\"text\"' or '[\"a\", 2]'"
+            f"{what} is not valid JSON ({exc.msg} at character {exc.pos}): {_clip(repr(text), 80)}"
+            ". Quote strings in JSON, e.g. '\"text\"' or '[\"a\", 2]'; @FILE reads the JSON "
+            "from a file, - from stdin"
         ) from None
+
+
+def _read_stdin(what: str) -> bytes:
+    if sys.stdin is None:
+        raise CliError(f"{what} is '-' (read it from stdin), but this process has no stdin")
+    buffer = getattr(sys.stdin, "buffer", None)
+    return buffer.read() if buffer is not None else sys.stdin.read().encode()
+
+
+def _parse_json_bytes(data: bytes, what: str, source: str) -> Any:
+    if not data.strip():
+        raise CliError(f"{what} {source} is empty; it must hold one JSON value ('null' for none)")
+    try:
+        return json.loads(data)  # bytes: UTF-8 (with or without a BOM), UTF-16 or UTF-32
+    except UnicodeDecodeError as exc:
+        raise CliError(
+            f"{what} {source} is not UTF-8 text ({exc.reason}); save it as UTF-8"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise CliError(
+            f"{what} {source} is not valid JSON ({exc.msg}: line {exc.lineno} column "
+            f"{exc.colno}); it must hold one JSON value, e.g. '[\"a\", 2]' or '{{\"ok\": true}}'"
+        ) from None
+
+
+def _os_reason(exc: OSError) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, IsADirectoryError):
+        return "it is a directory"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    return (exc.strerror or str(exc)).lower()
 
 
 def _import_apps(apps: Sequence[str]) -> list[str]:
