@@ -700,3 +700,33 @@ def test_store_option_is_accepted_after_the_command(
     assert code == 0  # the fixture passes --store url first: the later one wins
     assert [r["run_id"] for r in json.loads(cli("list", "--json", store=other)[1])] == ["in-other"]
     assert "in-other" not in cli("list", store=url)[1]
+
+
+# -- list fits the terminal ---------------------------------------------------------------------------
+
+
+def test_list_cuts_long_cells_to_the_terminal_width(cli: Cli) -> None:
+    """list cuts a 200-character run id (and a long workflow name) with "..." so every line fits
+    the terminal (120 columns here) and says so; --wide and --json show them whole."""
+    long_id, long_name = "r" * 190 + "0123456789", "wf_" + "n" * 147
+    assert cli("start", long_name, "[]", "--run-id", long_id)[0] == 0
+    assert cli("start", "cli_greet", '["x"]', "--run-id", "short")[0] == 0
+    code, out, err = cli("list")
+    assert code == 0
+    lines = out.rstrip("\n").split("\n")
+    assert len(lines) == 3
+    assert all(len(line) <= 120 for line in lines), [len(line) for line in lines]
+    assert lines[1].split()[:4] == ["short", "cli_greet", "pending", "0"]  # newest first
+    cut = lines[2].split()
+    assert cut[0].startswith("rrrrrrrrrr") and cut[0].endswith("...")
+    assert cut[1].startswith("wf_nnnnn") and cut[1].endswith("...")
+    assert cut[2:4] == ["pending", "0"]
+    assert "--wide" in err
+    code, out, err = cli("list", "--wide")
+    assert (code, err) == (0, "")
+    assert out.split("\n")[2].split()[:4] == [long_id, long_name, "pending", "0"]
+    code, out, _ = cli("list", "--json")
+    assert [r["run_id"] for r in json.loads(out)] == ["short", long_id]
+    code, out, err = cli("list", "--limit", "1")  # nothing long: nothing cut, no hint
+    assert (code, err) == (0, "")
+    assert out.split("\n")[1].split()[0] == "short"

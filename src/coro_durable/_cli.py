@@ -3,7 +3,7 @@
     coro-durable demo                                  the crash-and-resume demo (examples/)
     coro-durable worker --app myapp                    execute runs until SIGINT/SIGTERM
     coro-durable start research '["durable AI"]'       start a run, print its id
-    coro-durable list [--status waiting]               runs, newest first
+    coro-durable list [--status waiting] [--wide]      runs, newest first
     coro-durable show RUN [--json]                     status and the journal (the audit trail)
     coro-durable signal RUN approval '{"ok": true}'    send a signal
     coro-durable replay RUN --app myapp                does today's code still match the journal?
@@ -208,6 +208,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workflow", metavar="NAME")
     p.add_argument("--limit", type=_positive_int, default=50, metavar="N", help="(50)")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.add_argument(
+        "--wide",
+        action="store_true",
+        help="show long cells whole instead of cutting them to fit the terminal",
+    )
 
     p = command("show", _cmd_show, "show a run's status and its journal (the audit trail)")
     p.add_argument("run_id", metavar="RUN")
@@ -467,7 +472,18 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, right
     return "\n".join([line(headers), *(line(r) for r in rows)])
 
 
-def runs_table(runs: Sequence[RunInfo]) -> str:
+def runs_table(runs: Sequence[RunInfo], *, width: int | None = None, fit: bool = True) -> str:
+    """Runs as a table. With ``fit``, long run ids, workflow names and waits are cut with "..."
+    so that every line fits ``width`` columns (the terminal's by default)."""
+    return _runs_table(runs, width, fit)[0]
+
+
+# Columns list may cut to fit the terminal, and the narrowest each may become.
+_CUTTABLE = {"run_id": 12, "workflow": 10, "waiting_on": 12}
+
+
+def _runs_table(runs: Sequence[RunInfo], width: int | None, fit: bool) -> tuple[str, bool]:
+    """The table, and whether a cell was cut to fit."""
     rows = [
         [
             r.run_id,
@@ -480,7 +496,32 @@ def runs_table(runs: Sequence[RunInfo]) -> str:
         for r in runs
     ]
     headers = ["run_id", "workflow", "status", "step", "waiting_on", "updated"]
-    return format_table(headers, rows, right="step")
+    cut = fit and _fit_columns(headers, rows, width or _terminal_width(), _CUTTABLE)
+    return format_table(headers, rows, right="step"), cut
+
+
+def _fit_columns(
+    headers: Sequence[str], rows: list[list[str]], width: int, cuttable: dict[str, int]
+) -> bool:
+    """Cut cells of the ``cuttable`` columns (header -> narrowest width) with "..." until a line
+    of the table fits in ``width`` columns, narrowing the widest of them first. Returns whether
+    a cell was cut (the table may still be wider when every cuttable column is at its narrowest)."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    excess = sum(widths) + 2 * (len(headers) - 1) - width
+    while excess > 0:
+        narrowable = [i for i, h in enumerate(headers) if widths[i] > cuttable.get(h, widths[i])]
+        if not narrowable:
+            break
+        widest = max(narrowable, key=lambda i: widths[i])
+        widths[widest] -= 1
+        excess -= 1
+    cut = False
+    for row in rows:
+        for i, cell in enumerate(row):
+            if len(cell) > widths[i]:
+                row[i] = cell[: widths[i] - 3] + "..."
+                cut = True
+    return cut
 
 
 def _outcome(entry: JournalEntry) -> str:
@@ -634,7 +675,14 @@ def _cmd_list(args: argparse.Namespace) -> int:
         if args.json:
             _print_json([_info_json(r) for r in runs])
         elif runs:
-            print(runs_table(runs))
+            table, cut = _runs_table(runs, None, not args.wide)
+            print(table)
+            if cut:
+                print(
+                    f"(long cells cut to fit {_terminal_width()} columns: --wide or --json shows "
+                    "them whole)",
+                    file=sys.stderr,
+                )
         else:
             print("no runs" + (" match" if args.status or args.workflow else ""), file=sys.stderr)
         return EXIT_OK
