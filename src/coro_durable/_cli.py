@@ -792,7 +792,8 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 
 class _WorkerState:
-    """What the worker command observes through its store: for logs, --max-runs, --exit-when-idle."""
+    """What the worker command observes through its store: for --max-runs, --exit-when-idle and
+    its closing line."""
 
     def __init__(self) -> None:
         self.in_flight: set[str] = set()
@@ -811,9 +812,11 @@ class _WorkerState:
 
 
 class _ObservedStore(StoreWrapper):
-    """Delegates to the real store and logs the worker's claims, parks, finishes and crashes.
+    """Delegates to the real store and counts the worker's claims, parks, finishes and crashes.
 
-    The Runtime drives everything; this only watches the store calls it makes."""
+    The Runtime drives everything; this only watches the store calls it makes. It logs nothing:
+    the Runtime logs each event once (claimed, parked, handed back, finished, crashed,
+    quarantined, lease lost) on the ``coro_durable`` logger, which the worker command prints."""
 
     def __init__(self, inner: Store, state: _WorkerState) -> None:
         super().__init__(inner)
@@ -847,14 +850,6 @@ class _ObservedStore(StoreWrapper):
         for run in runs:
             self.state.in_flight.add(run.run_id)
             self.state.activity += 1
-            resumed = f", resuming at step {run.steps}" if run.steps else ""
-            log.info(
-                "claimed run %s (%s, fencing token %d%s)",
-                run.run_id,
-                run.workflow,
-                run.epoch,
-                resumed,
-            )
         return runs
 
     async def renew(self, worker: str, leases: dict[str, int], lease_ttl: float) -> dict[str, bool]:
@@ -870,14 +865,8 @@ class _ObservedStore(StoreWrapper):
         with self._fenced(run_id):
             await self.inner.park(run_id, epoch, wake_at, waiting_on)
         if run_id in self.state.in_flight:
-            if waiting_on and not waiting_on.startswith("a worker (handed back"):
-                until = ""
-                if wake_at is not None:
-                    until = f" until {_when(_dt.datetime.fromtimestamp(wake_at, _dt.UTC))}"
-                log.info("run %s parked, waiting on %s%s", run_id, waiting_on, until)
-            else:
+            if not waiting_on or waiting_on.startswith("a worker (handed back"):
                 self.state.handed_back += 1
-                log.info("run %s handed back (lease released for another worker)", run_id)
             self.state.ended(run_id)
 
     async def finish(
@@ -885,11 +874,6 @@ class _ObservedStore(StoreWrapper):
     ) -> None:
         with self._fenced(run_id):
             await self.inner.finish(run_id, epoch, status, result, error)
-        detail = ""
-        if error:
-            info = json.loads(error)
-            detail = f": {info.get('type')}: {_clip(str(info.get('message')), 200)}"
-        log.info("finished run %s: %s%s", run_id, RunStatus(status).value, detail)
         self.state.finished += 1
         self.state.ended(run_id)
 
@@ -898,17 +882,6 @@ class _ObservedStore(StoreWrapper):
     ) -> RunRecord:
         with self._fenced(run_id):
             run = await self.inner.record_crash(run_id, epoch, error, retry_at, max_crashes)
-        if run.status == RunStatus.QUARANTINED:
-            log.warning(
-                "run %s quarantined (%s); fix it, then `coro-durable resume %s`",
-                run_id,
-                error,
-                run_id,
-            )
-        else:
-            log.warning(
-                "run %s crashed (%s); crash %d, retried later", run_id, error, run.crash_count
-            )
         self.state.ended(run_id)
         return run
 

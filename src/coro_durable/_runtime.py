@@ -549,30 +549,35 @@ class Runtime:
         self._activations[run_id] = (None, scope)
         try:
             with scope:
+                # Each event of a run is logged once, here (the CLI worker prints these lines).
+                log.info(
+                    "worker %s: claimed run %s (%s, fencing token %d%s)",
+                    self.worker_id,
+                    run_id,
+                    run.workflow,
+                    epoch,
+                    f", resuming at step {run.steps}" if run.steps else "",
+                )
                 fault("X10", run_id)
                 fn = _workflow.lookup(run.workflow)
                 entries = await self._call(self.store.load_journal, run_id)
                 journal = verify_journal(run_id, entries)
                 activation = Activation(self.store, run, journal, fn, self.limits)
                 self._activations[run_id] = (activation, scope)
-                log.info(
-                    "worker %s: claimed run %s (%s, epoch %d)",
-                    self.worker_id,
-                    run_id,
-                    run.workflow,
-                    epoch,
-                )
                 end = await activation.execute()
-                log.info(
-                    "worker %s: run %s %s%s",
-                    self.worker_id,
-                    run_id,
-                    end.how,
-                    f" waiting on {end.waiting_on}" if end.how == "parked" else "",
-                )
+                if end.how == "parked":
+                    until = ""
+                    if end.wake_at is not None:
+                        due = _dt.datetime.fromtimestamp(end.wake_at, _dt.UTC)
+                        until = f" until {due:%Y-%m-%d %H:%M:%SZ}"
+                    detail = f", waiting on {end.waiting_on}{until}"
+                else:
+                    detail = f": {' '.join(end.error.split())[:300]}" if end.error else ""
+                log.info("worker %s: run %s %s%s", self.worker_id, run_id, end.how, detail)
         except LeaseLost as exc:
-            log.warning("worker %s: %s", self.worker_id, exc)
-            self._lease_trouble("a lease was lost mid-run")
+            if self._active.get(run_id) == epoch:  # else the renewal has reported it already
+                log.warning("worker %s: %s", self.worker_id, exc)
+                self._lease_trouble("a lease was lost mid-run")
         except SimulatedCrash as exc:
             # Fault injection: this "process" dies here. Nothing more is written, no lease is
             # handed back; every other activation of this Runtime stops too.
@@ -581,11 +586,43 @@ class Runtime:
             for scope_ in [*self._loop_scopes, *(sc for _, sc in self._activations.values())]:
                 scope_.cancel()
         except (NonDeterminismError, CorruptJournalError, UnknownWorkflowError) as exc:
-            log.error("worker %s: run %s quarantined: %s", self.worker_id, run_id, exc)
+            log.error(
+                "worker %s: run %s quarantined: %s; after fixing that, `coro-durable resume %s` "
+                "(or rt.resume) releases it",
+                self.worker_id,
+                run_id,
+                exc,
+                run_id,
+            )
             await self._record_crash(run_id, None, exc)
         except Exception as exc:
-            log.exception("worker %s: run %s crashed its activation", self.worker_id, run_id)
-            await self._record_crash(run_id, epoch, exc)
+            crashed = await self._record_crash(run_id, epoch, exc)
+            if crashed is not None and crashed.status == RunStatus.QUARANTINED:
+                log.error(
+                    "worker %s: run %s quarantined after %d crashes in a row without progress, "
+                    "the last one: %s: %s; after fixing that, `coro-durable resume %s` (or "
+                    "rt.resume) releases it",
+                    self.worker_id,
+                    run_id,
+                    crashed.crash_count,
+                    type(exc).__name__,
+                    exc,
+                    run_id,
+                    exc_info=exc,
+                )
+            else:
+                count = ""
+                if crashed is not None:
+                    count = (
+                        f"crash {crashed.crash_count} in a row, quarantined at {self.max_crashes}; "
+                    )
+                log.error(
+                    "worker %s: run %s crashed its activation (%sretried with backoff)",
+                    self.worker_id,
+                    run_id,
+                    count,
+                    exc_info=exc,
+                )
         except anyio.get_cancelled_exc_class():
             if self._crashed is not None:
                 raise  # a crashed process hands nothing back
@@ -594,6 +631,12 @@ class Runtime:
                 try:
                     await self.store.park(
                         run_id, epoch, time.time(), f"a worker (handed back by {self.worker_id})"
+                    )
+                    log.info(
+                        "worker %s: run %s handed back (lease released: another worker resumes "
+                        "it now)",
+                        self.worker_id,
+                        run_id,
                     )
                 except (Exception, LeaseLost):
                     pass
@@ -609,15 +652,19 @@ class Runtime:
             self._wake_run(run_id)
             self._on_store_change()
 
-    async def _record_crash(self, run_id: str, epoch: int | None, exc: Exception) -> None:
+    async def _record_crash(
+        self, run_id: str, epoch: int | None, exc: Exception
+    ) -> RunRecord | None:
+        """Record a crashed activation; return the run as the store left it (None if unknown)."""
         run = await self.store.get_run(run_id)
         crashes = (run.crash_count if run else 0) + 1
         retry_at = time.time() + min(0.5 * 2 ** (crashes - 1), 60.0)
         try:
-            await self.store.record_crash(
+            return await self.store.record_crash(
                 run_id, epoch, f"{type(exc).__name__}: {exc}", retry_at, self.max_crashes
             )
         except LeaseLost:
             pass
         except Exception:
             log.exception("worker %s: could not record the crash of run %s", self.worker_id, run_id)
+        return None
