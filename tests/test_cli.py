@@ -1,9 +1,12 @@
 """The `coro-durable` CLI: in-process through main([...]) on a SQLite store in tmp_path, plus a few
-real processes (`python -m coro_durable`, the installed `coro-durable` script, SIGTERM)."""
+real processes (`python -m coro_durable`, the installed `coro-durable` script, SIGTERM, payloads
+too big for a command line, the worker's log), and the Runtime's worker log on every store."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import re
 import signal
@@ -15,10 +18,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
+import coro_durable as cd
 from coro_durable import _cli
 from coro_durable._cli import main
+from coro_durable.testing import Fault, corrupt_row, inject
 
 CLI = [sys.executable, "-m", "coro_durable"]
 
@@ -172,7 +178,7 @@ def test_start_work_list_and_show(cli: Cli, app: str) -> None:
 
     log = work(cli, app)
     assert "claimed run r-1 (cli_greet" in log
-    assert "finished run r-1: completed" in log
+    assert "run r-1 completed" in log
 
     code, out, _ = cli("list")
     assert out.split("\n")[1].split()[:4] == ["r-1", "cli_greet", "completed", "1"]
@@ -221,7 +227,7 @@ def test_worker_max_runs(cli: Cli, app: str) -> None:
     cli("start", "cli_greet", '["m"]', "--run-id", "m-1", "--app", app)
     code, _, err = cli("worker", "--app", app, "--max-runs", "1", "--poll", "0.02")
     assert code == 0
-    assert "finished run m-1: completed" in err
+    assert "run m-1 completed" in err
     assert "worker stopped: 1 run(s) finished (--max-runs)" in err
 
 
@@ -759,3 +765,392 @@ def test_show_names_the_step_executing_now(cli: Cli, url: str, app: str, tmp_pat
     assert (step["seq"], step["name"], step["attempt"]) == (0, "slow_step", 1)
     assert step["worker"] and step["started_at"]
     assert "executing" in text and "seq 0 slow_step attempt 1" in text
+
+
+# -- JSON arguments from a file or stdin -----------------------------------------------------------
+
+BIG = 300_000  # characters: well over Linux's 128 KiB limit on one command-line argument
+
+
+def test_json_arguments_from_a_file_and_stdin(url: str, app: str, cli: Cli, tmp_path: Path) -> None:
+    """`@path` reads a JSON argument from a file and `-` from stdin, for start's JSON_ARGS and
+    signal's payload: payloads far over the 128 KiB a command-line argument may hold get through
+    real processes whole."""
+    name, note = "a" * BIG, "b" * BIG
+    (tmp_path / "args.json").write_text(json.dumps([name]))
+    (tmp_path / "verdict.json").write_text(json.dumps({"note": note}))
+
+    def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [*CLI, "--store", url, *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=clean_env(),
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done
+
+    assert (
+        run("start", "cli_greet", "@args.json", "--run-id", "file", "--allow-unknown").stdout
+        == "file\n"
+    )
+    assert run(
+        "start",
+        "cli_greet",
+        "-",
+        "--run-id",
+        "stdin",
+        "--allow-unknown",
+        stdin=json.dumps({"name": note}),
+    )
+    assert run("start", "cli_approval", "@args.json", "--run-id", "sig-file", "--allow-unknown")
+    assert run("start", "cli_approval", '["x"]', "--run-id", "sig-stdin", "--allow-unknown")
+    work(cli, app)
+    run("signal", "sig-file", "approval", "@verdict.json")
+    run("signal", "sig-stdin", "approval", "-", stdin=json.dumps([note]))
+    work(cli, app)
+    assert show_json(cli, "file")["run"]["result"] == f"hello {name}!"
+    assert show_json(cli, "stdin")["run"]["result"] == f"hello {note}!"
+    verdict = show_json(cli, "sig-file")["run"]["result"]["verdict"]
+    assert verdict == {"note": note}
+    assert show_json(cli, "sig-stdin")["run"]["result"]["verdict"] == [note]
+
+
+def test_json_argument_file_errors_are_one_line(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A missing or unreadable @file, or a file or stdin that is not JSON, is one error line that
+    says what happened and what to do (exit 2), without echoing a huge payload."""
+    monkeypatch.chdir(tmp_path)
+    cli("start", "cli_greet", '["x"]', "--run-id", "exists", "--allow-unknown")
+    code, out, err = cli("start", "cli_greet", "@missing.json")
+    assert (code, out) == (2, "")
+    assert err == (
+        "coro-durable: error: cannot read JSON_ARGS from file 'missing.json' (@missing.json): "
+        "no such file. Check the path (relative to the current directory), or pass the JSON "
+        "itself or '-' to read it from stdin\n"
+    )
+    code, _, err = cli("signal", "exists", "approval", f"@{tmp_path}")
+    assert code == 2
+    assert f"cannot read the signal payload from file '{tmp_path}'" in err
+    assert "is a directory" in err
+    (tmp_path / "bad.json").write_text('{"text": "' + "x" * BIG)  # unterminated
+    code, _, err = cli("signal", "exists", "approval", "@bad.json")
+    assert code == 2
+    assert err.startswith(
+        "coro-durable: error: the signal payload in file 'bad.json' is not valid JSON "
+        "(Unterminated string starting at: line 1 column 10)"
+    )
+    assert err.count("\n") == 1
+    assert len(err) < 500
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"[not json")))
+    code, _, err = cli("start", "cli_greet", "-")
+    assert code == 2
+    assert err.startswith(
+        "coro-durable: error: JSON_ARGS read from stdin is not valid JSON (Expecting value: "
+        "line 1 column 2)"
+    )
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
+    code, _, err = cli("signal", "exists", "approval", "-")
+    assert code == 2
+    assert "the signal payload read from stdin is empty" in err
+
+
+# -- global options after the command ---------------------------------------------------------------
+
+
+def test_store_option_is_accepted_after_the_command(
+    cli: Cli, app: str, url: str, tmp_path: Path
+) -> None:
+    """--store works after the subcommand as well as before it, on every command; given in both
+    places, the one after the command wins."""
+    for args in (
+        ["start", "cli_approval", '["late"]', "--run-id", "late", "--allow-unknown"],
+        ["worker", "--app", app, "--exit-when-idle", "--poll", "0.02"],
+        ["signal", "late", "approval", '"ok"'],
+        ["worker", "--app", app, "--exit-when-idle", "--poll", "0.02"],
+        ["result", "late", "--timeout", "5"],
+        ["replay", "late", "--app", app],
+        ["cancel", "late"],
+    ):
+        code, _, err = cli(*args, "--store", url, store=None)
+        assert code == 0, (args, err)
+    code, out, _ = cli("list", "--json", "--store", url, store=None)
+    assert [r["run_id"] for r in json.loads(out)] == ["late"]
+    code, out, _ = cli("show", "late", "--store", url, store=None)
+    assert fields(out)["status"] == "completed"
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    code, _, _ = cli(
+        "start", "cli_greet", '["o"]', "--run-id", "in-other", "--allow-unknown", "--store", other
+    )
+    assert code == 0  # the fixture passes --store url first: the later one wins
+    assert [r["run_id"] for r in json.loads(cli("list", "--json", store=other)[1])] == ["in-other"]
+    assert "in-other" not in cli("list", store=url)[1]
+
+
+# -- list fits the terminal ---------------------------------------------------------------------------
+
+
+def test_list_cuts_long_cells_to_the_terminal_width(cli: Cli) -> None:
+    """list cuts a 200-character run id (and a long workflow name) with "..." so every line fits
+    the terminal (120 columns here) and says so; --wide and --json show them whole."""
+    long_id, long_name = "r" * 190 + "0123456789", "wf_" + "n" * 147
+    assert cli("start", long_name, "[]", "--run-id", long_id, "--allow-unknown")[0] == 0
+    assert cli("start", "cli_greet", '["x"]', "--run-id", "short", "--allow-unknown")[0] == 0
+    code, out, err = cli("list")
+    assert code == 0
+    lines = out.rstrip("\n").split("\n")
+    assert len(lines) == 3
+    assert all(len(line) <= 120 for line in lines), [len(line) for line in lines]
+    assert lines[1].split()[:4] == ["short", "cli_greet", "pending", "0"]  # newest first
+    cut = lines[2].split()
+    assert cut[0].startswith("rrrrrrrrrr") and cut[0].endswith("...")
+    assert cut[1].startswith("wf_nnnnn") and cut[1].endswith("...")
+    assert cut[2:4] == ["pending", "0"]
+    assert "--wide" in err
+    code, out, err = cli("list", "--wide")
+    assert (code, err) == (0, "")
+    assert out.split("\n")[2].split()[:4] == [long_id, long_name, "pending", "0"]
+    code, out, _ = cli("list", "--json")
+    assert [r["run_id"] for r in json.loads(out)] == ["short", long_id]
+    code, out, err = cli("list", "--limit", "1")  # nothing long: nothing cut, no hint
+    assert (code, err) == (0, "")
+    assert out.split("\n")[1].split()[0] == "short"
+
+
+# -- the worker's log: each event once ---------------------------------------------------------------
+
+APP_EVENTS = """
+import os
+import time
+
+import anyio
+import coro_durable as cd
+from coro_durable.testing import Fault, inject
+
+if os.environ.get("CD_EV_CRASH"):  # this worker's first activation of that run crashes
+    CRASH = inject(Fault("X10", run_id=os.environ["CD_EV_CRASH"], action="error"))
+    CRASH.__enter__()  # (kept referenced: a collected context manager would uninstall it)
+
+
+def greet_step(name):
+    return f"hello {name}"
+
+
+def explode(what):
+    raise ValueError(f"cannot handle {what}")
+
+
+async def slow_step():
+    await anyio.sleep(30)
+    return "slow"
+
+
+async def hog(seconds):
+    time.sleep(seconds)  # blocks this worker's event loop: it cannot renew its lease meanwhile
+    return "hogged"
+
+
+@cd.workflow(name="ev_greet")
+async def ev_greet(name):
+    return await cd.call(greet_step, name)
+
+
+@cd.workflow(name="ev_fail")
+async def ev_fail(what):
+    return await cd.call(explode, what, retry=cd.RetryPolicy(max_attempts=1))
+
+
+@cd.workflow(name="ev_approval")
+async def ev_approval(item):
+    draft = await cd.call(greet_step, item)
+    return [draft, await cd.await_signal("approval", timeout=3600)]
+
+
+@cd.workflow(name="ev_slow")
+async def ev_slow():
+    return await cd.call(slow_step)
+
+
+@cd.workflow(name="ev_hog")
+async def ev_hog(seconds):
+    return await cd.call(hog, seconds)
+"""
+
+# What a worker's log line about a run says happened to it; every line naming a run is one of these.
+EVENTS = {
+    "claimed": r"claimed run {run} \(",
+    "parked": r"run {run} parked",
+    "handed back": r"run {run} handed back",
+    "abandoned": r"abandoning .*run {run} seq",
+    "completed": r"run {run} completed",
+    "failed": r"run {run} failed",
+    "cancelled": r"run {run} cancelled",
+    "crashed": r"run {run} crashed",
+    "quarantined": r"run {run} quarantined",
+    "lease lost": r"lease on run '?{run}'?[ ,;:)].*lost",
+}
+
+
+def events(log: str, run_id: str) -> list[str]:
+    """The events a worker log reports for ``run_id``, in order. A line naming the run must be
+    exactly one event: a repeated event shows up as two entries."""
+    mention = re.compile(rf"(?<![\w-]){re.escape(run_id)}(?![\w-])")
+    found = []
+    for line in log.splitlines():
+        if mention.search(line):
+            kinds = [
+                k for k, p in EVENTS.items() if re.search(p.format(run=re.escape(run_id)), line)
+            ]
+            assert len(kinds) == 1, f"not one event: {line!r}"
+            found.append(kinds[0])
+    return found
+
+
+@pytest.fixture(scope="session")
+def events_app(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An app module for worker processes only (it may install a fault injector at import)."""
+    path = tmp_path_factory.mktemp("events_app") / "cd_cli_events_app.py"
+    path.write_text(APP_EVENTS)
+    return str(path)
+
+
+def worker_process(url: str, app: str, cwd: Path, *options: str, **env: str) -> str:
+    """Run `coro-durable worker --exit-when-idle` as a process; return its log (stderr)."""
+    command = [*CLI, "--store", url, "worker", "--app", app, "--poll", "0.02", "--exit-when-idle"]
+    done = subprocess.run(
+        [*command, *options],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**clean_env(), **env},
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stderr
+
+
+def wait_for_status(cli: Cli, run_id: str, status: str) -> None:
+    deadline = time.monotonic() + 20
+    while show_json(cli, run_id)["run"]["status"] != status:
+        assert time.monotonic() < deadline, show_json(cli, run_id)["run"]
+        time.sleep(0.02)
+
+
+def test_worker_logs_each_event_once(cli: Cli, url: str, events_app: str, tmp_path: Path) -> None:
+    """A real worker process logs every event of a run exactly once: claimed (and where it
+    resumes), parked (on what, until when), completed, failed (with the error), crashed,
+    quarantined, and handed back on SIGTERM."""
+    for workflow, run_id in [
+        ("ev_greet", "ev-ok"),
+        ("ev_fail", "ev-fail"),
+        ("ev_approval", "ev-wait"),
+        ("ev_greet", "ev-crash"),
+        ("ev_approval", "ev-corrupt"),
+    ]:
+        assert cli("start", workflow, '["x"]', "--run-id", run_id, "--allow-unknown")[0] == 0
+    first = worker_process(url, events_app, tmp_path, CD_EV_CRASH="ev-crash")
+
+    anyio.run(corrupt_row, cd.open_store(url), "ev-corrupt", 0)
+    for run_id in ("ev-wait", "ev-corrupt"):
+        assert cli("signal", run_id, "approval", '"yes"')[0] == 0
+    deadline = time.monotonic() + 20  # the crashed run is retried after a short backoff
+    while (due := show_json(cli, "ev-crash")["run"]["wake_at"]) is not None:
+        if datetime.fromisoformat(due) <= datetime.now(UTC):
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    second = worker_process(url, events_app, tmp_path)
+
+    assert cli("start", "ev_slow", "[]", "--run-id", "ev-slow", "--allow-unknown")[0] == 0
+    proc = subprocess.Popen(
+        [*CLI, "--store", url, "worker", "--app", events_app, "--poll", "0.02"]
+        + ["--shutdown-grace", "0.3"],  # the 30 s step is abandoned at the end of the grace
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+        cwd=tmp_path,
+    )
+    try:
+        wait_for_status(cli, "ev-slow", "running")
+        proc.send_signal(signal.SIGTERM)
+        _, third = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, third
+
+    both = first + second
+    assert events(first, "ev-ok") == ["claimed", "completed"]
+    assert events(first, "ev-fail") == ["claimed", "failed"]
+    assert re.search(r"run ev-fail failed: ValueError: cannot handle x$", first, re.M)
+    assert events(first, "ev-wait") == ["claimed", "parked"]
+    assert re.search(r"run ev-wait parked, waiting on signal 'approval' until \d{4}-", first)
+    assert events(second, "ev-wait") == ["claimed", "completed"]
+    assert re.search(r"claimed run ev-wait \(ev_approval, .*resuming at step \d", second)
+    assert events(both, "ev-crash") == ["claimed", "crashed", "claimed", "completed"]
+    assert events(first, "ev-corrupt") == ["claimed", "parked"]
+    assert events(second, "ev-corrupt") == ["claimed", "quarantined"]
+    assert "coro-durable resume ev-corrupt" in second
+    assert events(third, "ev-slow") == ["claimed", "abandoned", "handed back"]
+    assert "handed back 1 run(s)" in third
+
+
+@pytest.mark.slow
+def test_worker_logs_a_lost_lease_once(cli: Cli, url: str, events_app: str, tmp_path: Path) -> None:
+    """A worker whose lease ran out while a step blocked it logs the lost lease once (not again
+    when its next write is refused); the worker that took the run over logs its claim and the
+    completion."""
+    assert cli("start", "ev_hog", "[3]", "--run-id", "ev-lease", "--allow-unknown")[0] == 0
+    command = [*CLI, "--store", url, "worker", "--app", events_app, "--poll", "0.02"]
+    stale = subprocess.Popen(
+        [*command, "--lease-ttl", "1", "--exit-when-idle"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+        cwd=tmp_path,
+    )
+    try:
+        wait_for_status(cli, "ev-lease", "running")
+        time.sleep(1.2)  # its 1 s lease runs out while the step blocks its event loop
+        taker = worker_process(url, events_app, tmp_path, "--lease-ttl", "10")
+        _, stale_log = stale.communicate(timeout=30)
+    finally:
+        if stale.poll() is None:
+            stale.kill()
+            stale.communicate()
+    assert stale.returncode == 0, stale_log
+    assert events(stale_log, "ev-lease") == ["claimed", "lease lost"]
+    assert events(taker, "ev-lease") == ["claimed", "completed"]
+
+
+@cd.workflow(name="log_poisoned")
+async def log_poisoned() -> str:
+    return "never"
+
+
+@pytest.mark.anyio
+async def test_runtime_logs_each_crash_and_the_quarantine_once(
+    store: cd.Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run whose activation crashes every time is logged once per crash with its count, then
+    once as quarantined (with how to resume it) when max_crashes is reached, not as retried."""
+    with (
+        inject(Fault("X10", run_id="poison", action="error", times=None)),
+        caplog.at_level(logging.INFO, logger="coro_durable"),
+    ):
+        async with cd.Runtime(store, max_crashes=2, poll_interval=0.02, lease_ttl=5) as rt:
+            await rt.start(log_poisoned, run_id="poison")
+            with anyio.fail_after(20):
+                while (await rt.describe("poison")).status != cd.RunStatus.QUARANTINED:
+                    await anyio.sleep(0.02)
+                while rt.active_runs:
+                    await anyio.sleep(0.01)
+    log = "\n".join(r.getMessage() for r in caplog.records)
+    assert events(log, "poison") == ["claimed", "crashed", "claimed", "quarantined"]
+    assert re.search(r"run poison crashed .*crash 1 ", log)
+    assert re.search(r"run poison quarantined after 2 crashes", log)

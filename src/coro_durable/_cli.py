@@ -4,14 +4,17 @@
     coro-durable worker --app myapp                    execute runs until SIGINT/SIGTERM
     coro-durable start research '["durable AI"]'       start a run, print its id
     coro-durable workers [--json]                      live workers and what each serves
-    coro-durable list [--status waiting]               runs, newest first
+    coro-durable list [--status waiting] [--wide]      runs, newest first
     coro-durable show RUN [--json]                     status and the journal (the audit trail)
     coro-durable signal RUN approval '{"ok": true}'    send a signal
     coro-durable replay RUN --app myapp                does today's code still match the journal?
     coro-durable result RUN [--timeout 30]             wait for the result
     coro-durable cancel RUN | resume RUN
 
-The store is ``--store URL``, else ``$CORO_DURABLE_STORE``, else ``sqlite:///.coro_durable/runs.db``.
+The store is ``--store URL`` (before or after the command), else ``$CORO_DURABLE_STORE``, else
+``sqlite:///.coro_durable/runs.db``. A JSON argument (start's JSON_ARGS, signal's payload) is the
+JSON itself, ``@path/to/file.json`` (read from that file) or ``-`` (read from stdin): one
+command-line argument holds at most 128 KiB on Linux.
 Every command but ``worker`` opens a client-only Runtime (``worker=False``): it reads and writes
 the store and executes nothing. Exit codes: 0 success; 1 the run (or replay) did not succeed
 (failed, cancelled, quarantined, diverged); 2 an error (unknown run, bad store URL, bad JSON...),
@@ -126,19 +129,19 @@ def _parser() -> argparse.ArgumentParser:
         "sqlite:///.coro_durable/runs.db. Exit codes: 0 ok, 1 run failed/cancelled/quarantined "
         "or replay diverged, 2 error.",
     )
-    parser.add_argument(
-        "--store",
-        metavar="URL",
-        help="store URL: sqlite:///path/runs.db, memory://, postgresql://..., redis://... "
-        "(default: $CORO_DURABLE_STORE or sqlite:///.coro_durable/runs.db)",
-    )
+    _global_options(parser, default=None)
+    # The same options after the command (`coro-durable list --store URL`); absent there, they
+    # leave the value given before the command alone, and given there, they win.
+    after = argparse.ArgumentParser(add_help=False)
+    _global_options(after, default=argparse.SUPPRESS)
     parser.set_defaults(command=None)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     def command(
         name: str, handler: Callable[[argparse.Namespace], int], help: str, add_help: bool = True
     ) -> Any:
-        p = sub.add_parser(name, help=help, description=help, add_help=add_help)
+        parents = [after] if add_help else []  # the demo passes its options on to the example
+        p = sub.add_parser(name, help=help, description=help, add_help=add_help, parents=parents)
         p.set_defaults(command=name, handler=handler)
         return p
 
@@ -210,7 +213,8 @@ def _parser() -> argparse.ArgumentParser:
         default="[]",
         metavar="JSON_ARGS",
         help="JSON list of positional arguments ('[\"a\", 2]'), or a JSON object of keyword "
-        "arguments; any other JSON value is the single argument",
+        "arguments; any other JSON value is the single argument. @FILE reads the JSON from a "
+        "file, - from stdin (for inputs too big for a command line)",
     )
     p.add_argument("--run-id", metavar="ID", help="run id (starting it again is idempotent)")
     p.add_argument(
@@ -229,6 +233,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workflow", metavar="NAME")
     p.add_argument("--limit", type=_positive_int, default=50, metavar="N", help="(50)")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.add_argument(
+        "--wide",
+        action="store_true",
+        help="show long cells whole instead of cutting them to fit the terminal",
+    )
 
     p = command("show", _cmd_show, "show a run's status and its journal (the audit trail)")
     p.add_argument("run_id", metavar="RUN")
@@ -237,7 +246,11 @@ def _parser() -> argparse.ArgumentParser:
     p = command("signal", _cmd_signal, "send a signal with a JSON payload to a run")
     p.add_argument("run_id", metavar="RUN")
     p.add_argument("name", help="signal name, as in cd.await_signal(NAME)")
-    p.add_argument("payload", metavar="JSON", help="JSON payload ('null' for none)")
+    p.add_argument(
+        "payload",
+        metavar="JSON",
+        help="JSON payload ('null' for none); @FILE reads it from a file, - from stdin",
+    )
     p.add_argument(
         "--signal-id", metavar="ID", help="delivery id: resending the same id is a no-op"
     )
@@ -261,6 +274,16 @@ def _parser() -> argparse.ArgumentParser:
     p = command("resume", _cmd_resume, "release a quarantined run after fixing what crashed it")
     p.add_argument("run_id", metavar="RUN")
     return parser
+
+
+def _global_options(parser: argparse.ArgumentParser, *, default: Any) -> None:
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        default=default,
+        help="store URL: sqlite:///path/runs.db, memory://, postgresql://..., redis://... "
+        "(default: $CORO_DURABLE_STORE or sqlite:///.coro_durable/runs.db)",
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -313,13 +336,63 @@ def _sqlite_path(url: str) -> Path | None:
 
 
 def _parse_json(text: str, what: str) -> Any:
+    """A JSON command-line argument: the JSON itself, ``@path`` (the JSON is read from that file)
+    or ``-`` (read from stdin). JSON never starts with ``@`` and is never ``-``, so nothing is
+    ambiguous; a file or stdin carries payloads too big for a command line (128 KiB on Linux)."""
+    if text == "-":
+        return _parse_json_bytes(_read_stdin(what), what, "read from stdin")
+    if text.startswith("@"):
+        path = text[1:]
+        try:
+            data = Path(path).expanduser().read_bytes()
+        except OSError as exc:
+            raise CliError(
+                f"cannot read {what} from file {path!r} ({text}): {_os_reason(exc)}. Check the "
+                "path (relative to the current directory), or pass the JSON itself or '-' to "
+                "read it from stdin"
+            ) from None
+        return _parse_json_bytes(data, what, f"in file {path!r}")
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise CliError(
-            f"{what} is not valid JSON ({exc.msg} at character {exc.pos}): {text!r}. "
-            "Quote strings in JSON, e.g. '\"text\"' or '[\"a\", 2]'"
+            f"{what} is not valid JSON ({exc.msg} at character {exc.pos}): {_clip(repr(text), 80)}"
+            ". Quote strings in JSON, e.g. '\"text\"' or '[\"a\", 2]'; @FILE reads the JSON "
+            "from a file, - from stdin"
         ) from None
+
+
+def _read_stdin(what: str) -> bytes:
+    if sys.stdin is None:
+        raise CliError(f"{what} is '-' (read it from stdin), but this process has no stdin")
+    buffer = getattr(sys.stdin, "buffer", None)
+    return buffer.read() if buffer is not None else sys.stdin.read().encode()
+
+
+def _parse_json_bytes(data: bytes, what: str, source: str) -> Any:
+    if not data.strip():
+        raise CliError(f"{what} {source} is empty; it must hold one JSON value ('null' for none)")
+    try:
+        return json.loads(data)  # bytes: UTF-8 (with or without a BOM), UTF-16 or UTF-32
+    except UnicodeDecodeError as exc:
+        raise CliError(
+            f"{what} {source} is not UTF-8 text ({exc.reason}); save it as UTF-8"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise CliError(
+            f"{what} {source} is not valid JSON ({exc.msg}: line {exc.lineno} column "
+            f"{exc.colno}); it must hold one JSON value, e.g. '[\"a\", 2]' or '{{\"ok\": true}}'"
+        ) from None
+
+
+def _os_reason(exc: OSError) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, IsADirectoryError):
+        return "it is a directory"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    return (exc.strerror or str(exc)).lower()
 
 
 def _import_apps(apps: Sequence[str]) -> list[str]:
@@ -424,7 +497,18 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, right
     return "\n".join([line(headers), *(line(r) for r in rows)])
 
 
-def runs_table(runs: Sequence[RunInfo]) -> str:
+def runs_table(runs: Sequence[RunInfo], *, width: int | None = None, fit: bool = True) -> str:
+    """Runs as a table. With ``fit``, long run ids, workflow names and waits are cut with "..."
+    so that every line fits ``width`` columns (the terminal's by default)."""
+    return _runs_table(runs, width, fit)[0]
+
+
+# Columns list may cut to fit the terminal, and the narrowest each may become.
+_CUTTABLE = {"run_id": 12, "workflow": 10, "waiting_on": 12}
+
+
+def _runs_table(runs: Sequence[RunInfo], width: int | None, fit: bool) -> tuple[str, bool]:
+    """The table, and whether a cell was cut to fit."""
     rows = [
         [
             r.run_id,
@@ -437,7 +521,32 @@ def runs_table(runs: Sequence[RunInfo]) -> str:
         for r in runs
     ]
     headers = ["run_id", "workflow", "status", "step", "waiting_on", "updated"]
-    return format_table(headers, rows, right="step")
+    cut = fit and _fit_columns(headers, rows, width or _terminal_width(), _CUTTABLE)
+    return format_table(headers, rows, right="step"), cut
+
+
+def _fit_columns(
+    headers: Sequence[str], rows: list[list[str]], width: int, cuttable: dict[str, int]
+) -> bool:
+    """Cut cells of the ``cuttable`` columns (header -> narrowest width) with "..." until a line
+    of the table fits in ``width`` columns, narrowing the widest of them first. Returns whether
+    a cell was cut (the table may still be wider when every cuttable column is at its narrowest)."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    excess = sum(widths) + 2 * (len(headers) - 1) - width
+    while excess > 0:
+        narrowable = [i for i, h in enumerate(headers) if widths[i] > cuttable.get(h, widths[i])]
+        if not narrowable:
+            break
+        widest = max(narrowable, key=lambda i: widths[i])
+        widths[widest] -= 1
+        excess -= 1
+    cut = False
+    for row in rows:
+        for i, cell in enumerate(row):
+            if len(cell) > widths[i]:
+                row[i] = cell[: widths[i] - 3] + "..."
+                cut = True
+    return cut
 
 
 def workers_table(workers: Sequence[WorkerInfo], *, width: int | None = None) -> str:
@@ -681,7 +790,14 @@ def _cmd_list(args: argparse.Namespace) -> int:
         if args.json:
             _print_json([_info_json(r) for r in runs])
         elif runs:
-            print(runs_table(runs))
+            table, cut = _runs_table(runs, None, not args.wide)
+            print(table)
+            if cut:
+                print(
+                    f"(long cells cut to fit {_terminal_width()} columns: --wide or --json shows "
+                    "them whole)",
+                    file=sys.stderr,
+                )
         else:
             print("no runs" + (" match" if args.status or args.workflow else ""), file=sys.stderr)
         return EXIT_OK
@@ -791,7 +907,8 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 
 class _WorkerState:
-    """What the worker command observes through its store: for logs, --max-runs, --exit-when-idle."""
+    """What the worker command observes through its store: for --max-runs, --exit-when-idle and
+    its closing line."""
 
     def __init__(self) -> None:
         self.in_flight: set[str] = set()
@@ -810,9 +927,11 @@ class _WorkerState:
 
 
 class _ObservedStore(StoreWrapper):
-    """Delegates to the real store and logs the worker's claims, parks, finishes and crashes.
+    """Delegates to the real store and counts the worker's claims, parks, finishes and crashes.
 
-    The Runtime drives everything; this only watches the store calls it makes."""
+    The Runtime drives everything; this only watches the store calls it makes. It logs nothing:
+    the Runtime logs each event once (claimed, parked, handed back, finished, crashed,
+    quarantined, lease lost) on the ``coro_durable`` logger, which the worker command prints."""
 
     def __init__(self, inner: Store, state: _WorkerState) -> None:
         super().__init__(inner)
@@ -846,14 +965,6 @@ class _ObservedStore(StoreWrapper):
         for run in runs:
             self.state.in_flight.add(run.run_id)
             self.state.activity += 1
-            resumed = f", resuming at step {run.steps}" if run.steps else ""
-            log.info(
-                "claimed run %s (%s, fencing token %d%s)",
-                run.run_id,
-                run.workflow,
-                run.epoch,
-                resumed,
-            )
         return runs
 
     async def renew(self, worker: str, leases: dict[str, int], lease_ttl: float) -> dict[str, bool]:
@@ -869,14 +980,8 @@ class _ObservedStore(StoreWrapper):
         with self._fenced(run_id):
             await self.inner.park(run_id, epoch, wake_at, waiting_on)
         if run_id in self.state.in_flight:
-            if waiting_on and not waiting_on.startswith("a worker (handed back"):
-                until = ""
-                if wake_at is not None:
-                    until = f" until {_when(_dt.datetime.fromtimestamp(wake_at, _dt.UTC))}"
-                log.info("run %s parked, waiting on %s%s", run_id, waiting_on, until)
-            else:
+            if not waiting_on or waiting_on.startswith("a worker (handed back"):
                 self.state.handed_back += 1
-                log.info("run %s handed back (lease released for another worker)", run_id)
             self.state.ended(run_id)
 
     async def finish(
@@ -884,11 +989,6 @@ class _ObservedStore(StoreWrapper):
     ) -> None:
         with self._fenced(run_id):
             await self.inner.finish(run_id, epoch, status, result, error)
-        detail = ""
-        if error:
-            info = json.loads(error)
-            detail = f": {info.get('type')}: {_clip(str(info.get('message')), 200)}"
-        log.info("finished run %s: %s%s", run_id, RunStatus(status).value, detail)
         self.state.finished += 1
         self.state.ended(run_id)
 
@@ -897,17 +997,6 @@ class _ObservedStore(StoreWrapper):
     ) -> RunRecord:
         with self._fenced(run_id):
             run = await self.inner.record_crash(run_id, epoch, error, retry_at, max_crashes)
-        if run.status == RunStatus.QUARANTINED:
-            log.warning(
-                "run %s quarantined (%s); fix it, then `coro-durable resume %s`",
-                run_id,
-                error,
-                run_id,
-            )
-        else:
-            log.warning(
-                "run %s crashed (%s); crash %d, retried later", run_id, error, run.crash_count
-            )
         self.state.ended(run_id)
         return run
 

@@ -895,6 +895,16 @@ class Runtime:
             while True:
                 activation: Activation | None = None
                 with scope:
+                    # Each event of a run is logged once, here (the CLI worker prints these).
+                    if not restarts:
+                        log.info(
+                            "worker %s: claimed run %s (%s, fencing token %d%s)",
+                            self.worker_id,
+                            run_id,
+                            run.workflow,
+                            epoch,
+                            f", resuming at step {run.steps}" if run.steps else "",
+                        )
                     fault("X10", run_id)
                     fn = _workflow.lookup(run.workflow)
                     entries = await self._call(self.store.load_journal, run_id)
@@ -907,24 +917,25 @@ class Runtime:
                     if self._draining:
                         activation.drain()
                     self._activations[run_id] = (activation, scope)
-                    if not restarts:
-                        log.info(
-                            "worker %s: claimed run %s (%s, epoch %d)",
-                            self.worker_id,
-                            run_id,
-                            run.workflow,
-                            epoch,
-                        )
                     end = await activation.execute()
                     if end.how == "parked" and activation.draining:
                         self._handed_back += 1
-                    log.info(
-                        "worker %s: run %s %s%s",
-                        self.worker_id,
-                        run_id,
-                        end.how,
-                        f" waiting on {end.waiting_on}" if end.how == "parked" else "",
-                    )
+                        log.info(
+                            "worker %s: run %s handed back after its steps in flight were "
+                            "journaled (shutting down: another worker resumes it now)",
+                            self.worker_id,
+                            run_id,
+                        )
+                    elif end.how == "parked":
+                        until = ""
+                        if end.wake_at is not None:
+                            due = _dt.datetime.fromtimestamp(end.wake_at, _dt.UTC)
+                            until = f" until {due:%Y-%m-%d %H:%M:%SZ}"
+                        detail = f", waiting on {end.waiting_on}{until}"
+                        log.info("worker %s: run %s parked%s", self.worker_id, run_id, detail)
+                    else:
+                        detail = f": {' '.join(end.error.split())[:300]}" if end.error else ""
+                        log.info("worker %s: run %s %s%s", self.worker_id, run_id, end.how, detail)
                 still_ours = self._active.get(run_id) == epoch and self._crashed is None
                 if not (scope.cancelled_caught and still_ours):
                     break
@@ -938,8 +949,9 @@ class Runtime:
                 await self._hand_back(run_id, epoch)  # abandoned by abandon(): still ours
                 break
         except LeaseLost as exc:
-            log.warning("worker %s: %s", self.worker_id, exc)
-            self._lease_trouble("a lease was lost mid-run")
+            if self._active.get(run_id) == epoch:  # else the renewal has reported it already
+                log.warning("worker %s: %s", self.worker_id, exc)
+                self._lease_trouble("a lease was lost mid-run")
         except SimulatedCrash as exc:
             # Fault injection: this "process" dies here. Nothing more is written, no lease is
             # handed back; every other activation of this Runtime stops too.
@@ -948,11 +960,43 @@ class Runtime:
             for scope_ in [*self._loop_scopes, *(sc for _, sc in self._activations.values())]:
                 scope_.cancel()
         except (NonDeterminismError, CorruptJournalError, UnknownWorkflowError) as exc:
-            log.error("worker %s: run %s quarantined: %s", self.worker_id, run_id, exc)
+            log.error(
+                "worker %s: run %s quarantined: %s; after fixing that, `coro-durable resume %s` "
+                "(or rt.resume) releases it",
+                self.worker_id,
+                run_id,
+                exc,
+                run_id,
+            )
             await self._record_crash(run_id, None, exc)
         except Exception as exc:
-            log.exception("worker %s: run %s crashed its activation", self.worker_id, run_id)
-            await self._record_crash(run_id, epoch, exc)
+            crashed = await self._record_crash(run_id, epoch, exc)
+            if crashed is not None and crashed.status == RunStatus.QUARANTINED:
+                log.error(
+                    "worker %s: run %s quarantined after %d crashes in a row without progress, "
+                    "the last one: %s: %s; after fixing that, `coro-durable resume %s` (or "
+                    "rt.resume) releases it",
+                    self.worker_id,
+                    run_id,
+                    crashed.crash_count,
+                    type(exc).__name__,
+                    exc,
+                    run_id,
+                    exc_info=exc,
+                )
+            else:
+                count = ""
+                if crashed is not None:
+                    count = (
+                        f"crash {crashed.crash_count} in a row, quarantined at {self.max_crashes}; "
+                    )
+                log.error(
+                    "worker %s: run %s crashed its activation (%sretried with backoff)",
+                    self.worker_id,
+                    run_id,
+                    count,
+                    exc_info=exc,
+                )
         except anyio.get_cancelled_exc_class():
             if self._crashed is not None:
                 raise  # a crashed process hands nothing back
@@ -981,6 +1025,11 @@ class Runtime:
                     run_id, epoch, time.time(), f"a worker (handed back by {self.worker_id})"
                 )
                 self._handed_back += 1
+                log.info(
+                    "worker %s: run %s handed back (lease released: another worker resumes it now)",
+                    self.worker_id,
+                    run_id,
+                )
             except (Exception, LeaseLost) as exc:
                 log.warning(
                     "worker %s: could not hand run %s back (%s); another worker takes it "
@@ -990,15 +1039,19 @@ class Runtime:
                     exc,
                 )
 
-    async def _record_crash(self, run_id: str, epoch: int | None, exc: Exception) -> None:
+    async def _record_crash(
+        self, run_id: str, epoch: int | None, exc: Exception
+    ) -> RunRecord | None:
+        """Record a crashed activation; return the run as the store left it (None if unknown)."""
         run = await self.store.get_run(run_id)
         crashes = (run.crash_count if run else 0) + 1
         retry_at = time.time() + min(0.5 * 2 ** (crashes - 1), 60.0)
         try:
-            await self.store.record_crash(
+            return await self.store.record_crash(
                 run_id, epoch, f"{type(exc).__name__}: {exc}", retry_at, self.max_crashes
             )
         except LeaseLost:
             pass
         except Exception:
             log.exception("worker %s: could not record the crash of run %s", self.worker_id, run_id)
+        return None

@@ -103,6 +103,7 @@ class ActivationEnd:
     how: Literal["completed", "failed", "cancelled", "parked"]
     wake_at: float | None = None
     waiting_on: str | None = None
+    error: str | None = None  # "Type: message" of a failed or cancelled run (for the log)
 
 
 @dataclass(slots=True)
@@ -437,7 +438,10 @@ class Activation:
             return ActivationEnd("cancelled" if status == RunStatus.CANCELLED else "failed")
         type_name, message = _exception_info(exc)
         await self._finish(status, None, _error_json(type_name, message))
-        return ActivationEnd("cancelled" if status == RunStatus.CANCELLED else "failed")
+        return ActivationEnd(
+            "cancelled" if status == RunStatus.CANCELLED else "failed",
+            error=f"{type_name}: {message}",
+        )
 
     async def _finish(self, status: RunStatus, result: str | None, error: str | None) -> None:
         if self._unjournaled:

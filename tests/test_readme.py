@@ -1,0 +1,71 @@
+"""The README's "Ten lines" example, run as a real script the way a new user would run it."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+# The block leaves its steps to the reader; these are the least that makes it run. Each call is
+# logged to calls.txt, so a test can see which steps ran in which run of the script.
+STEPS = """
+def _called(name):
+    with open("calls.txt", "a") as calls:
+        calls.write(name + "\\n")
+
+
+def llm_plan(topic):
+    _called("llm_plan")
+    return [f"{topic} basics", f"{topic} in practice"]
+
+
+def retrieve(query):
+    _called("retrieve")
+    return f"notes on {query}"
+
+
+def synthesize(docs, verdict):
+    _called("synthesize")
+    return f"{len(docs)} docs, approved: {verdict['ok']}"
+
+"""
+
+
+def ten_lines_block() -> str:
+    """The first python code block after the README's "## Ten lines" heading."""
+    text = README.read_text()
+    section = text[text.index("\n## Ten lines\n") :]
+    match = re.search(r"^```python\n(.*?)^```$", section, re.M | re.S)
+    assert match is not None, "no python block under ## Ten lines"
+    return match.group(1)
+
+
+def test_ten_lines_example_runs_twice_without_a_traceback(tmp_path: Path) -> None:
+    """The README's ten-line example, saved as a script (with minimal steps) and run twice in
+    the same folder: both runs exit 0 and print the result; the second finds run r-42 in the
+    SQLite file the first left behind and prints its recorded result without running a step."""
+    script = tmp_path / "research.py"
+    script.write_text(STEPS + ten_lines_block())
+    env = {k: v for k, v in os.environ.items() if k != "CORO_DURABLE_STORE"}
+    outputs, calls = [], []
+    for _ in range(2):
+        done = subprocess.run(
+            [sys.executable, str(script)],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=env,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "Traceback" not in done.stderr
+        outputs.append(done.stdout)
+        calls.append((tmp_path / "calls.txt").read_text().split())
+    assert outputs == ["2 docs, approved: True\n"] * 2
+    assert sorted(calls[0]) == ["llm_plan", "retrieve", "retrieve", "synthesize"]
+    assert calls[1] == calls[0]  # the second run executed no step: the run persisted
+    assert (tmp_path / "runs.db").exists()
