@@ -1040,6 +1040,9 @@ def wait_for_status(cli: Cli, run_id: str, status: str) -> None:
         time.sleep(0.02)
 
 
+GRACE = ["--shutdown-grace", "0.3"]
+
+
 def test_worker_logs_each_event_once(cli: Cli, url: str, events_app: str, tmp_path: Path) -> None:
     """A real worker process logs every event of a run exactly once: claimed (and where it
     resumes), parked (on what, until when), completed, failed (with the error), crashed,
@@ -1067,8 +1070,8 @@ def test_worker_logs_each_event_once(cli: Cli, url: str, events_app: str, tmp_pa
 
     assert cli("start", "ev_slow", "[]", "--run-id", "ev-slow", "--allow-unknown")[0] == 0
     proc = subprocess.Popen(
-        [*CLI, "--store", url, "worker", "--app", events_app, "--poll", "0.02"]
-        + ["--shutdown-grace", "0.3"],  # the 30 s step is abandoned at the end of the grace
+        # the 30 s step is abandoned at the end of the grace
+        [*CLI, "--store", url, "worker", "--app", events_app, "--poll", "0.02", *GRACE],
         stderr=subprocess.PIPE,
         text=True,
         env=clean_env(),
