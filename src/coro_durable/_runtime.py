@@ -315,6 +315,7 @@ class Runtime:
         self._draining = False
         self._ended = anyio.Event()  # set (and replaced) whenever an activation ends
         self._handed_back = 0  # runs handed back at their next effect by a graceful shutdown
+        self._progress_writes: set[str] = set()  # runs whose progress entry is being written
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -851,24 +852,33 @@ class Runtime:
     async def _supervise(self) -> None:
         """Journal the progress of the steps in flight (pending entries: attempt, worker, last
         heartbeat and its details), so ``describe`` from any process names them and a crash
-        keeps the heartbeat details for the next attempt; time out silent heartbeaters."""
+        keeps the heartbeat details for the next attempt; time out silent heartbeaters. The
+        writes go out in the background, one at a time per run, so a slow store never delays
+        the lease renewals."""
+        assert self._tg is not None
         for run_id, (activation, _) in list(self._activations.items()):
-            if activation is None or activation.releasing:
+            if activation is None or activation.releasing or run_id in self._progress_writes:
                 continue
             entries = activation.supervise()
-            if not entries:
-                continue
-            try:
-                await self.store.append(run_id, activation.epoch, entries)
-            except (LeaseLost, ConflictError):
-                pass  # the run moved on (lost, or the step's result landed first): nothing to show
-            except Exception as exc:
-                log.warning(
-                    "worker %s: could not journal the progress of run %s (%s); will retry",
-                    self.worker_id,
-                    run_id,
-                    exc,
-                )
+            if entries:
+                self._progress_writes.add(run_id)
+                self._tg.start_soon(self._write_progress, run_id, activation.epoch, entries)
+
+    async def _write_progress(self, run_id: str, epoch: int, entries: list[JournalEntry]) -> None:
+        try:
+            if self._crashed is None:  # a "killed" worker writes nothing more
+                await self.store.append(run_id, epoch, entries)
+        except (LeaseLost, ConflictError):
+            pass  # the run moved on (lost, or the step's result landed first): nothing to show
+        except Exception as exc:
+            log.warning(
+                "worker %s: could not journal the progress of run %s (%s); will retry",
+                self.worker_id,
+                run_id,
+                exc,
+            )
+        finally:
+            self._progress_writes.discard(run_id)
 
     def _lease_trouble(self, why: str) -> None:
         """This live worker lost a lease (or renewed too slowly to be sure of keeping them): it
