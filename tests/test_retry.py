@@ -70,6 +70,14 @@ def outage(x: int, tag: str = "outage") -> int:
     return x * 10
 
 
+async def hang(x: int) -> int:
+    """An async step that hangs while FAILURES["hang"] is set (until it is cancelled)."""
+    CALLS["hang"] += 1
+    while FAILURES["hang"]:
+        await anyio.sleep(0.01)
+    return -x
+
+
 def cleanup(x: int) -> str:
     CALLS["cleanup"] += 1
     return f"cleaned {x}"
@@ -108,6 +116,16 @@ async def retry_approval(x: int) -> list[Any]:
     a = await cd.call(prepare, x)
     verdict = await cd.await_signal("approval")
     return [a, verdict]
+
+
+@cd.workflow(name="retry_hanging")
+async def retry_hanging(x: int) -> list[int]:
+    a = await cd.call(prepare, x)
+    try:
+        b = await cd.call(hang, a)
+    finally:
+        await cd.call(cleanup, a)  # runs on cancel too; on the retried path it runs again
+    return [a, b]
 
 
 @cd.workflow(name="retry_buggy")
@@ -242,6 +260,34 @@ async def test_retry_of_a_run_cancelled_while_waiting_on_a_signal(runtime: Any) 
         (0, "call", "ok"),
         (1, "signal", "ok"),
     ]
+
+
+async def test_retry_of_a_run_cancelled_during_a_step(runtime: Any) -> None:
+    """A run cancelled while a step was executing (cleanup ran in `finally`) is retried: the
+    cancelled step runs again under the same key, the cleanup entry of the cancelled path is
+    superseded and the run completes."""
+    FAILURES["hang"] = 1
+    async with runtime() as rt:
+        await rt.start(retry_hanging, 2, run_id="rh")
+        with anyio.fail_after(10):
+            while CALLS["hang"] == 0:
+                await anyio.sleep(0.01)
+        await rt.cancel("rh")
+        with pytest.raises(cd.RunCancelledError):
+            await rt.result("rh", timeout=10)
+        FAILURES["hang"] = 0
+        await rt.retry("rh")
+        assert await rt.result("rh", timeout=10) == [3, -3]
+        history = await rt.history("rh")
+    assert CALLS == {"prepare": 1, "hang": 2, "cleanup": 2}
+    (note,) = notes(history)
+    assert [e["name"] for e in note.arguments["superseded"]] == ["hang", "cleanup"]
+    assert [(e.seq, e.name, e.status) for e in history if e.seq >= 0] == [
+        (0, "prepare", "ok"),
+        (1, "hang", "ok"),
+        (2, "cleanup", "ok"),
+    ]
+    assert history[2].key == "rh:1"
 
 
 async def test_retry_of_a_run_cancelled_before_it_ran_makes_it_runnable(runtime: Any) -> None:
