@@ -41,7 +41,13 @@ from coro_durable._journal import (
 from coro_durable._memory import MemoryStore
 from coro_durable._sqlite import SqliteStore
 from coro_durable._store import Store
-from coro_durable.errors import ConflictError, CorruptJournalError, LeaseLost, RunNotFoundError
+from coro_durable.errors import (
+    ConflictError,
+    CorruptJournalError,
+    LeaseLost,
+    RunError,
+    RunNotFoundError,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -924,6 +930,120 @@ async def test_remove_worker_deregisters_it(store: Store) -> None:
     await store.remove_worker("w1")
     await store.remove_worker("never-registered")
     assert await store.list_workers() == [kept]
+
+
+# ---- retry ----------------------------------------------------------------------------------------
+
+
+def note(seq: int = -1, by: str = "tester") -> JournalEntry:
+    """An audit note as Runtime.retry writes one (negative seq, kind retry)."""
+    return JournalEntry(
+        seq=seq, kind="retry", name="", digest="", status="ok", args=f'{{"by":"{by}"}}'
+    ).sealed()
+
+
+async def failed_run(store: Store, entries: list[JournalEntry], status: RunStatus) -> None:
+    """r1 with ``entries`` journaled, ended with ``status`` (failed or cancelled)."""
+    epoch = await running(store)
+    if entries:
+        await store.append("r1", epoch, entries)
+    await store.finish("r1", epoch, status, None, '{"type":"E","message":"m"}')
+
+
+async def test_retry_run_reopens_entries_and_makes_the_run_runnable(store: Store) -> None:
+    """retry_run deletes the reopened seq and every later one, keeps the rest and the note,
+    resets the run to pending and runnable now (no error, no crash count, steps recounted
+    without the note), wakes the listeners, and later appends count steps from there."""
+    epoch = await running(store)
+    await store.record_crash("r1", epoch, "boom", time.time(), max_crashes=9)
+    epoch = (await claim(store))["r1"].epoch  # crash_count 1 now
+    await store.append("r1", epoch, [entry(0), entry(1)])
+    await store.append("r1", epoch, [entry(2, "error", None, error='{"type":"E"}'), entry(3)])
+    await store.append("r1", epoch, [entry(4, "pending", None)])
+    await store.finish("r1", epoch, RunStatus.FAILED, None, '{"type":"E","message":"m"}')
+    calls: list[int] = []
+    unsubscribe = store.subscribe(lambda: calls.append(1))
+    before = time.time()
+    run = await store.retry_run("r1", [2], 2, note())
+    unsubscribe()
+    assert calls
+    assert run.status == RunStatus.PENDING and run.wake_at is not None
+    assert before - 1 <= run.wake_at <= time.time() + 1
+    assert (run.error, run.result, run.owner, run.lease_expires) == (None, None, None, None)
+    assert not run.cancel_requested and run.crash_count == 0 and run.steps == 2
+    assert await store.get_run("r1") == run
+    journal = await store.load_journal("r1")
+    assert journal == [note(), entry(0), entry(1)]
+    assert sorted(verify_journal("r1", journal)) == [-1, 0, 1]
+    claimed = (await claim(store))["r1"]
+    assert claimed.steps == 2
+    await store.append("r1", claimed.epoch, [entry(2, result="7")])
+    await store.append("r1", claimed.epoch, [entry(3, "pending", None), entry(3, result="8")])
+    run_after = await store.get_run("r1")
+    assert run_after is not None and run_after.steps == 4
+
+
+async def test_retry_run_of_a_cancelled_run_clears_its_cancel_request(store: Store) -> None:
+    """A cancelled run is retried like a failed one; its cancel request is cleared. A second
+    retry keeps the first note; with nothing to reopen, nothing is deleted."""
+    epoch = await running(store)
+    await store.append("r1", epoch, [entry(0), entry(1, "error", None, error='{"type":"C"}')])
+    await store.request_cancel("r1")
+    await store.finish("r1", epoch, RunStatus.CANCELLED, None, '{"type":"C","message":"m"}')
+    run = await store.retry_run("r1", [1], 1, note())
+    assert run.status == RunStatus.PENDING and not run.cancel_requested and run.steps == 1
+    epoch = (await claim(store))["r1"].epoch
+    assert await store.renew("w1", {"r1": epoch}, TTL) == {"r1": False}
+    await store.finish("r1", epoch, RunStatus.FAILED, None, '{"type":"E","message":"m"}')
+    run = await store.retry_run("r1", [], None, note(-2))
+    assert run.status == RunStatus.PENDING and run.steps == 1
+    assert [e.seq for e in await store.load_journal("r1")] == [-2, -1, 0]
+
+
+async def test_retry_run_refuses_runs_that_are_not_failed_or_cancelled(store: Store) -> None:
+    """retry_run of a pending, running, waiting, completed or quarantined run raises RunError
+    and writes nothing; of an unknown run, RunNotFoundError."""
+    await new_run(store, "pending")
+    await new_run(store, "r1")
+    await new_run(store, "waits")
+    await new_run(store, "done")
+    await new_run(store, "stuck")
+    runs = await claim(store)
+    await store.append("r1", runs["r1"].epoch, [entry(0)])
+    await store.park("waits", runs["waits"].epoch, None, "signal:go")
+    await store.finish("done", runs["done"].epoch, RunStatus.COMPLETED, "1", None)
+    await store.record_crash("stuck", None, "diverged", time.time(), max_crashes=3)
+    await new_run(store, "late")  # pending, created after the claim
+    for run_id, status in [
+        ("late", "pending"),
+        ("r1", "running"),
+        ("waits", "waiting"),
+        ("done", "completed"),
+        ("stuck", "quarantined"),
+    ]:
+        before = await store.get_run(run_id)
+        with pytest.raises(RunError, match=f"is {status}; only failed or cancelled"):
+            await store.retry_run(run_id, [0], 0, note())
+        assert await store.get_run(run_id) == before
+    assert await store.load_journal("r1") == [entry(0)]
+    with pytest.raises(RunNotFoundError):
+        await store.retry_run("nope", [], None, note())
+
+
+async def test_retry_run_recognises_its_own_note_and_refuses_a_concurrent_one(
+    store: Store,
+) -> None:
+    """The same call again (a retry after a lost acknowledgement) answers the run without
+    writing; a different note at the same seq (another retry won) raises ConflictError."""
+    await failed_run(
+        store, [entry(0), entry(1, "error", None, error='{"type":"E"}')], RunStatus.FAILED
+    )
+    first = await store.retry_run("r1", [1], 1, note())
+    again = await store.retry_run("r1", [1], 1, note())
+    assert again == first
+    with pytest.raises(ConflictError, match="retried concurrently"):
+        await store.retry_run("r1", [0], None, note(by="someone else"))
+    assert await store.load_journal("r1") == [note(), entry(0)]
 
 
 # ---- listeners ------------------------------------------------------------------------------------

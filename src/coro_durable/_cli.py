@@ -10,6 +10,7 @@
     coro-durable replay RUN --app myapp                does today's code still match the journal?
     coro-durable result RUN [--timeout 30]             wait for the result
     coro-durable cancel RUN | resume RUN
+    coro-durable retry RUN [--by NAME]                 continue a failed or cancelled run
 
 The store is ``--store URL`` (before or after the command), else ``$CORO_DURABLE_STORE``, else
 ``sqlite:///.coro_durable/runs.db``. A JSON argument (start's JSON_ARGS, signal's payload) is the
@@ -273,6 +274,15 @@ def _parser() -> argparse.ArgumentParser:
 
     p = command("resume", _cmd_resume, "release a quarantined run after fixing what crashed it")
     p.add_argument("run_id", metavar="RUN")
+
+    p = command(
+        "retry",
+        _cmd_retry,
+        "continue a failed or cancelled run from its failure: finished steps are kept, the "
+        "failed step runs again with fresh attempts under the same idempotency key",
+    )
+    p.add_argument("run_id", metavar="RUN")
+    p.add_argument("--by", metavar="NAME", help="who retries it, for the audit (default user@host)")
     return parser
 
 
@@ -572,7 +582,28 @@ def workers_table(workers: Sequence[WorkerInfo], *, width: int | None = None) ->
     return format_table(headers, rows, right="pid")
 
 
+def _retry_summary(entry: JournalEntry) -> str:
+    """An audit note of ``Runtime.retry`` in one line: who, when, what it replaced."""
+    try:
+        note = json.loads(entry.args or "{}")
+    except json.JSONDecodeError:
+        return entry.args or ""
+    error = note.get("error") or {}
+    was = str(note.get("previous_status", "?"))
+    if error:
+        was += f" ({error.get('type', 'Error')}: {error.get('message', '')})"
+    seqs = [str(e.get("seq")) for e in note.get("superseded", []) if isinstance(e, dict)]
+    replaced = f"; deleted seq {', '.join(seqs)}" if seqs else "; deleted nothing"
+    try:
+        at = _when(_dt.datetime.fromisoformat(str(note.get("at"))))
+    except ValueError:
+        at = str(note.get("at", "?"))
+    return f"retried by {note.get('by', '?')} at {at}: was {was}{replaced}"
+
+
 def _outcome(entry: JournalEntry) -> str:
+    if entry.kind == "retry" and entry.seq < 0:
+        return _retry_summary(entry)
     if entry.status == "ok":
         return entry.result if entry.result is not None else "null"
     info = entry.error_info
@@ -593,7 +624,8 @@ def _outcome(entry: JournalEntry) -> str:
 
 def journal_table(entries: Sequence[JournalEntry], *, width: int | None = None) -> str:
     """The journal as a readable table: seq, kind, name, status, attempts, key, duration and the
-    result or error (cut to fit ``width`` columns, the terminal's by default)."""
+    result or error (cut to fit ``width`` columns, the terminal's by default). Audit notes
+    (negative seqs: retries) read as who retried the run, when, and what it replaced."""
     rows = []
     for e in entries:
         took = "-"
@@ -898,6 +930,19 @@ def _cmd_resume(args: argparse.Namespace) -> int:
                 )
             after = await rt.resume(args.run_id)
         print(f"run {args.run_id} resumed: {after.status.value}, a worker will pick it up")
+        return EXIT_OK
+
+    return anyio.run(go)
+
+
+def _cmd_retry(args: argparse.Namespace) -> int:
+    async def go() -> int:
+        async with _client(args) as rt:
+            after = await rt.retry(args.run_id, by=args.by)
+        print(
+            f"run {args.run_id} retried: {after.status.value} at step {after.step}, a worker will "
+            "continue it from its failure"
+        )
         return EXIT_OK
 
     return anyio.run(go)

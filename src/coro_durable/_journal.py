@@ -11,6 +11,15 @@ A *worker record* is one worker Runtime's entry in the store's worker registry: 
 serves, and until when it counts as alive (it heartbeats; one that stops is gone once its record
 expires). Clients read it to refuse starting a workflow that nobody serves.
 
+Audit notes. Entries with a *negative* seq are not effects: they are notes the runtime writes
+about the run, and the workflow never sees them (replay, the determinism check, ``steps`` and the
+``steps == 0`` test of "never started" only look at seq >= 0). Today there is one kind, written
+by ``Runtime.retry``: ``kind="retry"``, ``status="ok"``, seq -1 for the first retry of a run, -2
+for the next, ...; its ``args`` (codec JSON) hold ``{"by", "at", "previous_status", "error",
+"superseded"}``: who retried it and when (ISO 8601 UTC), the status and error it had, and every
+entry the retry deleted (each as an object of its stored fields, checksum included, so the audit
+keeps exactly what was there). Notes sort before the effects in ``load_journal``'s seq order.
+
 Payloads (inputs, results, signal payloads) are stored as JSON text written by ``_codec``; stores
 never interpret them. Every entry carries a checksum over its meaningful fields, verified when the
 journal is loaded, so a torn or tampered row is detected instead of replayed with a wrong value.
@@ -26,15 +35,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _codec
-from .errors import CorruptJournalError
+from .errors import ConflictError, CorruptJournalError, RunError
 
 __all__ = [
     "CANCELLED_ERROR",
     "JournalEntry",
+    "RETRYABLE",
     "RunRecord",
     "RunStatus",
     "TERMINAL",
     "WorkerRecord",
+    "retry_conflict",
+    "retry_refused",
     "verify_journal",
 ]
 
@@ -56,6 +68,25 @@ TERMINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED
 #: The error JSON a store writes when it cancels a run that nothing is executing.
 CANCELLED_ERROR = '{"type":"RunCancelledError","message":"cancelled before it resumed"}'
 
+#: The statuses ``Store.retry_run`` accepts: a retry continues a run that ended without success.
+RETRYABLE = frozenset({RunStatus.FAILED, RunStatus.CANCELLED})
+
+
+def retry_conflict(run_id: str, seq: int) -> ConflictError:
+    """The error every store raises when ``retry_run``'s note seq holds another entry."""
+    return ConflictError(
+        f"run {run_id!r}: audit note seq {seq} is already taken by another retry; the run was "
+        "retried concurrently, look at its history before retrying it again"
+    )
+
+
+def retry_refused(run_id: str, status: RunStatus | str) -> RunError:
+    """The error every store raises when ``retry_run`` finds the run in another status."""
+    return RunError(
+        f"run {run_id!r} is {RunStatus(status).value}; only failed or cancelled runs can be "
+        "retried (a quarantined one is released with `resume`)"
+    )
+
 
 @dataclass(slots=True)
 class RunRecord:
@@ -75,7 +106,7 @@ class RunRecord:
     error: str | None = None  # JSON text {"type", "message"} once failed/cancelled
     crash_count: int = 0  # consecutive resumptions that crashed without progress
     last_error: str | None = None
-    steps: int = 0  # number of journal entries
+    steps: int = 0  # number of journal entries with seq >= 0 (audit notes are not counted)
     created_at: float = 0.0
     updated_at: float = 0.0
 
@@ -173,7 +204,8 @@ def verify_journal(run_id: str, entries: list[JournalEntry]) -> dict[int, Journa
     """Check every entry's checksum; return the journal keyed by seq.
 
     Raises CorruptJournalError on a checksum mismatch or a duplicated seq. Gaps are legal: the
-    sub-effects of a gather are journaled in the order they finish.
+    sub-effects of a gather are journaled in the order they finish. Audit notes (negative seqs)
+    are checked too and returned with the rest; the scheduler only ever looks up seqs >= 0.
     """
     journal: dict[int, JournalEntry] = {}
     for entry in entries:

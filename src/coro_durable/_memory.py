@@ -17,11 +17,14 @@ from dataclasses import dataclass
 from . import _faults
 from ._journal import (
     CANCELLED_ERROR,
+    RETRYABLE,
     TERMINAL,
     JournalEntry,
     RunRecord,
     RunStatus,
     WorkerRecord,
+    retry_conflict,
+    retry_refused,
 )
 from ._store import Listener
 from .errors import ConflictError, LeaseLost, RunNotFoundError
@@ -98,8 +101,8 @@ class MemoryStore:
                     f"{existing.describe()} entry"
                 )
             accepted[entry.seq] = entry
+        run.steps += sum(1 for seq in accepted if seq not in journal and seq >= 0)
         journal.update(accepted)
-        run.steps = len(journal)
         if any(entry.final for entry in entries):
             run.crash_count = 0  # progress; pending entries alone (a step in flight) are not
         run.updated_at = time.time()
@@ -295,6 +298,39 @@ class MemoryStore:
                 run.crash_count = 0
                 run.wake_at = time.time()
                 run.updated_at = run.wake_at
+            result = run.copy()
+        self._notify()
+        return result
+
+    async def retry_run(
+        self, run_id: str, reopen: Sequence[int], after: int | None, note: JournalEntry
+    ) -> RunRecord:
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is None:
+                raise RunNotFoundError(run_id)
+            journal = self._journals[run_id]
+            taken = journal.get(note.seq)
+            if taken is not None:
+                if taken.checksum == note.checksum:
+                    return run.copy()  # our own earlier call, acknowledgement lost
+                raise retry_conflict(run_id, note.seq)
+            if run.status not in RETRYABLE:
+                raise retry_refused(run_id, run.status)
+            doomed = set(reopen)
+            for seq in list(journal):
+                if seq >= 0 and (seq in doomed or (after is not None and seq > after)):
+                    del journal[seq]
+            journal[note.seq] = note
+            now = time.time()
+            run.status = RunStatus.PENDING
+            run.wake_at = now
+            run.waiting_on = run.owner = run.lease_expires = None
+            run.error = run.result = None
+            run.cancel_requested = False
+            run.crash_count = 0
+            run.steps = sum(1 for seq in journal if seq >= 0)
+            run.updated_at = now
             result = run.copy()
         self._notify()
         return result

@@ -26,8 +26,10 @@ Everything works under asyncio and trio (anyio).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import functools
+import getpass
 import json
 import logging
 import math
@@ -49,11 +51,13 @@ from . import _codec, _workflow
 from ._effects import StepInfo
 from ._faults import SimulatedCrash, fault
 from ._journal import (
+    RETRYABLE,
     TERMINAL,
     JournalEntry,
     RunRecord,
     RunStatus,
     WorkerRecord,
+    retry_refused,
     verify_journal,
 )
 from ._scheduler import Activation, Limits, ReplayReport, _progress, replay, store_call
@@ -110,7 +114,8 @@ class RunInfo:
     waiting_on: str | None
     inputs: dict[str, Any]  # {"args": [...], "kwargs": {...}}
     result: Any
-    error: dict[str, str] | None  # {"type", "message"} when failed or cancelled
+    error: dict[str, str] | None  # {"type", "message"} when failed or cancelled (the stored
+    # error also says which entries a retry reopens: "reopen" and "after", see Runtime.retry)
     crash_count: int
     last_error: str | None
     owner: str | None  # worker holding the lease, if running
@@ -150,7 +155,7 @@ class RunInfo:
             waiting_on=run.waiting_on if run.status == RunStatus.WAITING else None,
             inputs=inputs if isinstance(inputs, dict) else {"args": inputs},
             result=_codec.decode(run.result) if run.result is not None else None,
-            error=json.loads(run.error) if run.error else None,
+            error=_error_view(run.error),
             crash_count=run.crash_count,
             last_error=run.last_error,
             owner=run.owner,
@@ -185,6 +190,42 @@ class WorkerInfo:
         )
 
 
+def _error_view(error: str | None) -> dict[str, str] | None:
+    """A run's stored error JSON as ``describe`` shows it: its type and message."""
+    if not error:
+        return None
+    info = json.loads(error)
+    return {k: info[k] for k in ("type", "message") if k in info}
+
+
+def _retry_plan(run: RunRecord, journal: dict[int, JournalEntry]) -> tuple[list[int], int | None]:
+    """``(reopen, after)`` for retrying ``run``: the seqs to delete, and the seq after which every
+    entry goes too (None: none). The scheduler recorded them in the run's error when the run
+    failed on journaled errors; a cancelled run without them (cancelled by an older version)
+    reopens its RunCancelledError entries."""
+    info = json.loads(run.error) if run.error else {}
+    if "reopen" in info:
+        after = info.get("after")
+        return [int(seq) for seq in info["reopen"]], None if after is None else int(after)
+    if run.status != RunStatus.CANCELLED:
+        return [], None
+    cancelled = [
+        seq
+        for seq, entry in journal.items()
+        if seq >= 0 and (entry.error_info or {}).get("type") == "RunCancelledError"
+    ]
+    return cancelled, max(cancelled, default=None)
+
+
+def _default_retrier() -> str:
+    """Who retried a run when ``by`` is not given: ``user@host``."""
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # no user name in the environment or the passwd database
+        user = f"uid {os.getuid()}" if hasattr(os, "getuid") else "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
 class RunHandle:
     """A reference to one run, returned by ``Runtime.start``."""
 
@@ -210,6 +251,9 @@ class RunHandle:
 
     async def cancel(self) -> None:
         await self.runtime.cancel(self.run_id)
+
+    async def retry(self, *, by: str | None = None) -> RunInfo:
+        return await self.runtime.retry(self.run_id, by=by)
 
 
 class Runtime:
@@ -629,6 +673,66 @@ class Runtime:
         if run.status != RunStatus.QUARANTINED:
             raise RunError(f"run {run_id!r} is {run.status}, not quarantined; nothing to resume")
         return RunInfo.from_record(await self._call(self.store.resume, run_id))
+
+    async def retry(self, run_id: str, *, by: str | None = None) -> RunInfo:
+        """Continue a failed or cancelled run from its failure; returns the run, now pending.
+
+        The entries of the failure are deleted and run again: the step that failed gets a fresh
+        set of attempts under the same idempotency key (its seq is the same), a gather re-runs
+        only its failed sub-effects, a cancelled run resumes the await that was cancelled.
+        Every entry before the failure is kept and replayed, never executed again; entries the
+        workflow journaled after it (cleanup in ``except``/``finally``) are deleted too, since
+        the retried path may not run them. A run that failed in workflow code alone (no
+        journaled error caused it) or that was cancelled before it ever ran only becomes
+        runnable again: after a code fix, replay takes it on. The journal keeps an audit note
+        of the retry (seq -1, -2, ...: kind "retry"; who, when, the previous status and error,
+        and every entry deleted); ``by`` names who retried it (default: ``user@host``).
+
+        Raises RunError for a run that is not failed or cancelled, RunNotFoundError for an
+        unknown one. Returns the RunInfo (``result(run_id)`` then waits for the new outcome)."""
+        self._check_open()
+        run = await self._get(run_id)
+        if run.status not in RETRYABLE:
+            raise retry_refused(run_id, run.status)
+        entries: list[JournalEntry] = await self._call(self.store.load_journal, run_id)
+        journal = verify_journal(run_id, entries)
+        reopen, after = _retry_plan(run, journal)
+        doomed = set(reopen)
+        superseded = [
+            dataclasses.asdict(e)
+            for e in entries
+            if e.seq >= 0 and (e.seq in doomed or (after is not None and e.seq > after))
+        ]
+        seq = min((s for s in journal if s < 0), default=0) - 1
+        now = time.time()
+        audit = {
+            "by": by if by is not None else _default_retrier(),
+            "at": _dt.datetime.fromtimestamp(now, _dt.UTC).isoformat(timespec="milliseconds"),
+            "previous_status": run.status.value,
+            "error": json.loads(run.error) if run.error else None,
+            "superseded": superseded,
+        }
+        note = JournalEntry(
+            seq=seq,
+            kind="retry",
+            name="",
+            digest="",
+            status="ok",
+            args=_codec.encode(audit, where=f"retry note of run {run_id!r}"),
+            started_at=now,
+            finished_at=now,
+        ).seal()
+        record: RunRecord = await self._call(self.store.retry_run, run_id, reopen, after, note)
+        log.info(
+            "run %s retried by %s: was %s, reopened seqs %s%s",
+            run_id,
+            audit["by"],
+            run.status.value,
+            sorted(reopen) or "none",
+            f" and everything after seq {after}" if after is not None else "",
+        )
+        self._wake_run(run_id)
+        return RunInfo.from_record(record)
 
     async def list_runs(
         self,

@@ -178,8 +178,8 @@ async def store_call(deadline: float, op: Callable[..., Awaitable[T]], *args: An
             delay = min(delay * 2, 2.0)
 
 
-def _error_json(type_name: str, message: str) -> str:
-    return json.dumps({"type": type_name, "message": message}, ensure_ascii=False)
+def _error_json(type_name: str, message: str, **extra: Any) -> str:
+    return json.dumps({"type": type_name, "message": message, **extra}, ensure_ascii=False)
 
 
 def _exception_info(exc: BaseException) -> tuple[str, str]:
@@ -260,6 +260,9 @@ class Activation:
         self._waits: set[anyio.CancelScope] = set()  # inline timer/backoff waits in progress
         self._in_flight: dict[int, _InFlight] = {}  # seq -> step attempt executing now
         self._unjournaled: list[JournalEntry] = []  # only ever used by a planted bug (tests)
+        # id(error) -> (error, seqs, after) for every error fed to the workflow: the journal
+        # entries it came from and the last seq of the effect awaited (see _failure_origin).
+        self._fed_errors: dict[int, tuple[BaseException, list[int], int]] = {}
 
     # -- what the worker tells a running activation ---------------------------------------------------
 
@@ -437,11 +440,36 @@ class Activation:
         if self.replay_only:
             return ActivationEnd("cancelled" if status == RunStatus.CANCELLED else "failed")
         type_name, message = _exception_info(exc)
-        await self._finish(status, None, _error_json(type_name, message))
+        reopen, after = self._failure_origin(exc)
+        error = _error_json(type_name, message, reopen=reopen, after=after)
+        await self._finish(status, None, error)
         return ActivationEnd(
             "cancelled" if status == RunStatus.CANCELLED else "failed",
             error=f"{type_name}: {message}",
         )
+
+    def _failure_origin(self, exc: BaseException) -> tuple[list[int], int | None]:
+        """Which journal entries the run failed on, for ``Runtime.retry``: ``(reopen, after)``.
+
+        If ``exc``, or an exception in its ``__cause__``/``__context__`` chain, is (by identity) an
+        error fed to the workflow, the failure is the entry it came from (every error entry of a
+        gather that raised it) and ``after`` is the last seq of the effect awaited; a retry
+        deletes those entries and every later one. An exception raised by workflow code alone
+        reopens nothing: ``([], None)``."""
+        seen: set[int] = set()
+        todo: list[BaseException] = [exc]
+        while todo:
+            current = todo.pop(0)
+            if id(current) in seen:
+                continue
+            seen.add(id(current))
+            fed = self._fed_errors.get(id(current))
+            if fed is not None and fed[0] is current:
+                return fed[1], fed[2]
+            todo += [e for e in (current.__cause__, current.__context__) if e is not None]
+            if isinstance(current, BaseExceptionGroup):
+                todo += current.exceptions
+        return [], None
 
     async def _finish(self, status: RunStatus, result: str | None, error: str | None) -> None:
         if self._unjournaled:
@@ -479,12 +507,33 @@ class Activation:
                 outcomes[todo[0].seq] = await self._resolve_leaf(todo[0])
             elif todo:
                 await self._resolve_concurrently(todo, outcomes)
-            return _gather_outcome(node, outcomes)
+            outcome = _gather_outcome(node, outcomes)
+            self._note_errors(leaves, outcomes, outcome)
+            return outcome
         leaf = self._plan_leaf(effect)
         replayed: dict[int, Outcome] = {}
         if self._replayed(leaf, replayed):
-            return replayed[leaf.seq]
-        return await self._resolve_leaf(leaf)
+            outcome = replayed[leaf.seq]
+        else:
+            outcome = await self._resolve_leaf(leaf)
+        self._note_errors([leaf], {leaf.seq: outcome}, outcome)
+        return outcome
+
+    def _note_errors(self, leaves: list[_Leaf], outcomes: dict[int, Outcome], fed: Outcome) -> None:
+        """Remember where each error about to be fed to the workflow came from: a leaf's error
+        stands for its own entry, a gather's error for every error entry of the gather; both
+        for the effect's last seq (read by ``_failure_origin``)."""
+        if not leaves:
+            return
+        after = leaves[-1].seq
+        failed: list[int] = []
+        for leaf in leaves:
+            outcome = outcomes.get(leaf.seq)
+            if isinstance(outcome, Error):
+                failed.append(leaf.seq)
+                self._fed_errors[id(outcome.error)] = (outcome.error, [leaf.seq], after)
+        if isinstance(fed, Error):
+            self._fed_errors[id(fed.error)] = (fed.error, failed, after)
 
     async def _resolve_concurrently(self, todo: list[_Leaf], outcomes: dict[int, Outcome]) -> None:
         parks: list[tuple[_Leaf, _Park]] = []
@@ -1015,7 +1064,7 @@ async def replay(
 ) -> ReplayReport:
     """Re-execute ``fn`` against ``run``'s journal with no side effects; report the first divergence."""
     activation = Activation(store, run, journal, fn, Limits(), replay_only=True)
-    total = len(journal)
+    total = sum(1 for seq in journal if seq >= 0)  # audit notes (seq < 0) are not effects
     try:
         end = await activation.execute()
     except NonDeterminismError as exc:

@@ -73,11 +73,14 @@ from ._groupcommit import GroupCommit, GroupCommitOptions
 from ._groupcommit import parse_option as parse_group_option
 from ._journal import (
     CANCELLED_ERROR,
+    RETRYABLE,
     TERMINAL,
     JournalEntry,
     RunRecord,
     RunStatus,
     WorkerRecord,
+    retry_conflict,
+    retry_refused,
 )
 from ._store import Listener
 from .errors import (
@@ -876,6 +879,41 @@ class SqliteStore:
                 "UPDATE runs SET status = 'pending', crash_count = 0, wake_at = ?, updated_at = ? "
                 "WHERE run_id = ? AND status = 'quarantined'",
                 (now, now, run_id),
+            )
+            return self._get(conn, run_id)
+
+        result = await self._write(op)
+        self._notify()
+        return result
+
+    async def retry_run(
+        self, run_id: str, reopen: Sequence[int], after: int | None, note: JournalEntry
+    ) -> RunRecord:
+        doomed = sorted({int(seq) for seq in reopen})
+        beyond = "" if after is None else " OR seq > ?"
+        delete = (
+            f"DELETE FROM journal WHERE run_id = ? AND seq >= 0 AND (seq IN "
+            f"({', '.join('?' * len(doomed))}){beyond})"
+        )
+
+        def op(conn: sqlite3.Connection) -> RunRecord:
+            run = self._get(conn, run_id)
+            taken = conn.execute(_SQL_GET_ENTRY, (run_id, note.seq)).fetchone()
+            if taken is not None:
+                if taken[1] == note.checksum:
+                    return run  # our own earlier call, acknowledgement lost
+                raise retry_conflict(run_id, note.seq)
+            if run.status not in RETRYABLE:
+                raise retry_refused(run_id, run.status)
+            conn.execute(delete, (run_id, *doomed, *(() if after is None else (after,))))
+            conn.execute(_SQL_INSERT_ENTRY, _entry_params(run_id, note))
+            now = time.time()
+            conn.execute(
+                "UPDATE runs SET status = 'pending', wake_at = ?, waiting_on = NULL, owner = NULL, "
+                "lease_expires = NULL, error = NULL, result = NULL, cancel_requested = 0, "
+                "crash_count = 0, steps = (SELECT count(*) FROM journal WHERE run_id = ? AND "
+                "seq >= 0), updated_at = ? WHERE run_id = ?",
+                (now, run_id, now, run_id),
             )
             return self._get(conn, run_id)
 

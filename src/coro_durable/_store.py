@@ -41,9 +41,17 @@ passes the same conformance suite (tests/test_store_conformance.py). The rules a
   registration expired starts a new one (``started_at`` is reset): that worker was gone. Expired
   registrations are deleted by the next heartbeat of any worker, so the registry holds the live
   workers and at most the ones that died since.
+* **Retrying** (``retry_run``) is the one write that deletes journal entries. In one atomic step,
+  and only for a failed or cancelled run: delete the entries at the ``reopen`` seqs and every
+  entry with seq > ``after`` (never an audit note: seq < 0), insert the ``note`` (an audit entry
+  with a negative seq, see ``_journal``), and make the run pending and runnable now with error,
+  result and cancel request cleared, ``crash_count`` 0 and ``steps`` recounted. A ``note`` whose
+  seq is already taken by an identical entry means our own earlier call landed (its
+  acknowledgement was lost): answer the run as it is. Taken by another entry: ConflictError (the
+  run was retried concurrently). ``steps`` counts only entries with seq >= 0.
 * Times are ``time.time()`` floats from the store's clock.
 * Listeners registered with ``subscribe`` are called (on the event loop) when new work may be
-  claimable: a run created, a signal delivered, a cancel requested, a lease released.
+  claimable: a run created or retried, a signal delivered, a cancel requested, a lease released.
   A store whose notifications come from its server (LISTEN/NOTIFY, pub/sub) may define an
   optional ``async def watch(self) -> None``: every open Runtime runs it in its own task group
   until the Runtime closes, and it calls the listeners as notifications arrive.
@@ -158,6 +166,15 @@ class Store(Protocol):
         """Make a quarantined run pending again with its crash count reset."""
         ...
 
+    async def retry_run(
+        self, run_id: str, reopen: Sequence[int], after: int | None, note: JournalEntry
+    ) -> RunRecord:
+        """Continue a failed or cancelled run (see the module rules): delete the entries at
+        ``reopen`` and those after ``after``, write ``note``, make the run pending now; return
+        it. Raises RunNotFoundError, RunError (``_journal.retry_refused``) for a run in another
+        status, ConflictError when ``note.seq`` holds a different entry."""
+        ...
+
     # -- signals and cancellation ----------------------------------------------------------------------
     async def deliver_signal(self, run_id: str, name: str, payload: str, signal_id: str) -> bool:
         """Store a signal once per ``signal_id`` (False if already delivered) and wake the run."""
@@ -267,6 +284,11 @@ class StoreWrapper:
 
     async def resume(self, run_id: str) -> RunRecord:
         return await self.inner.resume(run_id)
+
+    async def retry_run(
+        self, run_id: str, reopen: Sequence[int], after: int | None, note: JournalEntry
+    ) -> RunRecord:
+        return await self.inner.retry_run(run_id, reopen, after, note)
 
     async def deliver_signal(self, run_id: str, name: str, payload: str, signal_id: str) -> bool:
         return await self.inner.deliver_signal(run_id, name, payload, signal_id)

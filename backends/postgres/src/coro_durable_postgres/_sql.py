@@ -610,6 +610,53 @@ UNION ALL
 SELECT {cols}, NULL FROM {{s}}.runs
 WHERE run_id = %(run_id)s AND NOT EXISTS (SELECT 1 FROM upd)"""
         )
+        # Retry: one statement. The run row is locked (its newest version decides the status);
+        # nothing else writes the journal of a failed or cancelled run, so the statement's
+        # snapshot of it is current. Answers one row: whether it retried, the run, and the
+        # checksum of an entry already at the note's seq (an earlier call of ours, or a
+        # concurrent retry), which makes it do nothing.
+        note_values = ", ".join(
+            f"%(note_{c})s::{t}" for c, t in zip(ENTRY_COLUMNS, _ENTRY_TYPES, strict=True)
+        )
+        self.retry_run = q(
+            f"""WITH {_CLOCK},
+run AS MATERIALIZED (
+    SELECT {cols} FROM {{s}}.runs WHERE run_id = %(run_id)s FOR NO KEY UPDATE
+),
+taken AS (
+    SELECT checksum FROM {{s}}.journal WHERE run_id = %(run_id)s AND seq = %(note_seq)s::int
+),
+go AS MATERIALIZED (
+    SELECT 1 FROM run WHERE status IN ('failed', 'cancelled')
+    AND NOT EXISTS (SELECT 1 FROM taken)
+),
+del AS (
+    DELETE FROM {{s}}.journal j
+    WHERE j.run_id = %(run_id)s AND EXISTS (SELECT 1 FROM go) AND j.seq >= 0
+      AND (j.seq = ANY(%(reopen)s::int[]) OR j.seq > %(after)s::int)
+    RETURNING j.seq
+),
+ins AS (
+    INSERT INTO {{s}}.journal (run_id, {", ".join(ENTRY_COLUMNS)})
+    SELECT %(run_id)s, {note_values} FROM go
+    RETURNING 1
+),
+upd AS (
+    UPDATE {{s}}.runs r SET status = 'pending', wake_at = c.t, waiting_on = NULL,
+        owner = NULL, lease_expires = NULL, error = NULL, result = NULL,
+        cancel_requested = false, crash_count = 0, updated_at = c.t,
+        steps = (SELECT count(*) FROM {{s}}.journal WHERE run_id = %(run_id)s AND seq >= 0)
+            - (SELECT count(*) FROM del)
+    FROM clock c
+    WHERE r.run_id = %(run_id)s AND EXISTS (SELECT 1 FROM go)
+      AND (SELECT count(*) FROM ins) = 1
+    RETURNING {_cols("r.")}
+)
+SELECT true, {cols}, NULL, {_notify()}::text FROM upd
+UNION ALL
+SELECT false, {cols}, (SELECT checksum FROM taken), NULL FROM run
+WHERE NOT EXISTS (SELECT 1 FROM upd)"""
+        )
         self.deliver_signal = q(
             f"""WITH {_CLOCK},
 run AS (SELECT run_id FROM {{s}}.runs WHERE run_id = %(run_id)s),

@@ -22,6 +22,8 @@ from coro_durable._journal import (
     RunRecord,
     RunStatus,
     WorkerRecord,
+    retry_conflict,
+    retry_refused,
 )
 from coro_durable.errors import (
     ConfigurationError,
@@ -742,6 +744,32 @@ class PostgresStore:
             raise RunNotFoundError(run_id)
         self._notify()
         return _run_from_row(rows[0])
+
+    async def retry_run(
+        self, run_id: str, reopen: Sequence[int], after: int | None, note: JournalEntry
+    ) -> RunRecord:
+        _no_nul("run_id", run_id)
+        params: dict[str, Any] = {
+            "run_id": run_id,
+            "reopen": [int(seq) for seq in reopen],
+            "after": after,
+            **{f"note_{column}": value for column, value in _single(note).items()},
+            **self._note(),
+        }
+        rows = await self._fetch(self._sql.retry_run, params)
+        if not rows:
+            raise RunNotFoundError(run_id)
+        retried, *values = rows[0]
+        run = _run_from_row(values)
+        if retried:
+            self._notify()
+            return run
+        taken = values[len(RUN_COLUMNS)]
+        if taken == note.checksum:
+            return run  # our own earlier call, acknowledgement lost
+        if taken is not None:
+            raise retry_conflict(run_id, note.seq)
+        raise retry_refused(run_id, run.status)
 
     # -- signals and cancellation --------------------------------------------------------------
 

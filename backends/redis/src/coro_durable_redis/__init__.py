@@ -117,7 +117,8 @@ Key layout (``P`` is the prefix)
 --------------------------------
 ============================  =====  ==========================================================
 ``P meta``                    hash   ``layout``: version of this layout (a newer one is refused)
-``P run:<run_id>``            hash   the RunRecord's fields (a missing field is None)
+``P run:<run_id>``            hash   the RunRecord's fields (a missing field is None), and
+                                     ``notes``: how many audit notes (seq < 0) the journal has
 ``P journal:<run_id>``        hash   seq -> ``<status>|<checksum>|<entry as a JSON array>``
 ``P sigq:<run_id>``           list   unconsumed signals, oldest first: ``[signal_id, name, payload]``
 ``P sigids:<run_id>``         set    every signal_id ever delivered (idempotency)

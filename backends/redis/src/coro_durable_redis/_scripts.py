@@ -148,7 +148,10 @@ local function commit(id, plan, now)
     end
     redis.call('HSET', key, unpack(args))
   end
-  redis.call('HSET', rk(id), 'steps', redis.call('HLEN', key), 'updated_at', now)
+  -- steps counts the effects: the journal's entries but its audit notes (seq < 0, see retry)
+  local notes = tonumber(redis.call('HGET', rk(id), 'notes')) or 0
+  redis.call('HSET', rk(id), 'steps', tostring(redis.call('HLEN', key) - notes), 'updated_at',
+             now)
   if final then redis.call('HSET', rk(id), 'crash_count', '0') end
 end
 
@@ -494,6 +497,47 @@ end
 return {'ok', row(key)}
 """
 
+# ARGV: P, origin, run_id, opt(after), then the note's quad (seq, status, checksum, value), then
+# the seqs to reopen -> {'ok', row}, {'missing'}, {'taken', checksum} (the note's seq holds an
+# entry: an earlier call of ours, or a concurrent retry) or {'status', status} (not retryable).
+# The run hash's ``notes`` counts the journal's audit notes, which ``steps`` leaves out.
+_RETRY = r"""
+local id = ARGV[3]
+local key = rk(id)
+local f = redis.call('HMGET', key, 'status', 'workflow', 'created_at')
+if not f[1] then return {'missing'} end
+local journal = jk(id)
+local taken = redis.call('HGET', journal, ARGV[5])
+if taken then
+  local _, checksum = string.match(taken, '^([^|]*)|([^|]*)|')
+  return {'taken', checksum or ''}
+end
+if f[1] ~= 'failed' and f[1] ~= 'cancelled' then return {'status', f[1]} end
+local after = opt(ARGV[4])
+if after then after = tonumber(after) end
+local doomed = {}
+for i = 9, #ARGV do doomed[ARGV[i]] = true end
+local notes = 1  -- the one written here
+for _, seq in ipairs(redis.call('HKEYS', journal)) do
+  local n = tonumber(seq)
+  if n < 0 then
+    notes = notes + 1
+  elseif doomed[seq] or (after and n > after) then
+    redis.call('HDEL', journal, seq)
+  end
+end
+redis.call('HSET', journal, ARGV[5], ARGV[8])
+local now = num(clock())
+redis.call('HSET', key, 'status', 'pending', 'wake_at', now, 'cancel_requested', '0',
+           'crash_count', '0', 'notes', tostring(notes),
+           'steps', tostring(redis.call('HLEN', journal) - notes), 'updated_at', now)
+redis.call('HDEL', key, 'owner', 'lease_expires', 'waiting_on', 'error', 'result')
+reindex(id, f[2], f[1], 'pending', f[3])
+schedule(id, f[2], 'due', now)
+wake(ARGV[2], now)
+return {'ok', row(key)}
+"""
+
 # ---- signals and cancellation ----------------------------------------------------------------------
 
 # ARGV: P, origin, token, run_id, signal_id, signal element -> {'ok', 1 delivered / 0 duplicate}
@@ -618,6 +662,7 @@ SCRIPTS: dict[str, Script] = {
         _script("batch", _BATCH),
         _script("crash", _CRASH),
         _script("resume", _RESUME),
+        _script("retry", _RETRY),
         _script("deliver", _DELIVER),
         _script("cancel", _CANCEL),
         _script("next_wake", _NEXT_WAKE),

@@ -27,6 +27,8 @@ from coro_durable._journal import (
     RunRecord,
     RunStatus,
     WorkerRecord,
+    retry_conflict,
+    retry_refused,
 )
 from coro_durable._store import Listener
 from coro_durable.errors import (
@@ -811,6 +813,27 @@ class RedisStore:
     async def resume(self, run_id: str) -> RunRecord:
         reply = await self._script("resume", [_b(self._origin), _b(run_id)])
         if _s(reply[0]) != "ok":
+            self._refused(reply, run_id, None)
+        self._notify()
+        return _run_from_row(reply[1])
+
+    async def retry_run(
+        self, run_id: str, reopen: Sequence[int], after: int | None, note: JournalEntry
+    ) -> RunRecord:
+        args: list[Arg] = [
+            _b(self._origin), _b(run_id), b"" if after is None else b"=" + _b(str(int(after))),
+            *_entry_quad(note), *(_b(str(int(seq))) for seq in reopen),
+        ]  # fmt: skip
+        reply = await self._script("retry", args)
+        kind = _s(reply[0])
+        if kind == "taken":
+            current = await self.get_run(run_id)
+            if _s(reply[1]) == note.checksum and current is not None:
+                return current  # our own earlier call, acknowledgement lost
+            raise retry_conflict(run_id, note.seq)
+        if kind == "status":
+            raise retry_refused(run_id, _s(reply[1]))
+        if kind != "ok":
             self._refused(reply, run_id, None)
         self._notify()
         return _run_from_row(reply[1])
