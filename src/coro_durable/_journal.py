@@ -6,6 +6,12 @@ across a durable boundary (a timer's absolute due time, a signal wait's deadline
 attempts waiting for their backoff), then ``ok`` or ``error`` once its outcome is final. A final
 entry never changes again.
 
+A run_id is chosen by the user (it is what makes ``start`` idempotent), so one rule, enforced by
+:func:`check_run_id` in ``Runtime.start`` and in every store's ``create_run``, says what a valid
+one is: a non-empty ``str`` of at most 255 characters with no control character (unicodedata
+category ``Cc``: NUL, newline, tab, DEL, C1 controls) and no lone surrogate (not encodable in
+UTF-8, so some stores could not hold it).
+
 Payloads (inputs, results, signal payloads) are stored as JSON text written by ``_codec``; stores
 never interpret them. Every entry carries a checksum over its meaningful fields, verified when the
 journal is loaded, so a torn or tampered row is detected instead of replayed with a wrong value.
@@ -17,11 +23,12 @@ import dataclasses
 import enum
 import hashlib
 import json
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
 from . import _codec
-from .errors import CorruptJournalError
+from .errors import ConfigurationError, CorruptJournalError
 
 __all__ = [
     "CANCELLED_ERROR",
@@ -29,6 +36,8 @@ __all__ = [
     "RunRecord",
     "RunStatus",
     "TERMINAL",
+    "MAX_RUN_ID_LENGTH",
+    "check_run_id",
     "verify_journal",
 ]
 
@@ -49,6 +58,47 @@ TERMINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED
 
 #: The error JSON a store writes when it cancels a run that nothing is executing.
 CANCELLED_ERROR = '{"type":"RunCancelledError","message":"cancelled before it resumed"}'
+
+
+#: The longest run_id accepted, in characters.
+MAX_RUN_ID_LENGTH = 255
+
+
+def check_run_id(run_id: object) -> str:
+    """Return ``run_id`` if it is a valid run id, else raise ConfigurationError saying why.
+
+    Valid: a non-empty ``str`` of at most :data:`MAX_RUN_ID_LENGTH` characters, with no control
+    character (category ``Cc``) and no lone surrogate (``Cs``). Anything else printable is
+    fine: spaces, ``:``, ``/``, any script, emoji.
+    """
+    rule = (
+        f"a run_id must be a non-empty str of at most {MAX_RUN_ID_LENGTH} characters without "
+        "control characters"
+    )
+    if not isinstance(run_id, str):
+        raise ConfigurationError(
+            f"run_id {run_id!r} is a {type(run_id).__name__}, not a str; {rule} (pass "
+            "run_id=None to have one made)"
+        )
+    if not run_id:
+        raise ConfigurationError(
+            f"run_id '' is empty; {rule}. Pass run_id=None to have a fresh id made (an empty id "
+            "is refused rather than replaced, which would lose the idempotency of start)"
+        )
+    if len(run_id) > MAX_RUN_ID_LENGTH:
+        raise ConfigurationError(
+            f"run_id {run_id[:40]!r}... has {len(run_id)} characters; {rule}. Use a shorter id "
+            "(a hash of a long natural key, for example)"
+        )
+    for index, char in enumerate(run_id):
+        category = unicodedata.category(char)
+        if category in ("Cc", "Cs"):
+            what = "a control character" if category == "Cc" else "a lone surrogate"
+            raise ConfigurationError(
+                f"run_id {run_id!r} contains {what} ({char!r}) at index {index}; {rule}. "
+                "Remove it (ids are shown in logs, URLs and the CLI)"
+            )
+    return run_id
 
 
 @dataclass(slots=True)

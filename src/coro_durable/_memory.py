@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from . import _faults
-from ._journal import CANCELLED_ERROR, TERMINAL, JournalEntry, RunRecord, RunStatus
+from ._journal import CANCELLED_ERROR, TERMINAL, JournalEntry, RunRecord, RunStatus, check_run_id
 from ._store import Listener
 from .errors import ConflictError, LeaseLost, RunNotFoundError
 
@@ -98,6 +98,7 @@ class MemoryStore:
     # -- runs -------------------------------------------------------------------------------------------
 
     async def create_run(self, run: RunRecord) -> tuple[RunRecord, bool]:
+        check_run_id(run.run_id)
         with self._lock:
             existing = self._runs.get(run.run_id)
             if existing is not None:

@@ -41,7 +41,7 @@ import anyio.abc
 from . import _codec, _workflow
 from ._effects import StepInfo
 from ._faults import SimulatedCrash, fault
-from ._journal import TERMINAL, JournalEntry, RunRecord, RunStatus, verify_journal
+from ._journal import TERMINAL, JournalEntry, RunRecord, RunStatus, check_run_id, verify_journal
 from ._scheduler import Activation, Limits, ReplayReport, _progress, replay, store_call
 from ._store import Store, default_store_url, open_store, plugin_class
 from .errors import (
@@ -453,6 +453,8 @@ class Runtime:
 
         Starting an existing run_id with the same workflow and inputs returns its handle (with
         ``created=False``); with another workflow or other inputs it raises RunAlreadyExistsError.
+        ``run_id=None`` makes a fresh id; a given one must be a non-empty str of at most 255
+        characters without control characters (else ConfigurationError, nothing created).
         """
         self._check_open()
         name = workflow if isinstance(workflow, str) else _workflow.register_function(workflow)
@@ -461,7 +463,7 @@ class Runtime:
             where=f"inputs of workflow {name}",
             limit=self.limits.max_payload_bytes,
         )
-        run_id = run_id or uuid.uuid4().hex
+        run_id = uuid.uuid4().hex if run_id is None else check_run_id(run_id)
         record, created = await self._call(self.store.create_run, RunRecord(run_id, name, text))
         if not created and (record.workflow != name or record.input != text):
             raise RunAlreadyExistsError(

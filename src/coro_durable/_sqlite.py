@@ -70,7 +70,14 @@ from . import _faults
 from ._groupcommit import OPTION_NAMES as GROUP_COMMIT_OPTIONS
 from ._groupcommit import GroupCommit, GroupCommitOptions
 from ._groupcommit import parse_option as parse_group_option
-from ._journal import CANCELLED_ERROR, TERMINAL, JournalEntry, RunRecord, RunStatus
+from ._journal import (
+    CANCELLED_ERROR,
+    TERMINAL,
+    JournalEntry,
+    RunRecord,
+    RunStatus,
+    check_run_id,
+)
 from ._store import Listener
 from .errors import (
     ConfigurationError,
@@ -590,6 +597,8 @@ class SqliteStore:
     # -- runs ---------------------------------------------------------------------------------------
 
     async def create_run(self, run: RunRecord) -> tuple[RunRecord, bool]:
+        check_run_id(run.run_id)
+
         def op(conn: sqlite3.Connection) -> tuple[RunRecord, bool]:
             stored = run.copy()
             stored.created_at = stored.updated_at = time.time()

@@ -16,7 +16,13 @@ import anyio.to_thread
 import psycopg
 
 from coro_durable._groupcommit import GroupCommit
-from coro_durable._journal import CANCELLED_ERROR, JournalEntry, RunRecord, RunStatus
+from coro_durable._journal import (
+    CANCELLED_ERROR,
+    JournalEntry,
+    RunRecord,
+    RunStatus,
+    check_run_id,
+)
 from coro_durable.errors import (
     ConfigurationError,
     ConflictError,
@@ -451,7 +457,7 @@ class PostgresStore:
     # -- runs ----------------------------------------------------------------------------------
 
     async def create_run(self, run: RunRecord) -> tuple[RunRecord, bool]:
-        _no_nul("run_id", run.run_id)
+        check_run_id(run.run_id)
         _no_nul("workflow name", run.workflow)
         params = {c: getattr(run, c) for c in RUN_COLUMNS}
         params.update(self._note())

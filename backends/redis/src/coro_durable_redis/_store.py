@@ -21,7 +21,13 @@ import redis.exceptions as rex
 from coro_durable._groupcommit import OPTION_NAMES as GROUP_COMMIT_OPTIONS
 from coro_durable._groupcommit import GroupCommit, GroupCommitOptions
 from coro_durable._groupcommit import parse_option as parse_group_option
-from coro_durable._journal import CANCELLED_ERROR, JournalEntry, RunRecord, RunStatus
+from coro_durable._journal import (
+    CANCELLED_ERROR,
+    JournalEntry,
+    RunRecord,
+    RunStatus,
+    check_run_id,
+)
 from coro_durable._store import Listener
 from coro_durable.errors import (
     ConfigurationError,
@@ -607,6 +613,7 @@ class RedisStore:
     # -- runs ---------------------------------------------------------------------------------------
 
     async def create_run(self, run: RunRecord) -> tuple[RunRecord, bool]:
+        check_run_id(run.run_id)
         args = [
             _b(self._origin), _b(uuid.uuid4().hex), _b(run.run_id), _b(run.workflow),
             *_run_fields(run),
