@@ -299,7 +299,7 @@ async def test_driver_errors_are_translated() -> None:
             await store.load_journal("r1")
         assert isinstance(info.value.__cause__, psycopg.Error)
         with pytest.raises(ConfigurationError, match="NUL"):
-            await store.create_run(RunRecord("bad\x00id", "wf", "{}"))
+            await store.create_run(RunRecord("r1", "bad\x00workflow", "{}"))
         with pytest.raises(RunNotFoundError):
             await store.deliver_signal("nope", "go", "1", "s1")
     parts = urlsplit(PG_URL)
