@@ -548,12 +548,14 @@ async def test_persistence_is_read_from_info_where_config_is_denied(raw: redis.R
 async def test_any_text_round_trips_through_every_read_path(transport: str) -> None:
     """Inputs, results, names and payloads with non-ASCII text, control characters, separators
     and even lone surrogates come back exactly as written, from get_run, list_runs (decoded as
-    one JSON document), claim, the journal and a consumed signal."""
+    one JSON document), claim, the journal and a consumed signal (the run_id has every odd
+    character a run_id may have: no control character or lone surrogate, see check_run_id)."""
     odd = 'ünï\x00c\x1fødé ✓ | "q" \\ / \U0001f600'
     lone = odd + "\ud800"  # journal entries cannot hold it: the core's checksum encodes strictly
+    run_id = 'r|ünïcødé ✓ | "q" \\ / \U0001f600'
     store = await bare(transport=transport)
     try:
-        run, _ = await store.create_run(RunRecord(f"r|{lone}", f"wf {lone}", f'"{lone}"'))
+        run, _ = await store.create_run(RunRecord(run_id, f"wf {lone}", f'"{lone}"'))
         assert (await store.get_run(run.run_id)) == run
         assert await store.list_runs(workflow=run.workflow) == [run]
         (claimed,) = await store.claim(
