@@ -79,7 +79,9 @@ class Store(Protocol):
 
     # -- runs ------------------------------------------------------------------------------------
     async def create_run(self, run: RunRecord) -> tuple[RunRecord, bool]:
-        """Insert ``run`` unless its run_id exists; return the stored run and whether it is new."""
+        """Insert ``run`` unless its run_id exists; return the stored run and whether it is new.
+
+        An invalid run_id raises ConfigurationError and creates nothing (``check_run_id``)."""
         ...
 
     async def get_run(self, run_id: str) -> RunRecord | None: ...
