@@ -40,7 +40,12 @@ passes the same conformance suite (tests/test_store_conformance.py). The rules a
   optional ``async def watch(self) -> None``: every open Runtime runs it in its own task group
   until the Runtime closes, and it calls the listeners as notifications arrive.
 
-Backends must translate their driver's exceptions into ``coro_durable.errors.StoreError``.
+Backends must translate their driver's exceptions into ``coro_durable.errors.StoreError``, at one
+boundary: a ``TransientStoreError`` when a retry can help (connection refused or lost, busy or
+locked, a timeout, a failover), a ``PermanentStoreError`` whose message says what to fix when it
+cannot (read-only or unopenable file, refused credentials or permissions, unknown host, missing
+database). The runtime retries transient errors (and plain StoreErrors) up to its
+``store_deadline`` and raises permanent ones at once.
 """
 
 from __future__ import annotations
