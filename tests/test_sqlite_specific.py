@@ -225,6 +225,7 @@ def test_url_forms(given: str, path: str, synchronous: str, busy_timeout: int) -
         "sqlite:///runs.db?busy_timeout=soon",
         "sqlite:///runs.db?busy_timeout=-1",
         "sqlite:///runs.db?journal_mode=DELETE",
+        "sqlite:///runs.db?mode=readonly",
         "memory://",
     ],
 )
