@@ -82,8 +82,9 @@ def check_run_id(run_id: object) -> str:
         )
     if not run_id:
         raise ConfigurationError(
-            f"run_id '' is empty; {rule}. Pass run_id=None to have a fresh id made (an empty id "
-            "is refused rather than replaced, which would lose the idempotency of start)"
+            f"run_id '' is empty; {rule}. Pass run_id=None (on the command line: leave out "
+            "--run-id) to have a fresh id made; an empty id is refused rather than replaced, "
+            "which would lose the idempotency of start"
         )
     if len(run_id) > MAX_RUN_ID_LENGTH:
         raise ConfigurationError(
