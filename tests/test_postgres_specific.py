@@ -328,7 +328,7 @@ async def test_driver_errors_are_translated() -> None:
             await store.load_journal("r1")
         assert isinstance(info.value.__cause__, psycopg.Error)
         with pytest.raises(ConfigurationError, match="NUL"):
-            await store.create_run(RunRecord("bad\x00id", "wf", "{}"))
+            await store.create_run(RunRecord("r1", "bad\x00workflow", "{}"))
         with pytest.raises(RunNotFoundError):
             await store.deliver_signal("nope", "go", "1", "s1")
     parts = urlsplit(PG_URL)
@@ -457,6 +457,33 @@ async def test_server_outage_mid_run_resumes_with_each_step_once(proxy: Proxy) -
         journal = await rt.history("outage")
     assert len(CALLS) == 30 and set(CALLS.values()) == {1}
     assert len([e for e in journal if e.kind == "call"]) == 30
+
+
+async def test_a_short_outage_is_retried_with_one_warning(
+    proxy: Proxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server unreachable for a second while a client starts a run (every connection
+    dropped, new ones refused): the call is retried until the server is back and then
+    succeeds, and the runtime logs exactly one warning saying what failed and for how long it
+    will retry."""
+    caplog.set_level(logging.INFO, logger="coro_durable")
+    async with cd.Runtime(proxy.url(pool_timeout="0.3"), worker=False, store_deadline=30) as rt:
+        await rt.start(many_steps, 1, 0.0, run_id="before")
+        proxy.cut()
+
+        async def back_after_a_second() -> None:
+            await anyio.sleep(1.0)
+            proxy.restore()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(back_after_a_second)
+            started = time.monotonic()
+            handle = await rt.start(many_steps, 1, 0.0, run_id="during")
+        assert time.monotonic() - started >= 0.9
+        assert handle.created and (await rt.describe("during")).status == "pending"
+    warnings = [r for r in caplog.records if r.name == "coro_durable" and r.levelno >= 30]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert "create_run" in warnings[0].getMessage() and "30" in warnings[0].getMessage()
 
 
 async def test_store_down_past_the_deadline_is_store_unavailable(proxy: Proxy) -> None:

@@ -7,6 +7,7 @@ change the server's configuration do it through ``redis_server_config``, which r
 
 from __future__ import annotations
 
+import logging
 import shutil
 import socket
 import ssl
@@ -30,6 +31,7 @@ from coro_durable._journal import JournalEntry, RunRecord, RunStatus, WorkerReco
 from coro_durable.errors import (
     ConfigurationError,
     CorruptJournalError,
+    PermanentStoreError,
     StoreError,
     StoreUnavailableError,
 )
@@ -347,6 +349,34 @@ async def test_outage_mid_run_is_retried_and_the_run_resumes() -> None:
     assert all(CALLS[f"step{i}"] == 1 for i in range(30)), CALLS
 
 
+async def test_a_short_outage_is_retried_with_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The server unreachable for a second while a client starts a run (every connection cut,
+    new ones refused): the call is retried until the server is back and then succeeds, and the
+    runtime logs exactly one warning saying what failed and for how long it will retry."""
+    caplog.set_level(logging.INFO, logger="coro_durable")
+    async with proxied() as proxy:
+        url = proxy_url(proxy, retry_window="0.1")
+        async with cd.Runtime(url, worker=False, store_deadline=30) as rt:
+            await rt.start(counting, 1, run_id="before")
+            proxy.down()
+
+            async def back_after_a_second() -> None:
+                await anyio.sleep(1.0)
+                await proxy.up()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(back_after_a_second)
+                started = time.monotonic()
+                handle = await rt.start(counting, 2, run_id="during")
+            assert time.monotonic() - started >= 0.9
+            assert handle.created and (await rt.describe("during")).status == RunStatus.PENDING
+    warnings = [r for r in caplog.records if r.name == "coro_durable" and r.levelno >= 30]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert "create_run" in warnings[0].getMessage() and "30" in warnings[0].getMessage()
+
+
 async def test_unreachable_server_raises_store_unavailable_after_the_deadline() -> None:
     """A server that does not answer: open() gives up after open_timeout, and calls on an open
     Runtime give up after store_deadline, with StoreUnavailableError naming the server."""
@@ -415,7 +445,7 @@ async def test_redis_errors_are_translated(raw: redis.Redis) -> None:
 
     denied = RedisStore(redis_test_url().replace("redis://", "redis://nobody:wrong@", 1))
     started = time.monotonic()
-    with pytest.raises(StoreUnavailableError, match="credentials"):
+    with pytest.raises(PermanentStoreError, match="credentials"):
         await denied.open()
     assert time.monotonic() - started < 2  # not retried: it will not get better
     await denied.close()
@@ -567,12 +597,14 @@ async def test_persistence_is_read_from_info_where_config_is_denied(raw: redis.R
 async def test_any_text_round_trips_through_every_read_path(transport: str) -> None:
     """Inputs, results, names and payloads with non-ASCII text, control characters, separators
     and even lone surrogates come back exactly as written, from get_run, list_runs (decoded as
-    one JSON document), claim, the journal and a consumed signal."""
+    one JSON document), claim, the journal and a consumed signal (the run_id has every odd
+    character a run_id may have: no control character or lone surrogate, see check_run_id)."""
     odd = 'ünï\x00c\x1fødé ✓ | "q" \\ / \U0001f600'
     lone = odd + "\ud800"  # journal entries cannot hold it: the core's checksum encodes strictly
+    run_id = 'r|ünïcødé ✓ | "q" \\ / \U0001f600'
     store = await bare(transport=transport)
     try:
-        run, _ = await store.create_run(RunRecord(f"r|{lone}", f"wf {lone}", f'"{lone}"'))
+        run, _ = await store.create_run(RunRecord(run_id, f"wf {lone}", f'"{lone}"'))
         assert (await store.get_run(run.run_id)) == run
         assert await store.list_runs(workflow=run.workflow) == [run]
         (claimed,) = await store.claim(

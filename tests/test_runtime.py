@@ -284,6 +284,19 @@ async def test_start_is_idempotent_on_run_id(runtime: Any) -> None:
     assert CALLS["add"] == 2
 
 
+@pytest.mark.parametrize("bad", ["", "x" * 256, "r\x00", "r\n1", 7], ids=repr)
+async def test_start_refuses_a_bad_run_id(runtime: Any, bad: Any) -> None:
+    """``start(run_id='')`` (or too long, a control character, not a str) raises
+    ConfigurationError and creates nothing; only ``run_id=None`` makes a fresh id."""
+    async with runtime(worker=False) as rt:
+        with pytest.raises(errors.ConfigurationError, match="run_id"):
+            await rt.start(arithmetic, 1, run_id=bad)
+        assert await rt.list_runs() == []
+        made = await rt.start(arithmetic, 1, run_id=None)
+        assert made.created and len(made.run_id) == 32
+        assert [r.run_id for r in await rt.list_runs()] == [made.run_id]
+
+
 async def test_retries_journal_every_attempt_then_succeed(runtime: Any) -> None:
     """A step failing twice then succeeding is retried, each attempt counted in the journal."""
     async with runtime() as rt:

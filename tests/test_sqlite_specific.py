@@ -4,6 +4,7 @@ schema, its URL, cross-process safety and error translation."""
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import anyio.lowlevel
 import anyio.to_thread
 import pytest
 
+import coro_durable as cd
 from coro_durable._journal import JournalEntry, RunRecord, RunStatus, WorkerRecord, verify_journal
 from coro_durable._sqlite import _MIGRATIONS, SCHEMA_VERSION, SqliteStore
 from coro_durable._store import open_store
@@ -265,6 +267,7 @@ def test_url_forms(given: str, path: str, synchronous: str, busy_timeout: int) -
         "sqlite:///runs.db?busy_timeout=soon",
         "sqlite:///runs.db?busy_timeout=-1",
         "sqlite:///runs.db?journal_mode=DELETE",
+        "sqlite:///runs.db?mode=readonly",
         "memory://",
     ],
 )
@@ -346,6 +349,40 @@ async def test_locked_past_busy_timeout_raises_store_unavailable(tmp_path: Path)
         assert await store.get_run("r1") is not None
     finally:
         await store.close()
+
+
+async def test_a_lock_held_for_a_while_is_retried_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another connection holds the write lock for a second, past busy_timeout: the Runtime's
+    call is retried until the lock is released and then succeeds, logging exactly one warning
+    that says what failed and for how long it will retry."""
+    caplog.set_level(logging.INFO, logger="coro_durable")
+    path = tmp_path / "runs.db"
+    async with cd.Runtime(url(path, "busy_timeout=100"), worker=False, store_deadline=30) as rt:
+        blocker = raw(path)
+        blocker.execute("BEGIN IMMEDIATE")
+
+        async def release_after_a_second() -> None:
+            await anyio.sleep(1.0)
+            blocker.execute("ROLLBACK")
+            blocker.close()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(release_after_a_second)
+            started = time.monotonic()
+            handle = await rt.start(sqlite_nothing, run_id="r1")
+        assert time.monotonic() - started >= 0.9
+        assert handle.created
+    warnings = [r for r in caplog.records if r.name == "coro_durable" and r.levelno >= 30]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    message = warnings[0].getMessage()
+    assert "create_run" in message and "busy_timeout" in message and "30" in message
+
+
+@cd.workflow(name="sqlite_specific_nothing")
+async def sqlite_nothing() -> None:
+    return None
 
 
 async def test_fencing_holds_against_a_writer_in_another_connection(tmp_path: Path) -> None:

@@ -42,6 +42,7 @@ from coro_durable._memory import MemoryStore
 from coro_durable._sqlite import SqliteStore
 from coro_durable._store import Store
 from coro_durable.errors import (
+    ConfigurationError,
     ConflictError,
     CorruptJournalError,
     LeaseLost,
@@ -126,6 +127,52 @@ async def test_get_run_unknown_is_none(store: Store) -> None:
     """get_run of an unknown id is None, and load_journal of it is empty."""
     assert await store.get_run("nope") is None
     assert await store.load_journal("nope") == []
+
+
+BAD_RUN_IDS = {
+    "empty": "",  # must not silently become a random id (idempotency lost)
+    "256 chars": "x" * 256,
+    "NUL": "a\x00b",
+    "newline": "a\nb",  # category Cc
+    "DEL": "\x7f",  # Cc
+    "tab": "tab\there",  # Cc
+    "C1 control": "\x85next-line",  # Cc
+    "lone surrogate": "lone-\udc80",  # not encodable in UTF-8, so not storable everywhere
+    "int": 42,
+    "bytes": b"r1",
+    "None": None,  # a store is never asked to invent an id
+}
+GOOD_RUN_IDS = [
+    "x" * 255,  # exactly the limit
+    "é" * 255,  # 255 characters, 510 UTF-8 bytes
+    "ünïcødé-运行-🚀",
+    "with spaces  inside",
+    " leading and trailing ",
+    "tenant:acme/run:1",
+    "a/b/c:d::e//f",
+    "0",
+]
+
+
+@pytest.mark.parametrize("bad", BAD_RUN_IDS.values(), ids=BAD_RUN_IDS.keys())
+async def test_create_run_refuses_a_bad_run_id(store: Store, bad: Any) -> None:
+    """A run_id that is not a non-empty str of at most 255 characters free of control
+    characters raises ConfigurationError, the same on every store, and creates nothing."""
+    with pytest.raises(ConfigurationError, match="run_id"):
+        await store.create_run(RunRecord(bad, WF, INPUT))
+    assert await store.list_runs() == []
+
+
+async def test_create_run_accepts_and_round_trips_edge_case_run_ids(store: Store) -> None:
+    """Run ids at the limits (255 characters, unicode, spaces, ':' and '/') are stored and read
+    back exactly, by get_run and list_runs, on every store."""
+    for run_id in GOOD_RUN_IDS:
+        run, created = await store.create_run(RunRecord(run_id, WF, INPUT))
+        assert created and run.run_id == run_id
+        stored = await store.get_run(run_id)
+        assert stored is not None and stored.run_id == run_id
+        assert await store.load_journal(run_id) == []
+    assert {r.run_id for r in await store.list_runs()} == set(GOOD_RUN_IDS)
 
 
 async def test_list_runs_filters_orders_and_pages(store: Store) -> None:

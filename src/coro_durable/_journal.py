@@ -20,6 +20,12 @@ for the next, ...; its ``args`` (codec JSON) hold ``{"by", "at", "previous_statu
 entry the retry deleted (each as an object of its stored fields, checksum included, so the audit
 keeps exactly what was there). Notes sort before the effects in ``load_journal``'s seq order.
 
+A run_id is chosen by the user (it is what makes ``start`` idempotent), so one rule, enforced by
+:func:`check_run_id` in ``Runtime.start`` and in every store's ``create_run``, says what a valid
+one is: a non-empty ``str`` of at most 255 characters with no control character (unicodedata
+category ``Cc``: NUL, newline, tab, DEL, C1 controls) and no lone surrogate (not encodable in
+UTF-8, so some stores could not hold it).
+
 Payloads (inputs, results, signal payloads) are stored as JSON text written by ``_codec``; stores
 never interpret them. Every entry carries a checksum over its meaningful fields, verified when the
 journal is loaded, so a torn or tampered row is detected instead of replayed with a wrong value.
@@ -31,11 +37,12 @@ import dataclasses
 import enum
 import hashlib
 import json
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
 from . import _codec
-from .errors import ConflictError, CorruptJournalError, RunError
+from .errors import ConfigurationError, ConflictError, CorruptJournalError, RunError
 
 __all__ = [
     "CANCELLED_ERROR",
@@ -47,6 +54,8 @@ __all__ = [
     "WorkerRecord",
     "retry_conflict",
     "retry_refused",
+    "MAX_RUN_ID_LENGTH",
+    "check_run_id",
     "verify_journal",
 ]
 
@@ -86,6 +95,48 @@ def retry_refused(run_id: str, status: RunStatus | str) -> RunError:
         f"run {run_id!r} is {RunStatus(status).value}; only failed or cancelled runs can be "
         "retried (a quarantined one is released with `resume`)"
     )
+
+
+#: The longest run_id accepted, in characters.
+MAX_RUN_ID_LENGTH = 255
+
+
+def check_run_id(run_id: object) -> str:
+    """Return ``run_id`` if it is a valid run id, else raise ConfigurationError saying why.
+
+    Valid: a non-empty ``str`` of at most :data:`MAX_RUN_ID_LENGTH` characters, with no control
+    character (category ``Cc``) and no lone surrogate (``Cs``). Anything else printable is
+    fine: spaces, ``:``, ``/``, any script, emoji.
+    """
+    rule = (
+        f"a run_id must be a non-empty str of at most {MAX_RUN_ID_LENGTH} characters without "
+        "control characters"
+    )
+    if not isinstance(run_id, str):
+        raise ConfigurationError(
+            f"run_id {run_id!r} is a {type(run_id).__name__}, not a str; {rule} (pass "
+            "run_id=None to have one made)"
+        )
+    if not run_id:
+        raise ConfigurationError(
+            f"run_id '' is empty; {rule}. Pass run_id=None (on the command line: leave out "
+            "--run-id) to have a fresh id made; an empty id is refused rather than replaced, "
+            "which would lose the idempotency of start"
+        )
+    if len(run_id) > MAX_RUN_ID_LENGTH:
+        raise ConfigurationError(
+            f"run_id {run_id[:40]!r}... has {len(run_id)} characters; {rule}. Use a shorter id "
+            "(a hash of a long natural key, for example)"
+        )
+    for index, char in enumerate(run_id):
+        category = unicodedata.category(char)
+        if category in ("Cc", "Cs"):
+            what = "a control character" if category == "Cc" else "a lone surrogate"
+            raise ConfigurationError(
+                f"run_id {run_id!r} contains {what} ({char!r}) at index {index}; {rule}. "
+                "Remove it (ids are shown in logs, URLs and the CLI)"
+            )
+    return run_id
 
 
 @dataclass(slots=True)

@@ -23,6 +23,7 @@ from ._journal import (
     RunRecord,
     RunStatus,
     WorkerRecord,
+    check_run_id,
     retry_conflict,
     retry_refused,
 )
@@ -110,6 +111,7 @@ class MemoryStore:
     # -- runs -------------------------------------------------------------------------------------------
 
     async def create_run(self, run: RunRecord) -> tuple[RunRecord, bool]:
+        check_run_id(run.run_id)
         with self._lock:
             existing = self._runs.get(run.run_id)
             if existing is not None:

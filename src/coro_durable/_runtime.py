@@ -57,6 +57,7 @@ from ._journal import (
     RunRecord,
     RunStatus,
     WorkerRecord,
+    check_run_id,
     retry_refused,
     verify_journal,
 )
@@ -75,6 +76,7 @@ from .errors import (
     RunFailedError,
     RunNotFoundError,
     RunQuarantinedError,
+    StoreError,
     UnknownWorkflowError,
 )
 
@@ -545,12 +547,15 @@ class Runtime:
 
         Starting an existing run_id with the same workflow and inputs returns its handle (with
         ``created=False``); with another workflow or other inputs it raises RunAlreadyExistsError.
+        ``run_id=None`` makes a fresh id; a given one must be a non-empty str of at most 255
+        characters without control characters (else ConfigurationError, nothing created).
 
         A workflow given by name must be registered in this process or served by a live worker
         (see ``workers()``), else UnknownWorkflowError is raised and nothing is created;
         ``allow_unknown=True`` starts it anyway (to start runs before deploying their worker).
         """
         self._check_open()
+        run_id = None if run_id is None else check_run_id(run_id)
         if isinstance(workflow, str):
             name = workflow
             if not name:
@@ -569,7 +574,7 @@ class Runtime:
             where=f"inputs of workflow {name}",
             limit=self.limits.max_payload_bytes,
         )
-        run_id = run_id or uuid.uuid4().hex
+        run_id = uuid.uuid4().hex if run_id is None else run_id
         record, created = await self._call(self.store.create_run, RunRecord(run_id, name, text))
         if not created and (record.workflow != name or record.input != text):
             raise RunAlreadyExistsError(
@@ -871,6 +876,7 @@ class Runtime:
 
     async def _claim_forever(self) -> None:
         assert self._tg is not None
+        claim_failure: str | None = None
         while True:
             free = self._claim_limit - len(self._active)
             changed = self._changed
@@ -888,8 +894,23 @@ class Runtime:
                                 max_crashes=self.max_crashes,
                             )
                         )
-                except Exception:
-                    log.exception("worker %s: claiming runs failed; retrying", self.worker_id)
+                except Exception as exc:
+                    # Once per distinct failure (a broken store fails every poll), then back off.
+                    failure = f"{type(exc).__name__}: {exc}"
+                    if failure != claim_failure:
+                        log.error(
+                            "worker %s: claiming runs failed (%s); retrying every %gs",
+                            self.worker_id,
+                            failure,
+                            5.0,
+                            exc_info=not isinstance(exc, StoreError),
+                        )
+                    claim_failure = failure
+                    await anyio.sleep(5.0)
+                    continue
+                if claim_failure is not None:
+                    log.info("worker %s: claiming runs works again", self.worker_id)
+                    claim_failure = None
                 for run in claimed:
                     self._active[run.run_id] = run.epoch
                     self._tg.start_soon(self._activate, run)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import json
+import logging
 import math
 import random as _random
 import time
@@ -69,6 +70,7 @@ from .errors import (
     NonDeterminismError,
     NotAnEffectError,
     PayloadTooLargeError,
+    PermanentStoreError,
     RunCancelledError,
     RunNotFoundError,
     SerializationError,
@@ -150,32 +152,66 @@ class _ReplayEnd(Exception):
         self.effect = effect
 
 
-# Errors that retrying cannot fix. Everything else in the StoreError tree (connection lost, busy,
-# unavailable) is retried until the deadline.
-_TRANSIENT_EXCLUDED = (ConflictError, CorruptJournalError, RunNotFoundError)
+# Errors that retrying cannot fix, raised at once. Every other StoreError (a TransientStoreError,
+# or a plain StoreError from a store that does not classify its errors) is retried until the
+# deadline.
+_NOT_RETRIED = (PermanentStoreError, ConflictError, CorruptJournalError, RunNotFoundError)
+
+_log = logging.getLogger("coro_durable")
 
 
 async def store_call(deadline: float, op: Callable[..., Awaitable[T]], *args: Any) -> T:
     """Call a store operation, retrying transient StoreErrors with backoff up to ``deadline`` s.
 
+    A PermanentStoreError (and a conflict, a corrupt row, an unknown run) is raised at once: no
+    retry can fix it. Any other StoreError is retried (50 ms, doubling up to 2 s between tries);
+    the first failure logs one warning on the ``coro_durable`` logger saying what failed and for
+    how long it will be retried (not one per attempt), a success after retries logs one info
+    line, and a failure lasting past ``deadline`` raises StoreUnavailableError.
+
     Fenced writes are safe to retry: an entry whose commit landed but whose acknowledgement was
     lost is recognised by the store as identical and accepted (faults.md, "connection lost").
     """
     delay = 0.05
-    give_up = time.monotonic() + deadline
+    started = time.monotonic()
+    give_up = started + deadline
+    warned = False
     while True:
         try:
-            return await op(*args)
+            result = await op(*args)
         except StoreError as exc:
-            if isinstance(exc, _TRANSIENT_EXCLUDED):
+            if isinstance(exc, _NOT_RETRIED):
                 raise
             if time.monotonic() + delay > give_up:
                 raise StoreUnavailableError(
-                    f"the store kept failing for {deadline:.0f}s ({exc}); check that it is up and "
+                    f"the store kept failing for {deadline:g}s ({exc}); check that it is up and "
                     "reachable, or raise store_deadline"
                 ) from exc
+            if not warned:
+                warned = True
+                _log.warning(
+                    "store call %s failed (%s: %s); retrying it with backoff for up to %gs "
+                    "(store_deadline) before giving up",
+                    _op_name(op),
+                    type(exc).__name__,
+                    exc,
+                    deadline,
+                )
             await anyio.sleep(delay)
             delay = min(delay * 2, 2.0)
+        else:
+            if warned:
+                _log.info(
+                    "store call %s succeeded after %.1fs of retries",
+                    _op_name(op),
+                    time.monotonic() - started,
+                )
+            return result
+
+
+def _op_name(op: Callable[..., Any]) -> str:
+    """``create_run`` for a bound method or a functools.partial of one."""
+    return str(getattr(getattr(op, "func", op), "__name__", op))
 
 
 def _error_json(type_name: str, message: str, **extra: Any) -> str:

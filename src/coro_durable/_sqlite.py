@@ -7,6 +7,8 @@ URL forms::
     sqlite:///runs.db?synchronous=NORMAL&busy_timeout=10000
     sqlite:///runs.db?group_commit=0                 every write in its own transaction
     sqlite:///runs.db?group_commit_wait_us=500&group_commit_max=128
+    sqlite:///runs.db?mode=ro                        read-only: inspect a file (or a copy) that
+                                                     must not change; every write fails at once
 
 Durability. The file is opened in WAL mode with ``synchronous=FULL`` (the default): every commit
 fsyncs the write-ahead log before the call returns, so a committed journal entry survives a power
@@ -48,13 +50,20 @@ reach the current one. ``open()`` applies the missing steps in one ``BEGIN IMMED
 transaction, so two processes opening a fresh file at once migrate it exactly once. A file written
 by a newer coro_durable is refused rather than misread.
 
-Every ``sqlite3`` exception is translated into the ``coro_durable.errors.StoreError`` tree at one
-boundary (``_translate``); none leaks.
+Errors. Every ``sqlite3`` exception is translated into the ``coro_durable.errors.StoreError`` tree
+at one boundary (``_translate``, by SQLite's primary result code); none leaks. Failures retrying
+cannot fix are a :class:`~coro_durable.errors.PermanentStoreError` naming the file and the fix: a
+read-only file (``SQLITE_READONLY``: no write permission on the file or its directory, a read-only
+file system, ``mode=ro``), a file or directory that cannot be opened or created
+(``SQLITE_CANTOPEN``, a failed ``mkdir``), a file that is not a database or is malformed, a
+value SQLite cannot store. A lock held past ``busy_timeout``, an I/O error and a full disk are a
+:class:`~coro_durable.errors.TransientStoreError` (the runtime retries them; space can be freed).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import sqlite3
 import threading
@@ -62,7 +71,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import anyio
 import anyio.to_thread
@@ -79,6 +88,7 @@ from ._journal import (
     RunRecord,
     RunStatus,
     WorkerRecord,
+    check_run_id,
     retry_conflict,
     retry_refused,
 )
@@ -88,9 +98,11 @@ from .errors import (
     ConflictError,
     CorruptJournalError,
     LeaseLost,
+    PermanentStoreError,
     RunNotFoundError,
     StoreError,
     StoreUnavailableError,
+    TransientStoreError,
 )
 
 __all__ = ["SqliteStore", "SCHEMA_VERSION"]
@@ -250,11 +262,31 @@ _STATEMENT_ERRORS = (
     sqlite3.DataError,
     sqlite3.ProgrammingError,
 )
-_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+# SQLite's primary result codes (https://sqlite.org/rescode.html) that _translate tells apart.
+_SQLITE_PERM = 3
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
+_SQLITE_NOMEM = 7
+_SQLITE_READONLY = 8
+_SQLITE_INTERRUPT = 9
+_SQLITE_IOERR = 10
+_SQLITE_CORRUPT = 11
+_SQLITE_FULL = 13
+_SQLITE_CANTOPEN = 14
+_SQLITE_PROTOCOL = 15
+_SQLITE_TOOBIG = 18
+_SQLITE_AUTH = 23
+_SQLITE_NOTADB = 26
+#: Codes a retry can get past: memory, an interrupted call, I/O trouble, a full disk (space can
+#: be freed), a lock protocol race.
+_TRANSIENT_CODES = (_SQLITE_NOMEM, _SQLITE_INTERRUPT, _SQLITE_IOERR, _SQLITE_FULL, _SQLITE_PROTOCOL)
+#: mkdir errors a retry can get past; any other (permission, a file in the way) is permanent.
+_TRANSIENT_ERRNOS = (errno.ENOSPC, errno.EIO, errno.EINTR, errno.EAGAIN)
 
 
-def _parse_url(url: str) -> tuple[str, str, int, GroupCommitOptions]:
-    """``(path, synchronous, busy_timeout_ms, group commit options)`` from a ``sqlite:///`` URL."""
+def _parse_url(url: str) -> tuple[str, str, int, bool, GroupCommitOptions]:
+    """``(path, synchronous, busy_timeout_ms, read_only, group commit options)`` from a
+    ``sqlite:///`` URL."""
     parts = urlsplit(url)
     if parts.scheme.lower() != "sqlite":
         raise ConfigurationError(f"{url!r} is not a sqlite:/// URL")
@@ -273,7 +305,7 @@ def _parse_url(url: str) -> tuple[str, str, int, GroupCommitOptions]:
             "sqlite:///:memory: is not supported (it would not be durable); use memory:// for an "
             "in-process store"
         )
-    synchronous, busy_timeout = "FULL", 5000
+    synchronous, busy_timeout, read_only = "FULL", 5000, False
     group = GroupCommitOptions()
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         if key in GROUP_COMMIT_OPTIONS:
@@ -295,12 +327,18 @@ def _parse_url(url: str) -> tuple[str, str, int, GroupCommitOptions]:
                     f"SQLite URL {url!r}: busy_timeout is a whole number of milliseconds, "
                     f"not {value!r}"
                 )
+        elif key == "mode":
+            if value.lower() not in ("rw", "ro"):
+                raise ConfigurationError(
+                    f"SQLite URL {url!r}: mode must be rw (default) or ro, not {value!r}"
+                )
+            read_only = value.lower() == "ro"
         else:
             raise ConfigurationError(
                 f"SQLite URL {url!r}: unknown option {key!r} (known: synchronous, busy_timeout, "
-                f"{', '.join(GROUP_COMMIT_OPTIONS)})"
+                f"mode, {', '.join(GROUP_COMMIT_OPTIONS)})"
             )
-    return path, synchronous, busy_timeout, group
+    return path, synchronous, busy_timeout, read_only, group
 
 
 def _run_from_row(row: Sequence[Any]) -> RunRecord:
@@ -341,7 +379,7 @@ class SqliteStore:
 
     def __init__(self, url: str = "sqlite:///.coro_durable/runs.db") -> None:
         self.url = url
-        path, self.synchronous, self.busy_timeout, group = _parse_url(url)
+        path, self.synchronous, self.busy_timeout, self.read_only, group = _parse_url(url)
         self.group_commit: GroupCommit[Callable[[sqlite3.Connection], Any], Any] | None = (
             GroupCommit(self._flush, group) if group.enabled else None
         )
@@ -386,22 +424,30 @@ class SqliteStore:
 
     def _connect(self) -> sqlite3.Connection:
         """Open the connection, set WAL and synchronous, and migrate (called under the lock)."""
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(
-                f"cannot create the directory for SQLite store {self.path}: {exc}"
-            ) from exc
+        if not self.read_only:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                error = (
+                    TransientStoreError if exc.errno in _TRANSIENT_ERRNOS else PermanentStoreError
+                )
+                raise error(
+                    f"cannot create the directory {self.path.parent} for SQLite store "
+                    f"{self.path} ({exc.strerror or exc}); check the path in the store URL and "
+                    "that this process may create directories there"
+                ) from exc
         conn = sqlite3.connect(
-            self.path,
+            f"file:{quote(str(self.path))}?mode=ro" if self.read_only else self.path,
             timeout=self.busy_timeout / 1000,
             isolation_level=None,  # we issue BEGIN/COMMIT ourselves
             check_same_thread=False,  # used from anyio worker threads, one at a time (the lock)
             cached_statements=256,
+            uri=self.read_only,
         )
         try:
             conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout}")
-            self._enable_wal(conn)
+            if not self.read_only:  # a read-only connection reads any journal mode
+                self._enable_wal(conn)
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             self._migrate(conn)
         except BaseException:
@@ -424,7 +470,7 @@ class SqliteStore:
                     raise
                 time.sleep(0.005)
         if str(mode).lower() != "wal":
-            raise StoreError(
+            raise PermanentStoreError(
                 f"SQLite store {self.path}: could not enable WAL mode (journal_mode is {mode!r}); "
                 "the file system may not support it (network file systems often do not)"
             )
@@ -436,7 +482,7 @@ class SqliteStore:
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]  # re-read under the lock
             if version > SCHEMA_VERSION:
-                raise StoreError(
+                raise PermanentStoreError(
                     f"SQLite store {self.path} has schema version {version}, newer than this "
                     f"coro_durable understands ({SCHEMA_VERSION}); upgrade coro_durable"
                 )
@@ -471,7 +517,7 @@ class SqliteStore:
             except sqlite3.Error as exc:
                 raise self._translate(exc) from exc
             except (UnicodeError, OverflowError) as exc:
-                raise StoreError(f"SQLite store {self.path} cannot store a value: {exc}") from exc
+                raise self._unstorable(exc) from exc
 
     def _limiter(self) -> anyio.CapacityLimiter:
         """This store's one-thread limiter for the running kind of event loop (a limiter made
@@ -576,18 +622,58 @@ class SqliteStore:
         if isinstance(exc, sqlite3.Error):
             return self._translate(exc)
         if isinstance(exc, UnicodeError | OverflowError):
-            return StoreError(f"SQLite store {self.path} cannot store a value: {exc}")
+            return self._unstorable(exc)
         return exc
 
+    def _unstorable(self, exc: UnicodeError | OverflowError) -> PermanentStoreError:
+        return PermanentStoreError(
+            f"SQLite store {self.path} cannot store a value: {exc}; the value must be valid "
+            "UTF-8 text and integers must fit in 64 bits"
+        )
+
     def _translate(self, exc: sqlite3.Error) -> StoreError:
+        """The coro_durable error for a sqlite3 exception, by its primary result code."""
         code = _primary_code(exc)
+        where = f"SQLite store {self.path}"
         if code in (_SQLITE_BUSY, _SQLITE_LOCKED):
             return StoreUnavailableError(
-                f"SQLite store {self.path} stayed locked by another connection for more than "
+                f"{where} stayed locked by another connection for more than "
                 f"busy_timeout={self.busy_timeout} ms ({exc}); another process holds a long "
                 "write transaction, or raise busy_timeout in the URL"
             )
-        return StoreError(f"SQLite store {self.path} failed: {type(exc).__name__}: {exc}")
+        if code == _SQLITE_READONLY:
+            how = (
+                "the store URL says mode=ro; drop it to write"
+                if self.read_only
+                else "give this process write permission on the file and its directory (or "
+                "move the store to a writable path); a read-only file system or a file owned "
+                "by another user does this"
+            )
+            return PermanentStoreError(f"{where} is read-only ({exc}): {how}")
+        if code == _SQLITE_CANTOPEN:
+            what = "does not exist or cannot be read" if self.read_only else "cannot be opened"
+            return PermanentStoreError(
+                f"{where}: the database file {what} ({exc}); check the path in the store URL, "
+                "that it is not a directory, and that this process may read and write the file "
+                "and create files in its directory"
+            )
+        if code in (_SQLITE_PERM, _SQLITE_AUTH):
+            return PermanentStoreError(
+                f"{where}: access denied ({exc}); check the file's permissions"
+            )
+        if code in (_SQLITE_NOTADB, _SQLITE_CORRUPT):
+            return PermanentStoreError(
+                f"{where} is not a usable SQLite database ({exc}): point the store URL at a "
+                "coro_durable database file, or restore this one from a backup"
+            )
+        if code == _SQLITE_TOOBIG:
+            return PermanentStoreError(f"{where} cannot store a value this large ({exc})")
+        if code in _TRANSIENT_CODES:
+            return TransientStoreError(
+                f"{where} failed: {type(exc).__name__}: {exc}"
+                + ("; free some disk space" if code == _SQLITE_FULL else "")
+            )
+        return StoreError(f"{where} failed: {type(exc).__name__}: {exc}")
 
     # -- helpers (run inside a transaction) ---------------------------------------------------------
 
@@ -634,6 +720,8 @@ class SqliteStore:
     # -- runs ---------------------------------------------------------------------------------------
 
     async def create_run(self, run: RunRecord) -> tuple[RunRecord, bool]:
+        check_run_id(run.run_id)
+
         def op(conn: sqlite3.Connection) -> tuple[RunRecord, bool]:
             stored = run.copy()
             stored.created_at = stored.updated_at = time.time()

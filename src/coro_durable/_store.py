@@ -56,7 +56,12 @@ passes the same conformance suite (tests/test_store_conformance.py). The rules a
   optional ``async def watch(self) -> None``: every open Runtime runs it in its own task group
   until the Runtime closes, and it calls the listeners as notifications arrive.
 
-Backends must translate their driver's exceptions into ``coro_durable.errors.StoreError``.
+Backends must translate their driver's exceptions into ``coro_durable.errors.StoreError``, at one
+boundary: a ``TransientStoreError`` when a retry can help (connection refused or lost, busy or
+locked, a timeout, a failover), a ``PermanentStoreError`` whose message says what to fix when it
+cannot (read-only or unopenable file, refused credentials or permissions, unknown host, missing
+database). The runtime retries transient errors (and plain StoreErrors) up to its
+``store_deadline`` and raises permanent ones at once.
 """
 
 from __future__ import annotations
@@ -95,7 +100,9 @@ class Store(Protocol):
 
     # -- runs ------------------------------------------------------------------------------------
     async def create_run(self, run: RunRecord) -> tuple[RunRecord, bool]:
-        """Insert ``run`` unless its run_id exists; return the stored run and whether it is new."""
+        """Insert ``run`` unless its run_id exists; return the stored run and whether it is new.
+
+        An invalid run_id raises ConfigurationError and creates nothing (``check_run_id``)."""
         ...
 
     async def get_run(self, run_id: str) -> RunRecord | None: ...

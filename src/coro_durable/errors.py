@@ -21,10 +21,18 @@
     │   ├── RunFailedError                result() of a run that failed
     │   ├── RunQuarantinedError           result() of a run parked after repeated crashes
     │   └── ResultTimeoutError (TimeoutError)   result(timeout=) expired before the run finished
-    ├── StoreError                        the store failed; drivers never leak their own errors
-    │   ├── StoreUnavailableError         the store stayed unreachable past the deadline
+    ├── StoreError                        the store failed; drivers never leak their own errors.
+    │   │                                 A plain StoreError (e.g. from a third-party store) is
+    │   │                                 retried like a transient one
+    │   ├── TransientStoreError           retrying can help: connection refused or lost, busy or
+    │   │   │                             locked, a timeout, a failover, a full disk; retried up
+    │   │   │                             to store_deadline, with one warning logged
+    │   │   └── StoreUnavailableError     the store stayed unreachable (or locked) past a deadline
+    │   ├── PermanentStoreError           retrying cannot help: a read-only or unopenable file,
+    │   │   │                             permission or credentials refused, an unknown host, a
+    │   │   │                             missing database; raised at once, saying what to fix
+    │   │   └── StorePluginMissingError (ImportError)   URL scheme with no installed store
     │   ├── CorruptJournalError           a row failed its checksum or could not be decoded
-    │   ├── StorePluginMissingError (ImportError)   URL scheme with no installed store
     │   └── ConflictError                 a write lost a race it must not retry (seq taken)
     └── ConfigurationError (ValueError)   bad arguments to Runtime, RetryPolicy, a store URL...
 
@@ -63,6 +71,8 @@ __all__ = [
     "RunQuarantinedError",
     "ResultTimeoutError",
     "StoreError",
+    "TransientStoreError",
+    "PermanentStoreError",
     "StoreUnavailableError",
     "CorruptJournalError",
     "StorePluginMissingError",
@@ -256,18 +266,39 @@ class ResultTimeoutError(RunError, TimeoutError):
 
 
 class StoreError(CoroDurableError):
-    """The store failed. Backend drivers translate their own exceptions into this tree."""
+    """The store failed. Backend drivers translate their own exceptions into this tree.
+
+    Drivers raise :class:`TransientStoreError` or :class:`PermanentStoreError` when they can tell
+    which it is; a plain StoreError (a third-party store, an unclassified failure) is retried like
+    a transient one.
+    """
 
 
-class StoreUnavailableError(StoreError):
-    """The store stayed unreachable past the configured deadline."""
+class TransientStoreError(StoreError):
+    """A store failure that retrying can fix: the connection was refused or lost, the database
+    is busy or locked, a request timed out, the server is failing over or its disk is full.
+
+    The runtime retries the call with backoff up to ``store_deadline`` seconds (logging one
+    warning), then raises :class:`StoreUnavailableError`.
+    """
+
+
+class StoreUnavailableError(TransientStoreError):
+    """The store stayed unreachable (or locked) past a deadline: ``store_deadline``, a store's
+    ``open_timeout`` or SQLite's ``busy_timeout``."""
+
+
+class PermanentStoreError(StoreError):
+    """A store failure that retrying cannot fix: a read-only database or file, permission or
+    credentials refused, a file or directory that cannot be opened or created, an unknown host,
+    a database or schema that does not exist. Raised at once; the message says what to fix."""
 
 
 class CorruptJournalError(StoreError):
     """A stored row failed its checksum or could not be decoded; the run is quarantined."""
 
 
-class StorePluginMissingError(StoreError, ImportError):
+class StorePluginMissingError(PermanentStoreError, ImportError):
     """No store is installed for a URL scheme."""
 
 

@@ -18,11 +18,12 @@ coro_durable's own query parameters (removed before the URL is handed to psycopg
     Size of the connection pool. Each statement borrows one connection for its single round trip;
     ``watch`` (the LISTEN connection, one per open Runtime) is not counted.
 ``pool_timeout`` (default 10 seconds)
-    How long one operation waits for a pool connection before failing with a retryable
-    ``StoreError`` (the server is down, or all ``pool_max`` connections are busy).
+    How long one operation waits for a pool connection before failing with a
+    ``TransientStoreError`` (the server is down, or all ``pool_max`` connections are busy).
 ``open_timeout`` (default 30 seconds)
-    How long ``open()`` keeps retrying an unreachable server before raising
-    ``StoreUnavailableError``. Wrong credentials or a missing database fail at once.
+    How long ``open()`` keeps retrying an unreachable server (connection refused or timed out)
+    before raising ``StoreUnavailableError``. A host name that does not resolve, wrong
+    credentials or a missing database fail at once with ``PermanentStoreError``.
 ``driver`` (default ``auto``)
     ``async``: psycopg's asyncio connections and ``AsyncConnectionPool`` (asyncio only).
     ``thread``: the blocking pool, each statement in a worker thread (``anyio.to_thread``).
@@ -75,9 +76,11 @@ How it works (details in the module docstrings of ``_sql`` and ``_driver``):
   it also sleeps until the next timer or lease expiry (read from the database) and wakes the
   workers then, so workers need not poll fast.
 * **Errors.** psycopg exceptions are translated into ``coro_durable.errors``. A dropped
-  connection (server restart, ``pg_terminate_backend``) raises a plain, retryable ``StoreError``,
-  the pool replaces dead connections, and the runtime retries; a retried append whose first
-  attempt had committed is recognised as identical.
+  connection (server restart, ``pg_terminate_backend``) raises a ``TransientStoreError``, the
+  pool replaces dead connections, and the runtime retries (logging one warning); a retried append
+  whose first attempt had committed is recognised as identical. What no retry can fix raises a
+  ``PermanentStoreError`` at once, saying what to fix: a host name that does not resolve, refused
+  credentials, a missing database, a missing privilege (e.g. CREATE on the database).
 * **Durability.** With ``synchronous_commit=on`` (PostgreSQL's default) an acknowledged journal
   entry survives a server crash. With ``off`` the last ~``3 * wal_writer_delay`` of commits can be
   lost on a server crash; ``open()`` logs a warning when it finds it off.

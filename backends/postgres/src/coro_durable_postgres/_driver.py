@@ -15,13 +15,22 @@ every statement is short): interrupting it would cost the connection and could n
 anyway. Only a statement with no answer for ``STATEMENT_DEADLINE`` seconds is abandoned (async).
 
 Every connection is in autocommit mode: each statement is its own transaction. Errors are
-translated at one boundary, :func:`translate`; no psycopg exception leaves this package.
+translated at one boundary, :func:`translate` (with :func:`connection_refusal` for a connection
+attempt); no psycopg exception leaves this package. What a retry can fix (connection refused,
+lost or timed out, the server starting up or shutting down, a serialization failure or deadlock,
+a read-only standby during a failover, resources such as disk or connection slots exhausted) is
+a :class:`~coro_durable.errors.TransientStoreError`. What it cannot is a
+:class:`~coro_durable.errors.PermanentStoreError` saying what to fix: a host name that does not
+resolve, credentials refused (SQLSTATE class 28), a missing database (3D000) or schema (3F000),
+a missing privilege (42501) or other schema damage (class 42), a value PostgreSQL cannot store
+(class 22). Anything else stays a plain, retried StoreError.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -31,12 +40,25 @@ import psycopg
 import psycopg.errors
 import psycopg_pool
 
-from coro_durable.errors import ConflictError, StoreError
+from coro_durable.errors import (
+    ConflictError,
+    PermanentStoreError,
+    StoreError,
+    TransientStoreError,
+)
 
 from ._sql import SQLSTATE_CONFLICT
 from ._url import Options
 
-__all__ = ["Driver", "AsyncDriver", "ThreadDriver", "make_driver", "translate", "connect_kwargs"]
+__all__ = [
+    "Driver",
+    "AsyncDriver",
+    "ThreadDriver",
+    "make_driver",
+    "translate",
+    "connection_refusal",
+    "connect_kwargs",
+]
 
 log = logging.getLogger("coro_durable.postgres")
 
@@ -73,35 +95,130 @@ def pool_kwargs(options: Options) -> dict[str, Any]:
 
 
 def translate(exc: BaseException, options: Options) -> StoreError:
-    """The coro_durable error for a psycopg (or pool) exception.
+    """The coro_durable error for a psycopg (or pool) exception (see the module docstring).
 
-    Connection trouble is a plain, retryable :class:`StoreError`: the runtime's ``store_call``
-    retries it with backoff and gives up with StoreUnavailableError after its deadline.
+    Transient errors are retried by the runtime's ``store_call`` with backoff, which gives up
+    with StoreUnavailableError after its deadline; permanent ones are raised at once.
     """
     where = f"PostgreSQL store {options.redacted} (schema {options.schema})"
     if isinstance(exc, psycopg_pool.PoolTimeout):
-        return StoreError(
+        return TransientStoreError(
             f"{where}: no database connection within pool_timeout={options.pool_timeout:g}s "
             f"(server unreachable, or all pool_max={options.pool_max} connections busy): {exc}"
         )
     if isinstance(exc, psycopg_pool.PoolClosed):
-        return StoreError(f"{where}: the store was closed while in use: {exc}")
-    if isinstance(exc, psycopg.Error):
-        state = exc.sqlstate or ""
-        if state == SQLSTATE_CONFLICT:
-            return ConflictError(exc.diag.message_primary or str(exc))
-        if isinstance(exc, psycopg.OperationalError) and not state:
-            return StoreError(f"{where}: lost the connection to the server: {_first_line(exc)}")
-        if state.startswith(("08", "57")):  # connection exception, operator intervention
-            return StoreError(f"{where}: the server dropped the connection: {_first_line(exc)}")
-        if state in ("40001", "40P01"):  # serialization failure, deadlock: retryable
-            return StoreError(f"{where}: transaction conflict, retrying: {_first_line(exc)}")
-        return StoreError(
-            f"{where} failed: {type(exc).__name__}"
-            + (f" (SQLSTATE {state})" if state else "")
-            + f": {_first_line(exc)}"
+        return TransientStoreError(f"{where}: the store was closed while in use: {exc}")
+    if not isinstance(exc, psycopg.Error):
+        return StoreError(f"{where} failed: {type(exc).__name__}: {exc}")
+    state = exc.sqlstate or ""
+    line = _first_line(exc)
+    if state == SQLSTATE_CONFLICT:
+        return ConflictError(exc.diag.message_primary or str(exc))
+    if isinstance(exc, psycopg.OperationalError) and not state:
+        refusal = connection_refusal(exc, options)
+        if refusal is not None:
+            return refusal
+        return TransientStoreError(f"{where}: lost the connection to the server: {line}")
+    if state.startswith(("08", "57")):  # connection exception, operator intervention
+        return TransientStoreError(f"{where}: the server dropped the connection: {line}")
+    if state in ("40001", "40P01"):  # serialization failure, deadlock
+        return TransientStoreError(f"{where}: transaction conflict, retrying: {line}")
+    if state == "25006":  # read-only transaction: a standby, e.g. during a failover
+        return TransientStoreError(
+            f"{where}: the server is read-only ({line}); it is a standby (a failover in "
+            "progress?). If it lasts, point the URL at the primary (target_session_attrs="
+            "read-write)"
         )
-    return StoreError(f"{where} failed: {type(exc).__name__}: {exc}")
+    if state.startswith(("53", "58")) or state == "55P03":  # resources, system I/O, lock
+        return TransientStoreError(f"{where}: the server is out of resources: {line}")
+    if state.startswith("28"):  # invalid authorization specification
+        return PermanentStoreError(
+            f"{where}: the server refused our credentials ({line}); fix the user and password "
+            "in the store URL"
+        )
+    if state == "3D000":
+        return PermanentStoreError(
+            f"{where}: the database does not exist ({line}); create it or fix the database "
+            "name in the store URL"
+        )
+    if state == "42501":
+        return PermanentStoreError(
+            f"{where}: permission denied ({line}); GRANT the store's role what it needs: "
+            f"CREATE on the database (to create schema {options.schema!r} on first use), then "
+            "USAGE and CREATE on that schema and all privileges on its tables and functions, or "
+            "use a role that owns them"
+        )
+    if state == "3F000" or state.startswith("42"):
+        return PermanentStoreError(
+            f"{where}: the store's schema is missing or was changed outside coro_durable "
+            f"({type(exc).__name__}, SQLSTATE {state}: {line}); restore it, or use a fresh "
+            "schema= in the store URL"
+        )
+    if state.startswith("22"):  # data exception
+        return PermanentStoreError(
+            f"{where}: PostgreSQL cannot store a value (SQLSTATE {state}): {line}"
+        )
+    return StoreError(
+        f"{where} failed: {type(exc).__name__}"
+        + (f" (SQLSTATE {state})" if state else "")
+        + f": {line}"
+    )
+
+
+# A server that answers a connection with one of these is busy, not misconfigured: retry.
+_TRANSIENT_FATAL = (
+    "starting up",
+    "shutting down",
+    "recovery mode",
+    "too many clients",
+    "connection slots",
+    "not yet accepting",
+)
+# What a failed name lookup looks like, from psycopg's resolver or libpq's.
+_DNS_FAILURE = ("failed to resolve host", "could not translate host name")
+# getaddrinfo's EAI_AGAIN: the resolver could not answer now, the name may well exist.
+_DNS_TRY_AGAIN = ("Temporary failure in name resolution", "[Errno -3]", "try again")
+_QUOTED = re.compile(r'"([^"]*)"')
+
+
+def connection_refusal(exc: psycopg.Error, options: Options) -> PermanentStoreError | None:
+    """The PermanentStoreError for a connection attempt that cannot succeed however often it is
+    retried (a host name that does not resolve; the server's FATAL refusal of the database, the
+    user, the password or an option), or None when a retry may connect (refused, timed out, the
+    server starting up or out of connection slots)."""
+    text = str(exc)
+    line = _first_line(exc)
+    where = f"cannot use PostgreSQL store {options.redacted}"
+    if any(marker in text for marker in _DNS_FAILURE):
+        if any(marker in text for marker in _DNS_TRY_AGAIN):
+            return None
+        return PermanentStoreError(
+            f"{where}: its host name does not resolve ({line}); fix the host in the store URL "
+            "(a typo, or a DNS name that does not exist)"
+        )
+    if "FATAL:" not in text or any(marker in text for marker in _TRANSIENT_FATAL):
+        return None
+    fatal = text.split("FATAL:", 1)[1].strip().splitlines()[0]
+    named = _QUOTED.findall(fatal)
+    name = repr(named[0]) if named else ""
+    if "database" in fatal and "does not exist" in fatal:
+        return PermanentStoreError(
+            f"{where}: the database {name} does not exist (FATAL: {fatal}); create it "
+            f"(CREATE DATABASE, or createdb) or fix the database name in the store URL"
+        )
+    if "permission denied" in fatal:
+        return PermanentStoreError(
+            f"{where}: the server refused the connection (FATAL: {fatal}); GRANT CONNECT on the "
+            "database to the URL's user, or use another user"
+        )
+    if any(m in fatal for m in ("role", "authentication", "password", "pg_hba.conf")):
+        return PermanentStoreError(
+            f"{where}: the server refused our credentials (FATAL: {fatal}); fix the user and "
+            "password in the store URL (or the server's pg_hba.conf)"
+        )
+    return PermanentStoreError(
+        f"{where}: the server refused the connection (FATAL: {fatal}); fix the store URL"
+    )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -158,7 +275,7 @@ class AsyncDriver:
                     cur = await conn.execute(sql, params)
                     rows = await cur.fetchall()
                 if scope.cancelled_caught:
-                    raise StoreError(
+                    raise TransientStoreError(
                         f"PostgreSQL store {self.options.redacted}: no answer to a statement "
                         f"within {STATEMENT_DEADLINE:g}s; the connection was dropped"
                     )

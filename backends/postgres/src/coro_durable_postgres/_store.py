@@ -22,6 +22,7 @@ from coro_durable._journal import (
     RunRecord,
     RunStatus,
     WorkerRecord,
+    check_run_id,
     retry_conflict,
     retry_refused,
 )
@@ -30,12 +31,21 @@ from coro_durable.errors import (
     ConflictError,
     CorruptJournalError,
     LeaseLost,
+    PermanentStoreError,
     RunNotFoundError,
     StoreError,
     StoreUnavailableError,
 )
 
-from ._driver import AsyncDriver, Params, Row, ThreadDriver, make_driver, translate
+from ._driver import (
+    AsyncDriver,
+    Params,
+    Row,
+    ThreadDriver,
+    connection_refusal,
+    make_driver,
+    translate,
+)
 from ._sql import ENTRY_COLUMNS, RUN_COLUMNS, SCHEMA_VERSION, Statements
 from ._url import Options, parse_url
 
@@ -239,15 +249,15 @@ class PostgresStore:
     async def _migrate(self) -> None:
         give_up = time.monotonic() + self.options.open_timeout
         delay = 0.05
+        warned = False
         while True:
             try:
                 await anyio.to_thread.run_sync(self._migrate_sync)
                 return
             except psycopg.OperationalError as exc:
-                if _refused_by_server(exc):  # bad credentials, no such database, bad option
-                    raise StoreError(
-                        f"cannot use PostgreSQL store {self.options.redacted}: {_first_line(exc)}"
-                    ) from exc
+                refusal = connection_refusal(exc, self.options)  # unknown host, bad credentials,
+                if refusal is not None:  # no such database, a bad option: fail at once
+                    raise refusal from exc
                 remaining = give_up - time.monotonic()
                 if remaining <= 0:
                     raise StoreUnavailableError(
@@ -255,6 +265,15 @@ class PostgresStore:
                         f"open_timeout={self.options.open_timeout:g}s: {_first_line(exc)}. Check "
                         "that the server is running and the host, port and database in the URL"
                     ) from exc
+                if not warned:
+                    warned = True
+                    log.warning(
+                        "PostgreSQL store %s: cannot connect (%s); retrying for up to "
+                        "open_timeout=%gs",
+                        self.options.redacted,
+                        _first_line(exc),
+                        self.options.open_timeout,
+                    )
             except psycopg.Error as exc:
                 raise translate(exc, self.options) from exc
             await anyio.sleep(min(delay, remaining))
@@ -268,7 +287,7 @@ class PostgresStore:
         """
         with psycopg.connect(self.options.dsn, autocommit=True) as conn:
             if conn.info.server_version < _MIN_SERVER_VERSION:
-                raise StoreError(
+                raise PermanentStoreError(
                     f"PostgreSQL store {self.options.redacted}: server version "
                     f"{conn.info.server_version} is too old; coro_durable needs PostgreSQL 12+"
                 )
@@ -304,7 +323,7 @@ class PostgresStore:
         found = conn.execute(self._sql.version).fetchone()
         version = int(found[0]) if found is not None else 0
         if version > SCHEMA_VERSION:
-            raise StoreError(
+            raise PermanentStoreError(
                 f"PostgreSQL store {self.options.redacted}: schema {self.schema!r} has version "
                 f"{version}, newer than this coro-durable-postgres understands "
                 f"({SCHEMA_VERSION}); upgrade coro-durable-postgres"
@@ -466,7 +485,7 @@ class PostgresStore:
     # -- runs ----------------------------------------------------------------------------------
 
     async def create_run(self, run: RunRecord) -> tuple[RunRecord, bool]:
-        _no_nul("run_id", run.run_id)
+        check_run_id(run.run_id)
         _no_nul("workflow name", run.workflow)
         params = {c: getattr(run, c) for c in RUN_COLUMNS}
         params.update(self._note())
@@ -840,24 +859,6 @@ class PostgresStore:
             "schema_version": schema_version,
             "driver": self.driver,
         }
-
-
-# A server that answers a connection with one of these is busy, not misconfigured: retry.
-_TRANSIENT_FATAL = (
-    "starting up",
-    "shutting down",
-    "recovery mode",
-    "too many clients",
-    "connection slots",
-    "not yet accepting",
-)
-
-
-def _refused_by_server(exc: psycopg.OperationalError) -> bool:
-    """True when the server answered the connection attempt with a lasting refusal (FATAL:
-    unknown database or role, wrong password, bad option), as opposed to not answering."""
-    text = str(exc)
-    return "FATAL:" in text and not any(marker in text for marker in _TRANSIENT_FATAL)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -63,11 +63,12 @@ timeouts). An option neither side knows is a ConfigurationError when the store i
     never queue behind sync workflow steps running in anyio's default thread pool).
 ``retry_window`` (default 2 s)
     How long one store call retries a lost connection (with the same operation token, so a write
-    whose reply was lost is recognised, never applied twice). Past it the call raises a plain
-    StoreError, which the Runtime keeps retrying up to its ``store_deadline`` before it gives up
-    with StoreUnavailableError.
+    whose reply was lost is recognised, never applied twice). Past it the call raises a
+    TransientStoreError, which the Runtime keeps retrying up to its ``store_deadline`` (logging
+    one warning) before it gives up with StoreUnavailableError.
 ``open_timeout`` (default 10 s)
-    How long ``open()`` keeps trying to reach the server before StoreUnavailableError.
+    How long ``open()`` keeps trying to reach the server before StoreUnavailableError (a host
+    name that does not resolve or refused credentials fail at once).
 ``group_commit`` (default 1), ``group_commit_wait_us`` (default 200), ``group_commit_max`` (256)
     Group commit: appends, parks and finishes that arrive while another batch of this store is
     in flight queue up, and the next batch runs them all in ONE script call (the ``batch``
@@ -142,10 +143,11 @@ nobody serves cost nothing; an expired lease is a crash (``crash_count``) and pa
 Errors
 ------
 redis-py's exceptions never escape: connection loss, timeouts, a loading or read-only (failing
-over) server, BUSY and OOM replies become a plain ``StoreError`` (transient: the Runtime retries it
-with backoff); rejected credentials or ACL permissions become ``StoreUnavailableError``; a server
+over) server, BUSY and OOM replies become a ``TransientStoreError`` (the Runtime retries it with
+backoff, logging one warning); rejected credentials or ACL permissions and a host name that does
+not resolve become a ``PermanentStoreError``, raised at once and saying what to fix; a server
 whose persistence does not match ``durability`` raises :class:`RedisDurabilityError` (a
-``ConfigurationError``) at ``open()``.
+``PermanentStoreError`` and a ``ConfigurationError``) at ``open()``.
 """
 
 from __future__ import annotations

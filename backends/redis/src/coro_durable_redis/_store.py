@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import math
+import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -27,6 +28,7 @@ from coro_durable._journal import (
     RunRecord,
     RunStatus,
     WorkerRecord,
+    check_run_id,
     retry_conflict,
     retry_refused,
 )
@@ -36,9 +38,11 @@ from coro_durable.errors import (
     ConflictError,
     CorruptJournalError,
     LeaseLost,
+    PermanentStoreError,
     RunNotFoundError,
     StoreError,
     StoreUnavailableError,
+    TransientStoreError,
 )
 
 from ._native import NativeTransport, native_options
@@ -72,8 +76,11 @@ _WATCH_BACKSTOP = 30.0
 BATCH_BYTES = 1 << 20
 
 
-class RedisDurabilityError(ConfigurationError):
-    """The Redis server does not persist writes the way the store URL's ``durability`` asks."""
+class RedisDurabilityError(PermanentStoreError, ConfigurationError):
+    """The Redis server does not persist writes the way the store URL's ``durability`` asks.
+
+    Permanent (no retry makes the server persist), and a ConfigurationError: the server's
+    configuration or the URL's ``durability`` must change."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,9 +265,24 @@ def _pairs(reply: Any) -> dict[str, str]:
 _TRANSIENT_REPLIES = ("READONLY", "LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "OOM", "NOREPLICAS")
 
 
+def _unresolvable(exc: BaseException) -> socket.gaierror | None:
+    """The name lookup failure behind ``exc`` when the host name does not exist (not when the
+    resolver merely could not answer now: EAI_AGAIN is transient)."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, socket.gaierror):
+            return None if cause.errno == socket.EAI_AGAIN else cause
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def _is_transient(exc: BaseException) -> bool:
     """Connection trouble and server states that pass (failover, loading, busy, out of memory)."""
     if isinstance(exc, rex.AuthenticationError | rex.AuthorizationError | rex.NoPermissionError):
+        return False
+    if _unresolvable(exc) is not None:
         return False
     if isinstance(exc, rex.ConnectionError | rex.TimeoutError | OSError):
         return True
@@ -361,21 +383,32 @@ class RedisStore:
         return self._thread
 
     def _translate(self, exc: BaseException) -> StoreError:
+        """The coro_durable error for a redis-py (or socket) exception: permanent for refused
+        credentials or ACL permissions and a host name that does not resolve, transient for
+        connection trouble and passing server states (see ``_is_transient``)."""
         what = f"{type(exc).__name__}: {exc}"
         if isinstance(exc, rex.AuthenticationError | rex.AuthorizationError):
-            return StoreUnavailableError(
+            return PermanentStoreError(
                 f"Redis at {self.where} refused our credentials ({what}); fix the user and "
                 "password in the store URL"
             )
+        lookup = _unresolvable(exc)
+        if lookup is not None:
+            return PermanentStoreError(
+                f"Redis at {self.where}: its host name does not resolve ({lookup}); fix the host "
+                "in the store URL (a typo, or a DNS name that does not exist)"
+            )
         if isinstance(exc, rex.NoPermissionError):
-            return StoreUnavailableError(
+            return PermanentStoreError(
                 f"Redis at {self.where} denied a command to our user ({what}); its ACL must allow "
                 "EVALSHA, SCRIPT LOAD, SUBSCRIBE, PUBLISH, INFO, CONFIG GET (or run with "
                 "durability=volatile), TIME and the hash, list, set, sorted-set and string "
                 f"commands, on the keys and channel starting with {self.prefix!r}"
             )
         if _is_transient(exc):
-            return StoreError(f"Redis at {self.where} is unreachable or busy ({what}); retrying")
+            return TransientStoreError(
+                f"Redis at {self.where} is unreachable or busy ({what}); retrying"
+            )
         return StoreError(f"Redis at {self.where} failed ({what})")
 
     async def _io(self, fn: Callable[[Transport], Awaitable[T]]) -> T:
@@ -457,6 +490,7 @@ class RedisStore:
     async def _open_retrying(self) -> None:
         give_up = time.monotonic() + self.open_timeout
         delay = 0.05
+        warned = False
         while True:
             try:
                 await self._open_once()
@@ -471,6 +505,16 @@ class RedisStore:
                         f"{self.open_timeout:g}s ({type(exc).__name__}: {exc}); check that the "
                         "server is running and the URL's host, port and TLS scheme are right"
                     ) from exc
+                if not warned:
+                    warned = True
+                    log.warning(
+                        "Redis store %s: cannot connect (%s: %s); retrying for up to "
+                        "open_timeout=%gs",
+                        self.where,
+                        type(exc).__name__,
+                        exc,
+                        self.open_timeout,
+                    )
             await anyio.sleep(min(delay, max(left, 0.0)))
             delay = min(delay * 2, 1.0)
 
@@ -481,7 +525,7 @@ class RedisStore:
         await transport.command("HSETNX", meta, "layout", str(LAYOUT_VERSION))
         layout = int(_s(await transport.command("HGET", meta, "layout")))
         if layout > LAYOUT_VERSION:
-            raise StoreError(
+            raise PermanentStoreError(
                 f"Redis store {self.where} prefix {self.prefix!r} holds key layout version "
                 f"{layout}, newer than this coro_durable_redis understands ({LAYOUT_VERSION}); "
                 "upgrade coro-durable-redis"
@@ -615,6 +659,7 @@ class RedisStore:
     # -- runs ---------------------------------------------------------------------------------------
 
     async def create_run(self, run: RunRecord) -> tuple[RunRecord, bool]:
+        check_run_id(run.run_id)
         args = [
             _b(self._origin), _b(uuid.uuid4().hex), _b(run.run_id), _b(run.workflow),
             *_run_fields(run),
