@@ -331,6 +331,9 @@ async def test_idempotent_start(fake: FakeInngest) -> None:
         assert (first.created, again.created) == (True, False)
         with pytest.raises(errors.RunAlreadyExistsError, match="already exists"):
             await rt.start(ing_sleeper, 9.0, run_id=run_id)
+        for bad in ("", "x" * 256, "a\nb"):  # the run_id rule of every store, not a random id
+            with pytest.raises(errors.ConfigurationError, match="run_id"):
+                await rt.start(ing_sleeper, 0.1, run_id=bad)
         assert await first.result(timeout=30) == "slept"
         assert len(fake.runs) == 1
 

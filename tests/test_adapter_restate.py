@@ -277,6 +277,9 @@ async def test_start_describe_signal_cancel_edges(restate: RestateServer) -> Non
             await rt.start(r_sleeper, 9.0, run_id=run_id)
         with pytest.raises(errors.RunAlreadyExistsError):
             await rt.start(r_waits, run_id=run_id)
+        for bad in ("", "x" * 256, "a\nb"):  # the run_id rule of every store, not a random id
+            with pytest.raises(errors.ConfigurationError, match="run_id"):
+                await rt.start(r_sleeper, 2.0, run_id=bad)
         # describe while the durable timer runs
         info = await common.wait_for(rt, run_id, common.waiting_on("timer until"))
         assert info.workflow == "r_sleeper" and info.step == 2 and info.wake_at is not None

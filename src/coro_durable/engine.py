@@ -10,7 +10,8 @@ per effect, exactly one per yielded effect (the driver contract). ``Call`` carri
 ``kwargs``, ``retry`` (a RetryPolicy) and ``timeout``; ``Sleep`` ``seconds`` or ``until``;
 ``AwaitSignal`` ``signal`` and ``timeout``; ``Gather`` ``effects`` and ``return_exceptions``;
 ``Now``, ``Uuid4`` and ``Random`` nothing. Inside a step the adapter runs the step function under
-``step_context(key)`` so ``cd.idempotency_key()`` works there too.
+``step_context(key)`` so ``cd.idempotency_key()`` works there too. ``check_run_id`` applies the
+run_id rule every store enforces (non-empty, at most 255 characters, no control characters).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from ._effects import (
     _current_workflow,
     step_name,
 )
+from ._journal import check_run_id
 from ._workflow import lookup, workflow_name
 from .errors import NotAnEffectError
 
@@ -54,6 +56,7 @@ __all__ = [
     "Uuid4",
     "Value",
     "WorkflowInfo",
+    "check_run_id",
     "drive",
     "lookup",
     "step_context",

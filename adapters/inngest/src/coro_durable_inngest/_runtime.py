@@ -439,7 +439,7 @@ class InngestRuntime:
             where=f"inputs of workflow {name}",
             limit=self.max_payload_bytes,
         )
-        run_id = run_id or uuid.uuid4().hex
+        run_id = uuid.uuid4().hex if run_id is None else engine.check_run_id(run_id)
         existing = await self._find(run_id)
         if existing is not None:
             if existing.workflow != name or existing.input != text:

@@ -406,7 +406,7 @@ class RestateRuntime:
             where=f"inputs of workflow {name}",
             limit=self.max_payload_bytes,
         )
-        run_id = run_id or uuid.uuid4().hex
+        run_id = uuid.uuid4().hex if run_id is None else engine.check_run_id(run_id)
         body = {"workflow": name, "inputs": json.loads(text)}
         response = await self._request(
             "POST", self._workflow_url(run_id, "run/send"), run_id, json=body

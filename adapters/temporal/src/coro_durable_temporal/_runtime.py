@@ -284,7 +284,7 @@ class TemporalRuntime:
             where=f"inputs of workflow {name}",
             limit=self.max_payload_bytes,
         )
-        run_id = run_id or uuid.uuid4().hex
+        run_id = uuid.uuid4().hex if run_id is None else engine.check_run_id(run_id)
         s = self.settings
         options = {
             OPTIONS_MARK: 1,
