@@ -260,9 +260,9 @@ async def test_unexpressible_steps_fail_at_start(temporal: DevServer, queue: str
             assert "Nothing was started" in str(caught.value)
             with pytest.raises(errors.RunNotFoundError):
                 await rt.describe(run_id)
-        for bad in ("", "x" * 256, "a\nb"):  # the run_id rule of every store, not a random id
+        for bad_id in ("", "x" * 256, "a\nb"):  # the run_id rule of every store: no random id
             with pytest.raises(errors.ConfigurationError, match="run_id"):
-                await rt.start(t_fine_steps, run_id=bad)
+                await rt.start(t_fine_steps, run_id=bad_id)
         # Module-level functions, static and class methods are fine.
         assert await (await rt.start(t_fine_steps)).result(timeout=30) == [2, 20, 300]
         # A step chosen at run time is checked at its effect: the error is raised at that
