@@ -176,6 +176,7 @@ async def test_a_version_2_schema_is_migrated_to_keep_crash_count_on_pending_app
         assert create.count(reset) == 2
         sql(create.replace(reset, "0"))
         sql(f'DELETE FROM "{schema}".schema_version WHERE version > 2')
+        sql(f'DROP TABLE IF EXISTS "{schema}".workers')  # a version-2 schema had no registry
         epoch = await running(store)
         await store.record_crash("r1", epoch, "boom", time.time() - 1, max_crashes=5)
         (run,) = await store.claim("w1", limit=1, lease_ttl=30, workflows=["wf"], max_crashes=5)

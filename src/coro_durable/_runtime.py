@@ -405,8 +405,10 @@ class Runtime:
                             else "the `async with` block ended"
                         )
                 self._tg.cancel_scope.cancel()
-                tg, self._tg = self._tg, None
-                await tg.__aexit__(None, None, None)
+                try:
+                    await self._tg.__aexit__(None, None, None)
+                finally:
+                    self._tg = None
         finally:
             if self._unsubscribe is not None:
                 self._unsubscribe()
@@ -980,7 +982,8 @@ class Runtime:
         keeps the heartbeat details for the next attempt; time out silent heartbeaters. The
         writes go out in the background, one at a time per run, so a slow store never delays
         the lease renewals."""
-        assert self._tg is not None
+        if self._tg is None or self._crashed is not None:
+            return
         for run_id, (activation, _) in list(self._activations.items()):
             if activation is None or activation.releasing or run_id in self._progress_writes:
                 continue

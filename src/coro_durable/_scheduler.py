@@ -790,10 +790,11 @@ class Activation:
         return Error(exc)
 
     async def _run_call(self, effect: Call, leaf: _Leaf, pending: JournalEntry | None) -> Outcome:
-        progress = _progress(pending)
-        # An attempt that was in flight when its worker died (or lost the run) counts.
-        attempts = max(pending.attempts if pending else 0, int(progress.get("attempt", 0)))
-        details = progress.get("details")
+        # An attempt cut short by its worker's death (or a lost lease) does not count against
+        # the retry policy: it runs again with the same attempt number and the last heartbeat
+        # details it journaled.
+        attempts = pending.attempts if pending else 0
+        details = _progress(pending).get("details")
         last_error = pending.error if pending else None
         if pending is not None and pending.due_at is not None:
             await self._wait_until(pending.due_at, f"retry of step {leaf.name}")
