@@ -24,8 +24,8 @@ services:                            ## make sure PostgreSQL and Redis answer (s
 	bash scripts/ensure-services.sh
 
 lint: setup
-	$(BIN)/ruff check src tests examples benchmarks $(PLUGINS)
-	$(BIN)/ruff format --check src tests examples benchmarks $(PLUGINS)
+	$(BIN)/ruff check src tests scripts examples benchmarks $(PLUGINS)
+	$(BIN)/ruff format --check src tests scripts examples benchmarks $(PLUGINS)
 
 typecheck: setup
 	$(BIN)/mypy

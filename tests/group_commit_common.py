@@ -15,8 +15,8 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-from coro_durable._journal import JournalEntry, RunRecord
 from coro_durable.errors import LeaseLost
+from coro_durable.journal._records import JournalEntry, RunRecord
 
 Write = Callable[[], Awaitable[Any]]
 

@@ -25,7 +25,8 @@ import anyio
 import pytest
 
 import coro_durable as cd
-from coro_durable import _codec, errors
+from coro_durable import errors
+from coro_durable._core import codec as _codec
 
 pytest.importorskip("coro_durable_inngest", reason="pip install -e adapters/inngest")
 

@@ -22,8 +22,8 @@ import anyio
 import pytest
 
 import coro_durable as cd
-from coro_durable import _cli
-from coro_durable._cli import main
+from coro_durable.cli import _main as _cli
+from coro_durable.cli._main import main
 from coro_durable.testing import Fault, corrupt_row, inject
 
 CLI = [sys.executable, "-m", "coro_durable"]
@@ -589,7 +589,7 @@ def test_bad_store_urls_are_one_line_errors(
 ) -> None:
     """An unusable store URL is reported in one line with what to do, exit 2 (plugins hidden, as
     on a machine where they are not installed)."""
-    monkeypatch.setattr("coro_durable._store._entry_points", dict)
+    monkeypatch.setattr("coro_durable.store._registry._entry_points", dict)
     code, _, err = cli("start", "cli_greet", '["x"]', store=store)
     assert code == 2
     assert message in err

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coro_durable import _codec, errors
+from coro_durable import errors
+from coro_durable._core import codec as _codec
 
 
 class Color(enum.Enum):

@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 import coro_durable as cd
-from coro_durable import _faults
+from coro_durable._core import faults as _faults
 from coro_durable.errors import ConfigurationError, StoreError
 from coro_durable.testing import (
     CRASH_POINTS,

@@ -1,7 +1,7 @@
 """Planted bugs: each fuzzer must find each bug within its CI budget (a fuzzer that cannot find a
 planted bug proves nothing).
 
-The bugs sit behind private switches in ``coro_durable._faults.PLANTED``:
+The bugs sit behind private switches in ``coro_durable._core.faults.PLANTED``:
 
 * ``skip_persist``: a step's outcome is fed to the workflow before it is journaled (journaled
   only after the workflow moved on), breaking persist-before-proceed;
@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 import coro_durable as cd
-from coro_durable import _faults
+from coro_durable._core import faults as _faults
 from coro_durable.testing import CrashFuzzReport, crash_fuzz
 from crashfuzz_machine import Stats, machine_for
 

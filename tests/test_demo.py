@@ -14,7 +14,7 @@ from types import ModuleType
 
 import pytest
 
-from coro_durable import _cli
+from coro_durable.cli import _main as _cli
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ai_pipeline.py"
 

@@ -26,9 +26,9 @@ import pytest
 
 import coro_durable as cd
 from conftest import STORES, pg_test_url, redis_test_url
-from coro_durable._groupcommit import GroupCommit, GroupCommitOptions
-from coro_durable._journal import JournalEntry, RunStatus
 from coro_durable.errors import ConfigurationError, ConflictError, LeaseLost, RunNotFoundError
+from coro_durable.journal._records import JournalEntry, RunStatus
+from coro_durable.store._groupcommit import GroupCommit, GroupCommitOptions
 from group_commit_common import (
     Write,
     batch_after_one,
@@ -500,7 +500,7 @@ _CHILD = textwrap.dedent(
     import json, os, signal, sys, time
     import anyio
     import coro_durable as cd
-    from coro_durable._journal import JournalEntry, RunRecord
+    from coro_durable.journal._records import JournalEntry, RunRecord
 
     async def main(url: str) -> None:
         store = cd.open_store(url)

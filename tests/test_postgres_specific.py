@@ -25,7 +25,6 @@ import pytest
 
 import coro_durable as cd
 from conftest import PG_URL, pg_test_url
-from coro_durable._journal import JournalEntry, RunRecord, WorkerRecord
 from coro_durable.errors import (
     ConfigurationError,
     ConflictError,
@@ -34,6 +33,7 @@ from coro_durable.errors import (
     StoreError,
     StoreUnavailableError,
 )
+from coro_durable.journal._records import JournalEntry, RunRecord, WorkerRecord
 from group_commit_common import Write, batch_after_one, claimed
 from group_commit_common import entry as gc_entry
 

@@ -27,7 +27,6 @@ from anyio.streams.tls import TLSListener
 
 import coro_durable as cd
 from conftest import REDIS_URL, redis_server_config, redis_test_url
-from coro_durable._journal import JournalEntry, RunRecord, RunStatus, WorkerRecord
 from coro_durable.errors import (
     ConfigurationError,
     CorruptJournalError,
@@ -35,6 +34,7 @@ from coro_durable.errors import (
     StoreError,
     StoreUnavailableError,
 )
+from coro_durable.journal._records import JournalEntry, RunRecord, RunStatus, WorkerRecord
 from group_commit_common import Write, batch_after_one, claimed, record_batches
 from group_commit_common import entry as gc_entry
 

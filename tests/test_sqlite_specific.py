@@ -20,15 +20,21 @@ import anyio.to_thread
 import pytest
 
 import coro_durable as cd
-from coro_durable._journal import JournalEntry, RunRecord, RunStatus, WorkerRecord, verify_journal
-from coro_durable._sqlite import _MIGRATIONS, SCHEMA_VERSION, SqliteStore
-from coro_durable._store import open_store
 from coro_durable.errors import (
     ConfigurationError,
     LeaseLost,
     StoreError,
     StoreUnavailableError,
 )
+from coro_durable.journal._records import (
+    JournalEntry,
+    RunRecord,
+    RunStatus,
+    WorkerRecord,
+    verify_journal,
+)
+from coro_durable.store._registry import open_store
+from coro_durable.store._sqlite import _MIGRATIONS, SCHEMA_VERSION, SqliteStore
 from group_commit_common import Write, batch_after_one, claimed, entry
 
 pytestmark = pytest.mark.anyio
@@ -409,8 +415,8 @@ async def test_fencing_holds_against_a_writer_in_another_connection(tmp_path: Pa
 _WORKER = textwrap.dedent(
     """
     import json, sys, time, anyio
-    from coro_durable._sqlite import SqliteStore
-    from coro_durable._journal import JournalEntry
+    from coro_durable.store._sqlite import SqliteStore
+    from coro_durable.journal._records import JournalEntry
 
     async def main(url, name, start_at):
         store = SqliteStore(url)
@@ -493,8 +499,8 @@ def test_processes_claiming_one_file_never_share_a_run(tmp_path: Path) -> None:
 _OPENER = textwrap.dedent(
     """
     import sys, time, anyio
-    from coro_durable._sqlite import SqliteStore
-    from coro_durable._journal import RunRecord
+    from coro_durable.store._sqlite import SqliteStore
+    from coro_durable.journal._records import RunRecord
 
     async def main(url, name, start_at):
         time.sleep(max(0.0, float(start_at) - time.time()))

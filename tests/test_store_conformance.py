@@ -29,18 +29,6 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from coro_durable._journal import (
-    CANCELLED_ERROR,
-    TERMINAL,
-    JournalEntry,
-    RunRecord,
-    RunStatus,
-    WorkerRecord,
-    verify_journal,
-)
-from coro_durable._memory import MemoryStore
-from coro_durable._sqlite import SqliteStore
-from coro_durable._store import Store
 from coro_durable.errors import (
     ConfigurationError,
     ConflictError,
@@ -49,6 +37,18 @@ from coro_durable.errors import (
     RunError,
     RunNotFoundError,
 )
+from coro_durable.journal._records import (
+    CANCELLED_ERROR,
+    TERMINAL,
+    JournalEntry,
+    RunRecord,
+    RunStatus,
+    WorkerRecord,
+    verify_journal,
+)
+from coro_durable.store._memory import MemoryStore
+from coro_durable.store._protocol import Store
+from coro_durable.store._sqlite import SqliteStore
 
 pytestmark = pytest.mark.anyio
 

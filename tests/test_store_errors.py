@@ -25,7 +25,7 @@ import pytest
 import coro_durable as cd
 from conftest import PG_URL, pg_test_url, redis_test_url
 from coro_durable import errors
-from coro_durable._journal import RunRecord
+from coro_durable.journal._records import RunRecord
 
 pytestmark = pytest.mark.anyio
 

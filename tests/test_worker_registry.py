@@ -16,7 +16,7 @@ import pytest
 
 import coro_durable as cd
 from coro_durable import errors
-from coro_durable._journal import WorkerRecord
+from coro_durable.journal._records import WorkerRecord
 
 pytestmark = pytest.mark.anyio
 

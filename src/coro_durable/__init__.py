@@ -7,7 +7,18 @@ restarting, each step's idempotency key stays the same across retries and crashe
 no process, thread or connection. See the README for a tour.
 """
 
-from ._effects import (
+from .errors import (
+    CoroDurableError,
+    NonDeterminismError,
+    RunCancelledError,
+    RunFailedError,
+    SignalTimeout,
+    StepError,
+)
+from .journal import JournalEntry, RunStatus
+from .runtime import ExecutingStep, ReplayReport, RunHandle, RunInfo, Runtime, WorkerInfo
+from .store import MemoryStore, SqliteStore, Store, open_store
+from .workflow import (
     RetryPolicy,
     StepInfo,
     WorkflowInfo,
@@ -22,22 +33,8 @@ from ._effects import (
     sleep_until,
     step_info,
     uuid4,
+    workflow,
     workflow_info,
-)
-from ._journal import JournalEntry, RunStatus
-from ._memory import MemoryStore
-from ._runtime import ExecutingStep, RunHandle, RunInfo, Runtime, WorkerInfo
-from ._scheduler import ReplayReport
-from ._sqlite import SqliteStore
-from ._store import Store, open_store
-from ._workflow import workflow
-from .errors import (
-    CoroDurableError,
-    NonDeterminismError,
-    RunCancelledError,
-    RunFailedError,
-    SignalTimeout,
-    StepError,
 )
 
 __version__ = "0.1.0"

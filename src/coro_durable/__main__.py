@@ -1,7 +1,7 @@
-"""``python -m coro_durable``: the same command line as ``coro-durable`` (see ``_cli``)."""
+"""``python -m coro_durable``: the same command line as ``coro-durable`` (see ``coro_durable.cli``)."""
 
 import sys
 
-from ._cli import main
+from .cli import main
 
 sys.exit(main())

@@ -31,7 +31,7 @@ import psycopg
 from coro_durable_postgres import PostgresStore
 
 import coro_durable as cd
-from coro_durable._journal import JournalEntry, RunRecord
+from coro_durable.store import JournalEntry, RunRecord
 
 URL = os.environ.get("CORO_DURABLE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 STAMPS: list[float] = []

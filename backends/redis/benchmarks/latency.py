@@ -29,7 +29,7 @@ import redis
 from coro_durable_redis import RedisStore
 
 import coro_durable as cd
-from coro_durable._journal import JournalEntry, RunRecord
+from coro_durable.store import JournalEntry, RunRecord
 
 BASE = sys.argv[1] if len(sys.argv) > 1 else "redis://127.0.0.1:6379/0"
 PREFIX = f"cdt_bench_{uuid.uuid4().hex[:8]}:"

@@ -51,7 +51,8 @@ from typing import Any
 
 import inngest
 
-from coro_durable import _codec, engine
+from coro_durable import engine
+from coro_durable.engine import codec as _codec
 from coro_durable.errors import (
     EffectNotAllowedError,
     PayloadTooLargeError,

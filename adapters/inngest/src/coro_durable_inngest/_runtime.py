@@ -24,7 +24,8 @@ import inngest
 import inngest.fast_api
 import uvicorn
 
-from coro_durable import RunHandle, RunInfo, RunStatus, _codec, _workflow, engine
+from coro_durable import RunHandle, RunInfo, RunStatus, engine
+from coro_durable.engine import codec as _codec
 from coro_durable.errors import (
     ConfigurationError,
     ResultTimeoutError,
@@ -211,7 +212,7 @@ class InngestRuntime:
         self.max_payload_bytes = max_payload_bytes
         self.worker_id = worker_id
         for fn in workflows:
-            _workflow.register_function(fn)
+            engine.register_function(fn)
         self.serve_url: str | None = None  # the endpoint's URL as registered with Inngest
         self._api: InngestApi | None = None
         self._client: inngest.Inngest | None = None
@@ -253,7 +254,7 @@ class InngestRuntime:
     async def _serve(self) -> None:
         s = self.settings
         assert self._client is not None
-        names = sorted(_workflow.registered())
+        names = sorted(engine.registered())
         if not names:
             raise ConfigurationError(
                 "InngestRuntime has no workflow to serve: import the modules that define them "
@@ -430,7 +431,7 @@ class InngestRuntime:
             except LookupError:
                 fn = None  # registered only on the endpoints
         else:
-            name = _workflow.register_function(workflow)
+            name = engine.register_function(workflow)
             fn = workflow
         if fn is not None:
             check_workflow(fn, self.settings)

@@ -53,7 +53,8 @@ import restate
 from restate import RunOptions, TerminalError, WorkflowContext
 from restate.serde import JsonSerde
 
-from coro_durable import _codec, engine
+from coro_durable import engine
+from coro_durable.engine import codec as _codec
 from coro_durable.errors import (
     EffectNotAllowedError,
     PayloadTooLargeError,

@@ -22,7 +22,8 @@ import restate.server
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
-from coro_durable import RunHandle, RunInfo, RunStatus, _codec, _workflow, engine
+from coro_durable import RunHandle, RunInfo, RunStatus, engine
+from coro_durable.engine import codec as _codec
 from coro_durable.errors import (
     ConfigurationError,
     ResultTimeoutError,
@@ -146,7 +147,7 @@ class RestateRuntime:
         self.concurrency = concurrency
         self.max_payload_bytes = max_payload_bytes
         for fn in workflows:
-            _workflow.register_function(fn)
+            engine.register_function(fn)
         self._http: httpx.AsyncClient | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._server: asyncio.Task[None] | None = None
@@ -397,7 +398,7 @@ class RestateRuntime:
             except LookupError:
                 fn = None  # registered only on the endpoints: checked when it runs
         else:
-            name = _workflow.register_function(workflow)
+            name = engine.register_function(workflow)
             fn = workflow
         if fn is not None:
             check_workflow(fn, self.settings.step_limit)

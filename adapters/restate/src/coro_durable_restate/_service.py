@@ -31,7 +31,8 @@ import restate
 from restate import InvocationRetryPolicy, TerminalError, WorkflowContext, WorkflowSharedContext
 from restate.serde import JsonSerde
 
-from coro_durable import _codec, engine
+from coro_durable import engine
+from coro_durable.engine import codec as _codec
 from coro_durable.errors import RunCancelledError, SerializationError
 
 from ._config import RestateSettings

@@ -38,7 +38,8 @@ from temporalio.common import RetryPolicy as TemporalRetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 
-from coro_durable import _codec, engine
+from coro_durable import engine
+from coro_durable.engine import codec as _codec
 from coro_durable.errors import (
     EffectNotAllowedError,
     PayloadTooLargeError,

@@ -35,7 +35,8 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
-from coro_durable import RunHandle, RunInfo, RunStatus, _codec, _workflow, engine
+from coro_durable import RunHandle, RunInfo, RunStatus, engine
+from coro_durable.engine import codec as _codec
 from coro_durable.errors import (
     ConfigurationError,
     ResultTimeoutError,
@@ -160,7 +161,7 @@ class TemporalRuntime:
         self.max_payload_bytes = max_payload_bytes
         self.worker_id = worker_id
         for fn in workflows:
-            _workflow.register_function(fn)
+            engine.register_function(fn)
         self._given_client = client
         self._client: Client | None = None
         self._worker: Worker | None = None
@@ -275,7 +276,7 @@ class TemporalRuntime:
             except LookupError:
                 fn = None  # registered only on the workers: they check it when it runs
         else:
-            name = _workflow.register_function(workflow)
+            name = engine.register_function(workflow)
             fn = workflow
         if fn is not None:
             check_workflow(fn)

@@ -33,8 +33,9 @@ from temporalio.common import RawValue
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 import coro_durable as cd
-from coro_durable import _codec, engine
-from coro_durable._workflow import registered
+from coro_durable import engine
+from coro_durable.engine import codec as _codec
+from coro_durable.engine import registered
 from coro_durable.errors import EffectNotAllowedError, SerializationError, StepError
 
 __all__ = ["StepRunner", "check_workflow", "dispatch_ref", "exception_info"]

@@ -15,17 +15,6 @@ import anyio
 import anyio.to_thread
 import psycopg
 
-from coro_durable._groupcommit import GroupCommit
-from coro_durable._journal import (
-    CANCELLED_ERROR,
-    JournalEntry,
-    RunRecord,
-    RunStatus,
-    WorkerRecord,
-    check_run_id,
-    retry_conflict,
-    retry_refused,
-)
 from coro_durable.errors import (
     ConfigurationError,
     ConflictError,
@@ -35,6 +24,17 @@ from coro_durable.errors import (
     RunNotFoundError,
     StoreError,
     StoreUnavailableError,
+)
+from coro_durable.store import (
+    CANCELLED_ERROR,
+    GroupCommit,
+    JournalEntry,
+    RunRecord,
+    RunStatus,
+    WorkerRecord,
+    check_run_id,
+    retry_conflict,
+    retry_refused,
 )
 
 from ._driver import (

@@ -12,10 +12,8 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-from coro_durable._groupcommit import OPTION_NAMES as GROUP_COMMIT_OPTIONS
-from coro_durable._groupcommit import GroupCommitOptions
-from coro_durable._groupcommit import parse_option as parse_group_option
 from coro_durable.errors import ConfigurationError
+from coro_durable.store import GROUP_COMMIT_OPTIONS, GroupCommitOptions, parse_group_option
 
 __all__ = ["Options", "parse_url"]
 

@@ -19,20 +19,6 @@ import anyio
 import redis
 import redis.exceptions as rex
 
-from coro_durable._groupcommit import OPTION_NAMES as GROUP_COMMIT_OPTIONS
-from coro_durable._groupcommit import GroupCommit, GroupCommitOptions
-from coro_durable._groupcommit import parse_option as parse_group_option
-from coro_durable._journal import (
-    CANCELLED_ERROR,
-    JournalEntry,
-    RunRecord,
-    RunStatus,
-    WorkerRecord,
-    check_run_id,
-    retry_conflict,
-    retry_refused,
-)
-from coro_durable._store import Listener
 from coro_durable.errors import (
     ConfigurationError,
     ConflictError,
@@ -43,6 +29,21 @@ from coro_durable.errors import (
     StoreError,
     StoreUnavailableError,
     TransientStoreError,
+)
+from coro_durable.store import (
+    CANCELLED_ERROR,
+    GROUP_COMMIT_OPTIONS,
+    GroupCommit,
+    GroupCommitOptions,
+    JournalEntry,
+    Listener,
+    RunRecord,
+    RunStatus,
+    WorkerRecord,
+    check_run_id,
+    parse_group_option,
+    retry_conflict,
+    retry_refused,
 )
 
 from ._native import NativeTransport, native_options

@@ -27,7 +27,7 @@ import sys
 import uuid
 from typing import Any
 
-from .errors import PayloadTooLargeError, SerializationError
+from ..errors import PayloadTooLargeError, SerializationError
 
 TAG = "$cd"
 DEFAULT_MAX_PAYLOAD_BYTES = 2 * 1024 * 1024

@@ -14,8 +14,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from . import _faults
-from ._journal import (
+from .._core import faults
+from ..errors import ConflictError, LeaseLost, RunNotFoundError
+from ..journal._records import (
     CANCELLED_ERROR,
     RETRYABLE,
     TERMINAL,
@@ -27,8 +28,7 @@ from ._journal import (
     retry_conflict,
     retry_refused,
 )
-from ._store import Listener
-from .errors import ConflictError, LeaseLost, RunNotFoundError
+from ._protocol import Listener
 
 __all__ = ["MemoryStore"]
 
@@ -80,7 +80,7 @@ class MemoryStore:
         run = self._runs.get(run_id)
         if run is None:
             raise RunNotFoundError(run_id)
-        stale = run.epoch != epoch and "no_fencing" not in _faults.PLANTED  # planted bug, tests
+        stale = run.epoch != epoch and "no_fencing" not in faults.PLANTED  # planted bug, tests
         if stale or run.status != RunStatus.RUNNING:
             raise LeaseLost(run_id, epoch, f"current token is {run.epoch}, status {run.status}")
         return run

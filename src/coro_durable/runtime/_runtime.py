@@ -5,7 +5,7 @@
         print(await handle.result(timeout=60))
 
 While open, a worker task claims runnable runs from the store (new, timer due, signal arrived, lease
-expired) up to ``concurrency`` at a time and drives each in its own task (``_scheduler``).
+expired) up to ``concurrency`` at a time and drives each in its own task (``_activation``).
 A second task renews the leases of the runs in progress every ``lease_ttl / 3`` seconds; a lease
 that could not be renewed (another worker took the run over) cancels that activation, and the
 store's fencing rejects anything it still tries to write. With ``worker=False`` the Runtime is a
@@ -47,23 +47,9 @@ from urllib.parse import urlsplit
 import anyio
 import anyio.abc
 
-from . import _codec, _workflow
-from ._effects import StepInfo
-from ._faults import SimulatedCrash, fault
-from ._journal import (
-    RETRYABLE,
-    TERMINAL,
-    JournalEntry,
-    RunRecord,
-    RunStatus,
-    WorkerRecord,
-    check_run_id,
-    retry_refused,
-    verify_journal,
-)
-from ._scheduler import Activation, Limits, ReplayReport, _progress, replay, store_call
-from ._store import Store, default_store_url, open_store, plugin_class
-from .errors import (
+from .._core import codec
+from .._core.faults import SimulatedCrash, fault
+from ..errors import (
     ConfigurationError,
     ConflictError,
     CorruptJournalError,
@@ -79,6 +65,23 @@ from .errors import (
     StoreError,
     UnknownWorkflowError,
 )
+from ..journal._records import (
+    RETRYABLE,
+    TERMINAL,
+    JournalEntry,
+    RunRecord,
+    RunStatus,
+    WorkerRecord,
+    check_run_id,
+    retry_refused,
+    verify_journal,
+)
+from ..store._protocol import Store
+from ..store._registry import default_store_url, open_store, plugin_class
+from ..workflow import _registry
+from ..workflow._effects import StepInfo
+from ._activation import Activation, Limits, _progress, store_call
+from ._replayer import ReplayReport, replay
 
 __all__ = ["ExecutingStep", "Runtime", "RunHandle", "RunInfo", "WorkerInfo"]
 
@@ -132,7 +135,7 @@ class RunInfo:
     def from_record(
         cls, run: RunRecord, journal: Iterable[JournalEntry] = (), note: str | None = None
     ) -> RunInfo:
-        inputs = _codec.decode(run.input)
+        inputs = codec.decode(run.input)
         executing: list[ExecutingStep] = []
         if run.status == RunStatus.RUNNING:
             for entry in journal:
@@ -156,7 +159,7 @@ class RunInfo:
             step=run.steps,
             waiting_on=run.waiting_on if run.status == RunStatus.WAITING else None,
             inputs=inputs if isinstance(inputs, dict) else {"args": inputs},
-            result=_codec.decode(run.result) if run.result is not None else None,
+            result=codec.decode(run.result) if run.result is not None else None,
             error=_error_view(run.error),
             crash_count=run.crash_count,
             last_error=run.last_error,
@@ -307,7 +310,7 @@ class Runtime:
         workflows: Iterable[Callable[..., Coroutine[Any, Any, Any]]] = (),
         poll_interval: float = 0.25,
         max_crashes: int = 5,
-        max_payload_bytes: int = _codec.DEFAULT_MAX_PAYLOAD_BYTES,
+        max_payload_bytes: int = codec.DEFAULT_MAX_PAYLOAD_BYTES,
         inline_wait: float = 1.0,
         store_deadline: float = 60.0,
         worker_id: str | None = None,
@@ -346,7 +349,7 @@ class Runtime:
         self.limits = Limits(max_payload_bytes, inline_wait, store_deadline)
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         for fn in workflows:
-            _workflow.register_function(fn)
+            _registry.register_function(fn)
         self._changed = anyio.Event()
         self._run_changed: dict[str, anyio.Event] = {}  # run_id -> event its result() waits on
         self._active: dict[str, int] = {}  # run_id -> epoch of activations in progress
@@ -565,13 +568,13 @@ class Runtime:
                     "the workflow name is empty; pass the name the workflow is registered under "
                     "(its function name, or @cd.workflow(name=...)) or the function itself"
                 )
-            if not allow_unknown and name not in _workflow.registered():
+            if not allow_unknown and name not in _registry.registered():
                 existing = await self._call(self.store.get_run, run_id) if run_id else None
                 if existing is None:  # starting an existing run again stays idempotent
                     await self._check_served(name)
         else:
-            name = _workflow.register_function(workflow)
-        text = _codec.encode(
+            name = _registry.register_function(workflow)
+        text = codec.encode(
             {"args": list(args), "kwargs": kwargs},
             where=f"inputs of workflow {name}",
             limit=self.limits.max_payload_bytes,
@@ -592,7 +595,7 @@ class Runtime:
         """Send signal ``name`` with ``payload`` to a run. Returns False if ``signal_id`` was
         already delivered (pass a signal_id to make retries of this call safe)."""
         self._check_open()
-        text = _codec.encode(
+        text = codec.encode(
             payload, where=f"payload of signal {name!r}", limit=self.limits.max_payload_bytes
         )
         run = await self._get(run_id)
@@ -617,7 +620,7 @@ class Runtime:
             changed = self._run_event(run_id)  # taken before reading: no change is missed
             run = await self._get(run_id)
             if run.status == RunStatus.COMPLETED:
-                return _codec.decode(run.result) if run.result is not None else None
+                return codec.decode(run.result) if run.result is not None else None
             if run.status == RunStatus.FAILED:
                 err = json.loads(run.error or "{}")
                 raise RunFailedError(run_id, err.get("type", "Error"), err.get("message", ""))
@@ -725,7 +728,7 @@ class Runtime:
             name="",
             digest="",
             status="ok",
-            args=_codec.encode(audit, where=f"retry note of run {run_id!r}"),
+            args=codec.encode(audit, where=f"retry note of run {run_id!r}"),
             started_at=now,
             finished_at=now,
         ).seal()
@@ -772,7 +775,7 @@ class Runtime:
         run = await self._get(run_id)
         entries = await self._call(self.store.load_journal, run_id)
         journal = verify_journal(run_id, entries)
-        return await replay(self.store, run, journal, _workflow.lookup(run.workflow))
+        return await replay(self.store, run, journal, _registry.lookup(run.workflow))
 
     async def _get(self, run_id: str) -> RunRecord:
         run: RunRecord | None = await self._call(self.store.get_run, run_id)
@@ -790,7 +793,7 @@ class Runtime:
         workers: list[WorkerRecord] = await self._call(self.store.list_workers)
         if not any(name in w.workflows for w in workers):
             served = {w.worker_id: w.workflows for w in workers}
-            raise UnknownWorkflowError(name, _workflow.registered(), served)
+            raise UnknownWorkflowError(name, _registry.registered(), served)
 
     async def _unserved_note(self, run: RunRecord) -> str | None:
         """For a run a worker could claim now, a note when no live worker serves its workflow."""
@@ -812,7 +815,7 @@ class Runtime:
         )
 
     def _worker_record(self) -> WorkerRecord:
-        names = tuple(sorted(_workflow.registered()))
+        names = tuple(sorted(_registry.registered()))
         return WorkerRecord(self.worker_id, socket.gethostname(), os.getpid(), names)
 
     async def _register(self) -> None:
@@ -892,7 +895,7 @@ class Runtime:
                                 self.worker_id,
                                 limit=free,
                                 lease_ttl=self.lease_ttl,
-                                workflows=_workflow.registered(),
+                                workflows=_registry.registered(),
                                 max_crashes=self.max_crashes,
                             )
                         )
@@ -1044,7 +1047,7 @@ class Runtime:
                             f", resuming at step {run.steps}" if run.steps else "",
                         )
                     fault("X10", run_id)
-                    fn = _workflow.lookup(run.workflow)
+                    fn = _registry.lookup(run.workflow)
                     entries = await self._call(self.store.load_journal, run_id)
                     journal = verify_journal(run_id, entries)
                     activation = Activation(

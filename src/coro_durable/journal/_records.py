@@ -26,7 +26,7 @@ one is: a non-empty ``str`` of at most 255 characters with no control character 
 category ``Cc``: NUL, newline, tab, DEL, C1 controls) and no lone surrogate (not encodable in
 UTF-8, so some stores could not hold it).
 
-Payloads (inputs, results, signal payloads) are stored as JSON text written by ``_codec``; stores
+Payloads (inputs, results, signal payloads) are stored as JSON text written by ``_core.codec``; stores
 never interpret them. Every entry carries a checksum over its meaningful fields, verified when the
 journal is loaded, so a torn or tampered row is detected instead of replayed with a wrong value.
 """
@@ -41,8 +41,8 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
-from . import _codec
-from .errors import ConfigurationError, ConflictError, CorruptJournalError, RunError
+from .._core import codec
+from ..errors import ConfigurationError, ConflictError, CorruptJournalError, RunError
 
 __all__ = [
     "CANCELLED_ERROR",
@@ -236,7 +236,7 @@ class JournalEntry:
     @property
     def value(self) -> Any:
         """The decoded result (None unless status is "ok")."""
-        return _codec.decode(self.result) if self.result is not None else None
+        return codec.decode(self.result) if self.result is not None else None
 
     @property
     def error_info(self) -> dict[str, str] | None:
@@ -245,7 +245,7 @@ class JournalEntry:
 
     @property
     def arguments(self) -> Any:
-        return _codec.decode(self.args) if self.args is not None else None
+        return codec.decode(self.args) if self.args is not None else None
 
     def describe(self) -> str:
         return f"{self.kind}({self.name})"

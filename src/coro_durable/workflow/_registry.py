@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar, overload
 
-from .errors import ConfigurationError, UnknownWorkflowError
+from ..errors import ConfigurationError, UnknownWorkflowError
 
 __all__ = ["workflow", "workflow_name", "lookup", "registered"]
 

@@ -47,17 +47,19 @@ from urllib.parse import urlsplit
 
 import anyio
 
-from . import _codec, _workflow
-from ._journal import TERMINAL, JournalEntry, RunRecord, RunStatus
-from ._runtime import RunInfo, Runtime, WorkerInfo
-from ._store import Store, StoreWrapper, default_store_url, open_store
-from .errors import (
+from .._core import codec
+from ..errors import (
     CoroDurableError,
     LeaseLost,
     RunCancelledError,
     RunFailedError,
     RunQuarantinedError,
 )
+from ..journal._records import TERMINAL, JournalEntry, RunRecord, RunStatus
+from ..runtime._runtime import RunInfo, Runtime, WorkerInfo
+from ..store._protocol import Store, StoreWrapper
+from ..store._registry import default_store_url, open_store
+from ..workflow import _registry
 
 __all__ = [
     "main",
@@ -442,7 +444,7 @@ def _import_apps(apps: Sequence[str]) -> list[str]:
 
 def _jsonable(value: Any) -> Any:
     """A JSON-native form of a decoded value: codec-tagged where JSON has no type for it."""
-    return json.loads(_codec.encode(value))
+    return json.loads(codec.encode(value))
 
 
 def _loads(text: str | None) -> Any:
@@ -774,7 +776,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
     if args.app:
         _import_apps(args.app)
         if args.workflow and not args.allow_unknown:
-            _workflow.lookup(args.workflow)  # UnknownWorkflowError names the registered ones
+            _registry.lookup(args.workflow)  # UnknownWorkflowError names the registered ones
     inputs = _parse_json(args.inputs, "JSON_ARGS")
     if isinstance(inputs, list):
         call_args, call_kwargs = inputs, {}
@@ -1066,7 +1068,7 @@ class _LeaseWatch:
 
 def _cmd_worker(args: argparse.Namespace) -> int:
     modules = _import_apps(args.app)
-    names = _workflow.registered()
+    names = _registry.registered()
     if not names:
         raise CliError(
             f"no workflows registered by {', '.join(args.app)}; decorate them with @cd.workflow"

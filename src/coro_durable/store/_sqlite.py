@@ -26,7 +26,7 @@ renewal.
 Group commit (on by default; ``group_commit=0`` turns it off). Writes that arrive while another
 transaction of this store is committing queue up, and the next transaction takes them all (up to
 ``group_commit_max``, default 256): one ``BEGIN IMMEDIATE`` ... ``COMMIT`` and one fsync for many
-concurrent runs (``_groupcommit``). Each write keeps its own outcome: if one fails (fenced out, a
+concurrent runs (``store._groupcommit``). Each write keeps its own outcome: if one fails (fenced out, a
 conflict, a value SQLite cannot bind), the transaction is redone with each write in its own
 SAVEPOINT, so only that write is undone and only its caller gets the error; if the COMMIT itself
 fails, every write of the batch fails with that error and nothing of it is on disk. Callers resume
@@ -76,11 +76,19 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 import anyio
 import anyio.to_thread
 
-from . import _faults
-from ._groupcommit import OPTION_NAMES as GROUP_COMMIT_OPTIONS
-from ._groupcommit import GroupCommit, GroupCommitOptions
-from ._groupcommit import parse_option as parse_group_option
-from ._journal import (
+from .._core import faults
+from ..errors import (
+    ConfigurationError,
+    ConflictError,
+    CorruptJournalError,
+    LeaseLost,
+    PermanentStoreError,
+    RunNotFoundError,
+    StoreError,
+    StoreUnavailableError,
+    TransientStoreError,
+)
+from ..journal._records import (
     CANCELLED_ERROR,
     RETRYABLE,
     TERMINAL,
@@ -92,18 +100,10 @@ from ._journal import (
     retry_conflict,
     retry_refused,
 )
-from ._store import Listener
-from .errors import (
-    ConfigurationError,
-    ConflictError,
-    CorruptJournalError,
-    LeaseLost,
-    PermanentStoreError,
-    RunNotFoundError,
-    StoreError,
-    StoreUnavailableError,
-    TransientStoreError,
-)
+from ._groupcommit import OPTION_NAMES as GROUP_COMMIT_OPTIONS
+from ._groupcommit import GroupCommit, GroupCommitOptions
+from ._groupcommit import parse_option as parse_group_option
+from ._protocol import Listener
 
 __all__ = ["SqliteStore", "SCHEMA_VERSION"]
 
@@ -683,7 +683,7 @@ class SqliteStore:
         row = conn.execute(_SQL_FENCE, (run_id,)).fetchone()
         if row is None:
             raise RunNotFoundError(run_id)
-        stale = row[0] != epoch and "no_fencing" not in _faults.PLANTED  # planted bug, tests
+        stale = row[0] != epoch and "no_fencing" not in faults.PLANTED  # planted bug, tests
         if stale or row[1] != RunStatus.RUNNING.value:
             raise LeaseLost(run_id, epoch, f"current token is {row[0]}, status {row[1]}")
         return tuple(row)

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar, overload
 
-from .errors import (
+from ..errors import (
     ConfigurationError,
     EffectNotAllowedError,
     NotInWorkflowError,

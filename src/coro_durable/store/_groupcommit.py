@@ -47,7 +47,7 @@ from typing import Generic, TypeVar
 import anyio
 import anyio.lowlevel
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 __all__ = ["GroupCommit", "GroupCommitOptions", "parse_option", "OPTION_NAMES"]
 

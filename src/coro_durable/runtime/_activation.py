@@ -1,4 +1,4 @@
-"""The scheduler: drives one workflow coroutine against its journal. The only caller of ``send``.
+"""The activation: drives one workflow coroutine against its journal. The only caller of ``send``.
 
 One *activation* takes a run a worker has claimed (holding its lease and fencing token ``epoch``),
 rebuilds the coroutine from the workflow function and its inputs, and drives it:
@@ -19,8 +19,9 @@ count and the absolute time of the next attempt, so a crash during the backoff n
 count nor shortens the wait. Short waits (timers, backoffs under ``inline_wait`` seconds) happen
 in-process while the lease is held; longer ones park the run.
 
-The same class replays a journal with no side effects (``replay_only=True``) for ``coro-durable
-replay``: it executes nothing and writes nothing, and reports the first divergence.
+With ``replay_only=True`` the same class re-executes a journal with no side effects: it executes
+nothing, writes nothing, and raises ``ReplayEnd`` where the recorded journal ends (the replayer,
+``_replayer``, turns that into a report).
 """
 
 from __future__ import annotations
@@ -39,8 +40,27 @@ from typing import Any, Literal, TypeVar
 
 import anyio
 
-from . import _codec, _faults
-from ._effects import (
+from .._core import codec, faults
+from .._core.faults import SimulatedCrash, fault
+from ..errors import (
+    ConflictError,
+    CorruptJournalError,
+    LeaseLost,
+    NonDeterminismError,
+    NotAnEffectError,
+    PayloadTooLargeError,
+    PermanentStoreError,
+    RunCancelledError,
+    RunNotFoundError,
+    SerializationError,
+    SignalTimeout,
+    StepError,
+    StoreError,
+    StoreUnavailableError,
+)
+from ..journal._records import JournalEntry, RunRecord, RunStatus
+from ..store._protocol import Store
+from ..workflow._effects import (
     AwaitSignal,
     Call,
     Effect,
@@ -60,32 +80,13 @@ from ._effects import (
     _current_workflow,
     digest,
 )
-from ._faults import SimulatedCrash, fault
-from ._journal import TERMINAL, JournalEntry, RunRecord, RunStatus
-from ._store import Store
-from .errors import (
-    ConflictError,
-    CorruptJournalError,
-    LeaseLost,
-    NonDeterminismError,
-    NotAnEffectError,
-    PayloadTooLargeError,
-    PermanentStoreError,
-    RunCancelledError,
-    RunNotFoundError,
-    SerializationError,
-    SignalTimeout,
-    StepError,
-    StoreError,
-    StoreUnavailableError,
-)
 
-__all__ = ["Activation", "ActivationEnd", "Limits", "ReplayReport", "store_call"]
+__all__ = ["Activation", "ActivationEnd", "Limits", "ReplayEnd", "store_call"]
 
 T = TypeVar("T")
 
 _EMPTY_DIGEST = digest("")
-_NO_ARGS = "[[],{}]"  # what _codec.encode([[], {}]) gives
+_NO_ARGS = "[[],{}]"  # what codec.encode([[], {}]) gives
 _NO_ARGS_DIGEST = digest(_NO_ARGS)
 
 
@@ -93,7 +94,7 @@ _NO_ARGS_DIGEST = digest(_NO_ARGS)
 class Limits:
     """Scheduler settings shared by every activation of a Runtime."""
 
-    max_payload_bytes: int = _codec.DEFAULT_MAX_PAYLOAD_BYTES
+    max_payload_bytes: int = codec.DEFAULT_MAX_PAYLOAD_BYTES
     inline_wait: float = 1.0  # waits up to this long happen in-process, longer ones park the run
     store_deadline: float = 60.0  # keep retrying a failing store this long before giving up
 
@@ -106,17 +107,6 @@ class ActivationEnd:
     wake_at: float | None = None
     waiting_on: str | None = None
     error: str | None = None  # "Type: message" of a failed or cancelled run (for the log)
-
-
-@dataclass(slots=True)
-class ReplayReport:
-    """What ``replay`` found: ``matched`` is False at the first divergence, described in ``detail``."""
-
-    run_id: str
-    matched: bool
-    replayed: int  # journal entries the code re-issued identically
-    total: int  # entries in the journal
-    detail: str
 
 
 class _Park(Exception):
@@ -144,7 +134,7 @@ class _InFlight:
     written_beats: int = -1  # heartbeat count of the last progress entry written (-1: none)
 
 
-class _ReplayEnd(Exception):
+class ReplayEnd(Exception):
     """Replay reached the end of the recorded journal."""
 
     def __init__(self, seq: int, effect: str) -> None:
@@ -376,11 +366,11 @@ class Activation:
             "details": ctx.details,
         }
         try:
-            text = _codec.encode(progress, limit=self.limits.max_payload_bytes)
+            text = codec.encode(progress, limit=self.limits.max_payload_bytes)
         except SerializationError as exc:
             progress["details"] = None
             progress["details_error"] = str(exc)
-            text = _codec.encode(progress)
+            text = codec.encode(progress)
         pending = self.journal.get(flight.leaf.seq)
         return self._entry(
             flight.leaf,
@@ -395,7 +385,7 @@ class Activation:
 
     async def execute(self) -> ActivationEnd:
         """Run the workflow from its start, replaying the journal, until it ends or parks."""
-        payload = _codec.decode(self.run.input)
+        payload = codec.decode(self.run.input)
         coro = self.fn(*payload.get("args", ()), **payload.get("kwargs", {}))
         send: Outcome | None = None
         throw: BaseException | None = None
@@ -460,14 +450,14 @@ class Activation:
                 self.run_id, entry.seq, entry.describe(), "the workflow returning"
             )
         try:
-            text = _codec.encode(
+            text = codec.encode(
                 value, where=f"result of run {self.run_id!r}", limit=self.limits.max_payload_bytes
             )
         except SerializationError as exc:
             return await self._finish_error(RunStatus.FAILED, exc)
         if self.replay_only:
             if self.run.status == RunStatus.COMPLETED and self.run.result != text:
-                raise _ReplayEnd(self.next_seq, "a different return value than recorded")
+                raise ReplayEnd(self.next_seq, "a different return value than recorded")
             return ActivationEnd("completed")
         await self._finish(RunStatus.COMPLETED, text, None)
         return ActivationEnd("completed")
@@ -640,7 +630,7 @@ class Activation:
         if not entry.final:
             return False
         if entry.status == "ok":
-            outcomes[leaf.seq] = Value(_codec.decode(entry.result) if entry.result else None)
+            outcomes[leaf.seq] = Value(codec.decode(entry.result) if entry.result else None)
         else:
             outcomes[leaf.seq] = Error(_recorded_error(entry, self.run_id))
         return True
@@ -648,7 +638,7 @@ class Activation:
     async def _resolve_leaf(self, leaf: _Leaf) -> Outcome:
         pending = self.journal.get(leaf.seq)
         if self.replay_only:
-            raise _ReplayEnd(leaf.seq, leaf.describe())
+            raise ReplayEnd(leaf.seq, leaf.describe())
         if self._cancel_pending():
             return await self._inject_cancel(leaf, pending)
         if self.draining:
@@ -672,7 +662,7 @@ class Activation:
             value = _random.random()
         else:  # pragma: no cover - every Effect subclass is handled above
             raise TypeError(f"unknown effect {effect!r}")
-        text, decoded = _codec.roundtrip(value)
+        text, decoded = codec.roundtrip(value)
         await self._write(self._entry(leaf, "ok", result=text, finished=True))
         return Value(decoded)
 
@@ -711,8 +701,8 @@ class Activation:
     async def _write(self, entry: JournalEntry) -> None:
         """Persist an entry, fenced by our epoch; only then may its outcome be fed."""
         if (
-            _faults.PLANTED
-            and "skip_persist" in _faults.PLANTED
+            faults.PLANTED
+            and "skip_persist" in faults.PLANTED
             and entry.kind == "call"
             and entry.final
         ):
@@ -833,7 +823,7 @@ class Activation:
             if failure is None:
                 fault("X3", self.run_id, leaf.seq)
                 try:
-                    text, decoded = _codec.roundtrip(
+                    text, decoded = codec.roundtrip(
                         value,
                         where=f"result of step {leaf.name} (seq {leaf.seq})",
                         limit=self.limits.max_payload_bytes,
@@ -902,7 +892,7 @@ class Activation:
         TimeoutError and its result, if it ever comes, is never journaled."""
         leaf, ctx, seq = flight.leaf, flight.ctx, flight.leaf.seq
         key = ctx.info.idempotency_key
-        if _faults.PLANTED and "reuse_key" in _faults.PLANTED:
+        if faults.PLANTED and "reuse_key" in faults.PLANTED:
             key = f"{self.run_id}:{leaf.name}"  # planted bug (tests only): one key per function
         key_token, step_token = _current_key.set(key), _current_step.set(ctx)
         workflow_token = _current_workflow.set(None)  # effects cannot be awaited inside a step
@@ -981,7 +971,7 @@ class Activation:
         got = await store_call(self.limits.store_deadline, consume)
         if got is not None:
             self._remember(got)
-            return Value(_codec.decode(got.result) if got.result else None)
+            return Value(codec.decode(got.result) if got.result else None)
         if pending is None and effect.timeout is not None:
             deadline = time.time() + effect.timeout
             if effect.timeout > 0:
@@ -1027,7 +1017,7 @@ def _progress(entry: JournalEntry | None) -> dict[str, Any]:
     if entry is None or entry.final or entry.kind != "call" or not entry.result:
         return {}
     try:
-        value = _codec.decode(entry.result)
+        value = codec.decode(entry.result)
     except SerializationError:
         return {}
     return value if isinstance(value, dict) else {}
@@ -1038,7 +1028,7 @@ def _progress_text(details: Any) -> str | None:
     if details is None:
         return None
     try:
-        return _codec.encode({"details": details})
+        return codec.encode({"details": details})
     except SerializationError:
         return None
 
@@ -1052,7 +1042,7 @@ def _identity(effect: Effect, limit: int) -> tuple[str, str | None, str]:
     if isinstance(effect, Call):
         if not effect.args and not effect.kwargs:
             return effect.name, _NO_ARGS, _NO_ARGS_DIGEST
-        args = _codec.encode(
+        args = codec.encode(
             [list(effect.args), effect.kwargs],
             where=f"arguments of step {effect.name}",
             limit=limit,
@@ -1091,44 +1081,3 @@ def _gather_outcome(node: _Node, outcomes: dict[int, Outcome]) -> Outcome:
     if first_error is not None and not node.gather.return_exceptions:
         return Error(first_error)
     return Value(results)
-
-
-async def replay(
-    store: Store,
-    run: RunRecord,
-    journal: dict[int, JournalEntry],
-    fn: Callable[..., Coroutine[Any, Any, Any]],
-) -> ReplayReport:
-    """Re-execute ``fn`` against ``run``'s journal with no side effects; report the first divergence."""
-    activation = Activation(store, run, journal, fn, Limits(), replay_only=True)
-    total = sum(1 for seq in journal if seq >= 0)  # audit notes (seq < 0) are not effects
-    try:
-        end = await activation.execute()
-    except NonDeterminismError as exc:
-        return ReplayReport(run.run_id, False, exc.seq, total, str(exc))
-    except _ReplayEnd as stop:
-        if stop.seq in journal and not journal[stop.seq].final:
-            detail = f"matched; the run is waiting at seq {stop.seq} on {stop.effect}"
-        elif not any(seq >= stop.seq for seq in journal) and run.status not in (
-            RunStatus.COMPLETED,
-            RunStatus.FAILED,
-        ):
-            detail = f"matched; the journal ends at seq {stop.seq}, next effect {stop.effect}"
-        else:
-            return ReplayReport(
-                run.run_id,
-                False,
-                stop.seq,
-                total,
-                f"diverged at seq {stop.seq}: the code issued {stop.effect} after the recorded end",
-            )
-        return ReplayReport(run.run_id, True, stop.seq, total, detail)
-    if run.status in TERMINAL and end.how != run.status.value:
-        return ReplayReport(
-            run.run_id,
-            False,
-            total,
-            total,
-            f"the code ended {end.how} but the run's recorded status is {run.status}",
-        )
-    return ReplayReport(run.run_id, True, total, total, f"matched all {total} entries; {end.how}")

@@ -28,13 +28,13 @@ passes the same conformance suite (tests/test_store_conformance.py). The rules a
   ``deliver_signal`` and ``request_cancel`` make a waiting run runnable.
 * **Signals** are stored once per ``signal_id``; ``consume_signal`` takes the oldest unconsumed
   signal of a name and journals it in the same atomic step, so a crash cannot lose or duplicate it.
-* **Group commit** (``_groupcommit``). A backend may commit the writes of concurrent callers
+* **Group commit** (``GroupCommit``, ``store._groupcommit``). A backend may commit the writes of concurrent callers
   together (one transaction, one script call), but each write is fenced and answered on its own
   as if it had committed alone (one caller's LeaseLost or ConflictError never fails another's
   write), a caller resumes only once its write is durable, and if the shared commit fails every
   write in it fails with that error and none of it is kept.
 * **The worker registry.** Every worker Runtime registers itself with ``heartbeat_worker`` (an
-  upsert of its :class:`~coro_durable._journal.WorkerRecord`) before it claims anything, repeats
+  upsert of its :class:`~coro_durable.journal._records.WorkerRecord`) before it claims anything, repeats
   it while it runs, and calls ``remove_worker`` when it closes. The store stamps each heartbeat
   with its own clock (``last_seen``, and ``expires_at = last_seen + ttl``); ``list_workers``
   answers the registrations that have not expired. A heartbeat arriving after its own
@@ -44,7 +44,7 @@ passes the same conformance suite (tests/test_store_conformance.py). The rules a
 * **Retrying** (``retry_run``) is the one write that deletes journal entries. In one atomic step,
   and only for a failed or cancelled run: delete the entries at the ``reopen`` seqs and every
   entry with seq > ``after`` (never an audit note: seq < 0), insert the ``note`` (an audit entry
-  with a negative seq, see ``_journal``), and make the run pending and runnable now with error,
+  with a negative seq, see ``journal._records``), and make the run pending and runnable now with error,
   result and cancel request cleared, ``crash_count`` 0 and ``steps`` recounted. A ``note`` whose
   seq is already taken by an identical entry means our own earlier call landed (its
   acknowledgement was lost): answer the run as it is. Taken by another entry: ConflictError (the
@@ -66,18 +66,12 @@ database). The runtime retries transient errors (and plain StoreErrors) up to it
 
 from __future__ import annotations
 
-import importlib.metadata
-import os
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
-from urllib.parse import urlsplit
 
-from ._journal import JournalEntry, RunRecord, RunStatus, WorkerRecord
-from .errors import ConfigurationError, StorePluginMissingError
+from ..journal._records import JournalEntry, RunRecord, RunStatus, WorkerRecord
 
-__all__ = ["Store", "open_store", "DEFAULT_STORE_URL"]
-
-DEFAULT_STORE_URL = "sqlite:///.coro_durable/runs.db"
+__all__ = ["Listener", "Store", "StoreWrapper"]
 
 Listener = Callable[[], None]
 
@@ -178,7 +172,7 @@ class Store(Protocol):
     ) -> RunRecord:
         """Continue a failed or cancelled run (see the module rules): delete the entries at
         ``reopen`` and those after ``after``, write ``note``, make the run pending now; return
-        it. Raises RunNotFoundError, RunError (``_journal.retry_refused``) for a run in another
+        it. Raises RunNotFoundError, RunError (``retry_refused``) for a run in another
         status, ConflictError when ``note.seq`` holds a different entry."""
         ...
 
@@ -311,73 +305,3 @@ class StoreWrapper:
 
     async def remove_worker(self, worker_id: str) -> None:
         await self.inner.remove_worker(worker_id)
-
-
-def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
-    return {ep.name: ep for ep in importlib.metadata.entry_points(group="coro_durable.stores")}
-
-
-_PLUGINS = {
-    "postgresql": "coro-durable-postgres",
-    "postgres": "coro-durable-postgres",
-    "redis": "coro-durable-redis",
-    "rediss": "coro-durable-redis",
-    "temporal": "coro-durable-temporal",
-    "restate": "coro-durable-restate",
-    "inngest": "coro-durable-inngest",
-}
-
-
-def open_store(url: str) -> Store:
-    """Build the store (or engine runtime) registered for ``url``'s scheme.
-
-    ``memory://`` and ``sqlite:///path`` ship with the core; other schemes come from installed
-    plugins through the ``coro_durable.stores`` entry-point group.
-    """
-    scheme = urlsplit(url).scheme.lower()
-    if not scheme:
-        raise ConfigurationError(
-            f"store URL {url!r} has no scheme; use memory://, sqlite:///path/to/runs.db, "
-            "postgresql://..., redis://..."
-        )
-    if scheme == "memory":
-        from ._memory import MemoryStore
-
-        return MemoryStore(url)
-    if scheme == "sqlite":
-        from ._sqlite import SqliteStore
-
-        return SqliteStore(url)
-    factory = plugin_class(url)
-    if getattr(factory, "is_engine", False):
-        raise ConfigurationError(
-            f"{scheme}:// names an engine, not a store; use cd.Runtime({url!r}) to run on it"
-        )
-    store: Store = factory(url)
-    return store
-
-
-def plugin_class(url: str) -> Any:
-    """The class registered for ``url``'s scheme in the ``coro_durable.stores`` group.
-
-    Engine adapters (Temporal, Restate, Inngest) register there too; their classes carry
-    ``is_engine = True`` and ``Runtime(url)`` returns an instance of them instead of an embedded
-    Runtime.
-    """
-    scheme = urlsplit(url).scheme.lower()
-    ep = _entry_points().get(scheme)
-    if ep is None:
-        package = _PLUGINS.get(scheme)
-        hint = (
-            f"install it with `pip install {package}`"
-            if package
-            else "no known package provides it"
-        )
-        raise StorePluginMissingError(
-            f"no coro_durable store is installed for URL scheme {scheme!r} ({hint})"
-        )
-    return ep.load()
-
-
-def default_store_url() -> str:
-    return os.environ.get("CORO_DURABLE_STORE") or DEFAULT_STORE_URL

@@ -1,18 +1,5 @@
-"""The adapter SPI: what an engine adapter (Temporal, Restate, Inngest) needs to run workflows.
-
-Workflows yield effect objects (see ``coro_durable._effects``); an adapter maps each one to its
-engine's durable primitive and sends back an outcome. This module is the stable surface for that:
-
-    result = await engine.drive(workflow_fn(*args, **kwargs), resolve)
-
-where ``resolve(effect) -> Outcome`` is the adapter's async function: ``Value(x)`` or ``Error(exc)``
-per effect, exactly one per yielded effect (the driver contract). ``Call`` carries ``fn``, ``args``,
-``kwargs``, ``retry`` (a RetryPolicy) and ``timeout``; ``Sleep`` ``seconds`` or ``until``;
-``AwaitSignal`` ``signal`` and ``timeout``; ``Gather`` ``effects`` and ``return_exceptions``;
-``Now``, ``Uuid4`` and ``Random`` nothing. Inside a step the adapter runs the step function under
-``step_context(key)`` so ``cd.idempotency_key()`` works there too. ``check_run_id`` applies the
-run_id rule every store enforces (non-empty, at most 255 characters, no control characters).
-"""
+"""``drive``: run a workflow coroutine against an engine's resolver; ``step_context``: the
+context a step runs in on an engine (its idempotency key)."""
 
 from __future__ import annotations
 
@@ -20,49 +7,16 @@ import contextlib
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
-from ._effects import (
-    AwaitSignal,
-    Call,
+from ..errors import NotAnEffectError
+from ..workflow._effects import (
     Effect,
-    Error,
-    Gather,
-    Now,
     Outcome,
-    Random,
-    RetryPolicy,
-    Sleep,
-    Uuid4,
-    Value,
     WorkflowInfo,
     _current_key,
     _current_workflow,
-    step_name,
 )
-from ._journal import check_run_id
-from ._workflow import lookup, workflow_name
-from .errors import NotAnEffectError
 
-__all__ = [
-    "AwaitSignal",
-    "Call",
-    "Effect",
-    "Error",
-    "Gather",
-    "Now",
-    "Outcome",
-    "Random",
-    "RetryPolicy",
-    "Sleep",
-    "Uuid4",
-    "Value",
-    "WorkflowInfo",
-    "check_run_id",
-    "drive",
-    "lookup",
-    "step_context",
-    "step_name",
-    "workflow_name",
-]
+__all__ = ["drive", "step_context"]
 
 
 _ENGINE_WORKFLOW = WorkflowInfo(run_id="", workflow="", started_at=None)

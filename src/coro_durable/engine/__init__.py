@@ -1,0 +1,69 @@
+"""The adapter SPI: what an engine adapter (Temporal, Restate, Inngest) needs to run workflows.
+
+Workflows yield effect objects (see ``coro_durable.workflow``); an adapter maps each one to its
+engine's durable primitive and sends back an outcome. This module is the stable surface for that:
+
+    result = await engine.drive(workflow_fn(*args, **kwargs), resolve)
+
+where ``resolve(effect) -> Outcome`` is the adapter's async function: ``Value(x)`` or ``Error(exc)``
+per effect, exactly one per yielded effect (the driver contract). ``Call`` carries ``fn``, ``args``,
+``kwargs``, ``retry`` (a RetryPolicy) and ``timeout``; ``Sleep`` ``seconds`` or ``until``;
+``AwaitSignal`` ``signal`` and ``timeout``; ``Gather`` ``effects`` and ``return_exceptions``;
+``Now``, ``Uuid4`` and ``Random`` nothing. Inside a step the adapter runs the step function under
+``step_context(key)`` so ``cd.idempotency_key()`` works there too. ``check_run_id`` applies the
+run_id rule every store enforces (non-empty, at most 255 characters, no control characters).
+
+Also here, so an adapter needs nothing private: ``codec`` (the JSON codec every store and engine
+writes payloads with: ``codec.encode``, ``codec.decode``, ``codec.roundtrip``,
+``codec.DEFAULT_MAX_PAYLOAD_BYTES``), and the workflow registry (``lookup``, ``registered``,
+``register_function``, ``workflow_name``).
+
+May import: ``coro_durable.errors``, ``coro_durable._core``, ``coro_durable.workflow`` and
+``coro_durable.journal``; never the embedded runtime, the stores or the CLI.
+"""
+
+from .._core import codec
+from ..journal._records import check_run_id
+from ..workflow._effects import (
+    AwaitSignal,
+    Call,
+    Effect,
+    Error,
+    Gather,
+    Now,
+    Outcome,
+    Random,
+    RetryPolicy,
+    Sleep,
+    Uuid4,
+    Value,
+    WorkflowInfo,
+    step_name,
+)
+from ..workflow._registry import lookup, register_function, registered, workflow_name
+from ._drive import drive, step_context
+
+__all__ = [
+    "AwaitSignal",
+    "Call",
+    "Effect",
+    "Error",
+    "Gather",
+    "Now",
+    "Outcome",
+    "Random",
+    "RetryPolicy",
+    "Sleep",
+    "Uuid4",
+    "Value",
+    "WorkflowInfo",
+    "check_run_id",
+    "codec",
+    "drive",
+    "lookup",
+    "register_function",
+    "registered",
+    "step_context",
+    "step_name",
+    "workflow_name",
+]

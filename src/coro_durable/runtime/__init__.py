@@ -1,0 +1,21 @@
+"""The embedded runtime: ``Runtime`` (client operations and the worker loops that claim, renew and
+quarantine runs), the activation that drives one workflow coroutine against its journal, and the
+replayer that re-executes a journal with no side effects.
+
+May import: ``coro_durable.errors``, ``_core``, ``workflow``, ``journal`` and ``store``; never the
+engine adapters or the CLI. ``coro_durable`` re-exports the public names.
+"""
+
+from ._activation import Limits
+from ._replayer import ReplayReport
+from ._runtime import ExecutingStep, RunHandle, RunInfo, Runtime, WorkerInfo
+
+__all__ = [
+    "ExecutingStep",
+    "Limits",
+    "ReplayReport",
+    "RunHandle",
+    "RunInfo",
+    "Runtime",
+    "WorkerInfo",
+]

@@ -1,0 +1,65 @@
+"""The public store SPI: what a persistence backend implements and may use.
+
+* ``Store``: the protocol (its docstring states every rule a backend keeps), and ``StoreWrapper``,
+  a store that forwards every call to an inner one (subclass it to observe or change a few).
+* ``Listener``: what ``Store.subscribe`` takes.
+* ``GroupCommit`` and ``GroupCommitOptions`` (with ``GROUP_COMMIT_OPTIONS`` and
+  ``parse_group_option`` for URL query options): batch the writes of concurrent callers into one
+  commit while answering each on its own.
+* The records a store persists (``RunRecord``, ``JournalEntry``, ``WorkerRecord``, ``RunStatus``,
+  ``TERMINAL``) and the rules every store applies to them (``check_run_id``, ``retry_conflict``,
+  ``retry_refused``, ``CANCELLED_ERROR``).
+* The built-in stores, ``MemoryStore`` (``memory://``) and ``SqliteStore`` (``sqlite:///path``),
+  and ``open_store(url)``, which also finds plugins registered in the ``coro_durable.stores``
+  entry-point group.
+
+May import: ``coro_durable.errors``, ``coro_durable._core`` and ``coro_durable.journal``; never the
+runtime, the engine SPI or the CLI. A backend plugin imports this module, ``coro_durable`` and
+``coro_durable.errors`` only.
+"""
+
+from ..journal._records import (
+    CANCELLED_ERROR,
+    MAX_RUN_ID_LENGTH,
+    TERMINAL,
+    JournalEntry,
+    RunRecord,
+    RunStatus,
+    WorkerRecord,
+    check_run_id,
+    retry_conflict,
+    retry_refused,
+)
+from ._groupcommit import OPTION_NAMES as GROUP_COMMIT_OPTIONS
+from ._groupcommit import GroupCommit, GroupCommitOptions
+from ._groupcommit import parse_option as parse_group_option
+from ._memory import MemoryStore
+from ._protocol import Listener, Store, StoreWrapper
+from ._registry import DEFAULT_STORE_URL, default_store_url, open_store, plugin_class
+from ._sqlite import SqliteStore
+
+__all__ = [
+    "CANCELLED_ERROR",
+    "DEFAULT_STORE_URL",
+    "GROUP_COMMIT_OPTIONS",
+    "MAX_RUN_ID_LENGTH",
+    "TERMINAL",
+    "GroupCommit",
+    "GroupCommitOptions",
+    "JournalEntry",
+    "Listener",
+    "MemoryStore",
+    "RunRecord",
+    "RunStatus",
+    "SqliteStore",
+    "Store",
+    "StoreWrapper",
+    "WorkerRecord",
+    "check_run_id",
+    "default_store_url",
+    "open_store",
+    "parse_group_option",
+    "plugin_class",
+    "retry_conflict",
+    "retry_refused",
+]
