@@ -2,7 +2,8 @@
 
 * ``Store``: the protocol (its docstring states every rule a backend keeps), and ``StoreWrapper``,
   a store that forwards every call to an inner one (subclass it to observe or change a few).
-* ``Listener``: what ``Store.subscribe`` takes.
+* ``Listener``, what ``Store.subscribe`` takes, and ``ListenerSet``, the one implementation of
+  subscribe/notify every store uses.
 * ``GroupCommit`` and ``GroupCommitOptions`` (with ``GROUP_COMMIT_OPTIONS`` and
   ``parse_group_option`` for URL query options): batch the writes of concurrent callers into one
   commit while answering each on its own.
@@ -33,8 +34,9 @@ from ..journal._records import (
 from ._groupcommit import OPTION_NAMES as GROUP_COMMIT_OPTIONS
 from ._groupcommit import GroupCommit, GroupCommitOptions
 from ._groupcommit import parse_option as parse_group_option
+from ._listeners import Listener, ListenerSet
 from ._memory import MemoryStore
-from ._protocol import Listener, Store, StoreWrapper
+from ._protocol import Store, StoreWrapper
 from ._registry import DEFAULT_STORE_URL, default_store_url, open_store, plugin_class
 from ._sqlite import SqliteStore
 
@@ -48,6 +50,7 @@ __all__ = [
     "GroupCommitOptions",
     "JournalEntry",
     "Listener",
+    "ListenerSet",
     "MemoryStore",
     "RunRecord",
     "RunStatus",

@@ -28,7 +28,7 @@ from ..journal._records import (
     retry_conflict,
     retry_refused,
 )
-from ._protocol import Listener
+from ._listeners import Listener, ListenerSet
 
 __all__ = ["MemoryStore"]
 
@@ -53,7 +53,7 @@ class MemoryStore:
         self._signals: dict[str, list[_Signal]] = {}
         self._workers: dict[str, WorkerRecord] = {}
         self._order = itertools.count()
-        self._listeners: list[Listener] = []
+        self._listeners = ListenerSet()
 
     async def open(self) -> None:
         return None
@@ -62,17 +62,7 @@ class MemoryStore:
         return None
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
-        self._listeners.append(listener)
-
-        def unsubscribe() -> None:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
-
-        return unsubscribe
-
-    def _notify(self) -> None:
-        for listener in list(self._listeners):
-            listener()
+        return self._listeners.subscribe(listener)
 
     # -- helpers ------------------------------------------------------------------------------------
 
@@ -124,7 +114,7 @@ class MemoryStore:
             self._journals[run.run_id] = {}
             self._signals[run.run_id] = []
             result = stored.copy()
-        self._notify()
+        self._listeners.notify()
         return result, True
 
     async def get_run(self, run_id: str) -> RunRecord | None:
@@ -252,7 +242,7 @@ class MemoryStore:
             run.waiting_on = waiting_on
             run.owner = run.lease_expires = None
             run.updated_at = now
-        self._notify()
+        self._listeners.notify()
 
     async def finish(
         self, run_id: str, epoch: int, status: RunStatus, result: str | None, error: str | None
@@ -264,7 +254,7 @@ class MemoryStore:
             run.error = error
             run.owner = run.lease_expires = run.wake_at = run.waiting_on = None
             run.updated_at = time.time()
-        self._notify()
+        self._listeners.notify()
 
     async def record_crash(
         self, run_id: str, epoch: int | None, error: str, retry_at: float, max_crashes: int
@@ -287,7 +277,7 @@ class MemoryStore:
                 run.wake_at = retry_at
             run.updated_at = time.time()
             result = run.copy()
-        self._notify()
+        self._listeners.notify()
         return result
 
     async def resume(self, run_id: str) -> RunRecord:
@@ -301,7 +291,7 @@ class MemoryStore:
                 run.wake_at = time.time()
                 run.updated_at = run.wake_at
             result = run.copy()
-        self._notify()
+        self._listeners.notify()
         return result
 
     async def retry_run(
@@ -334,7 +324,7 @@ class MemoryStore:
             run.steps = sum(1 for seq in journal if seq >= 0)
             run.updated_at = now
             result = run.copy()
-        self._notify()
+        self._listeners.notify()
         return result
 
     # -- signals and cancellation -------------------------------------------------------------------------
@@ -350,7 +340,7 @@ class MemoryStore:
             signals.append(_Signal(next(self._order), signal_id, name, payload))
             if run.status == RunStatus.WAITING:
                 run.wake_at = time.time()
-        self._notify()
+        self._listeners.notify()
         return True
 
     async def request_cancel(self, run_id: str) -> RunRecord:
@@ -372,7 +362,7 @@ class MemoryStore:
                 if run.status in (RunStatus.WAITING, RunStatus.PENDING):
                     run.wake_at = time.time()
             result = run.copy()
-        self._notify()
+        self._listeners.notify()
         return result
 
     # -- the worker registry ----------------------------------------------------------------------------

@@ -67,16 +67,14 @@ database). The runtime retries transient errors (and plain StoreErrors) up to it
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 from ..journal._records import JournalEntry, RunRecord, RunStatus, WorkerRecord
+from ._listeners import Listener
 
 __all__ = ["Listener", "Store", "StoreWrapper"]
 
-Listener = Callable[[], None]
 
-
-@runtime_checkable
 class Store(Protocol):
     """The persistence protocol. All methods are coroutines safe under asyncio and trio."""
 

@@ -103,7 +103,7 @@ from ..journal._records import (
 from ._groupcommit import OPTION_NAMES as GROUP_COMMIT_OPTIONS
 from ._groupcommit import GroupCommit, GroupCommitOptions
 from ._groupcommit import parse_option as parse_group_option
-from ._protocol import Listener
+from ._listeners import Listener, ListenerSet
 
 __all__ = ["SqliteStore", "SCHEMA_VERSION"]
 
@@ -387,7 +387,7 @@ class SqliteStore:
         self._lock = threading.Lock()
         self._limiters: dict[str, anyio.CapacityLimiter] = {}  # one per kind of event loop
         self._conn: sqlite3.Connection | None = None
-        self._listeners: list[Listener] = []
+        self._listeners = ListenerSet()
 
     def __repr__(self) -> str:
         return f"SqliteStore({self.url!r})"
@@ -410,17 +410,7 @@ class SqliteStore:
                     raise self._translate(exc) from exc
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
-        self._listeners.append(listener)
-
-        def unsubscribe() -> None:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
-
-        return unsubscribe
-
-    def _notify(self) -> None:
-        for listener in list(self._listeners):
-            listener()
+        return self._listeners.subscribe(listener)
 
     def _connect(self) -> sqlite3.Connection:
         """Open the connection, set WAL and synchronous, and migrate (called under the lock)."""
@@ -736,7 +726,7 @@ class SqliteStore:
 
         result = await self._write(op)
         if result[1]:
-            self._notify()
+            self._listeners.notify()
         return result
 
     async def get_run(self, run_id: str) -> RunRecord | None:
@@ -920,7 +910,7 @@ class SqliteStore:
             )
 
         await self._write(op)
-        self._notify()
+        self._listeners.notify()
 
     async def finish(
         self, run_id: str, epoch: int, status: RunStatus, result: str | None, error: str | None
@@ -935,7 +925,7 @@ class SqliteStore:
             conn.execute(_SQL_FINISH, params)
 
         await self._write(op)
-        self._notify()
+        self._listeners.notify()
 
     async def record_crash(
         self, run_id: str, epoch: int | None, error: str, retry_at: float, max_crashes: int
@@ -957,7 +947,7 @@ class SqliteStore:
             return self._get(conn, run_id)
 
         result = await self._write(op)
-        self._notify()
+        self._listeners.notify()
         return result
 
     async def resume(self, run_id: str) -> RunRecord:
@@ -971,7 +961,7 @@ class SqliteStore:
             return self._get(conn, run_id)
 
         result = await self._write(op)
-        self._notify()
+        self._listeners.notify()
         return result
 
     async def retry_run(
@@ -1006,7 +996,7 @@ class SqliteStore:
             return self._get(conn, run_id)
 
         result = await self._write(op)
-        self._notify()
+        self._listeners.notify()
         return result
 
     # -- signals and cancellation -------------------------------------------------------------------
@@ -1029,7 +1019,7 @@ class SqliteStore:
 
         delivered = await self._write(op)
         if delivered:
-            self._notify()
+            self._listeners.notify()
         return delivered
 
     async def request_cancel(self, run_id: str) -> RunRecord:
@@ -1056,7 +1046,7 @@ class SqliteStore:
             return self._get(conn, run_id)
 
         result = await self._write(op)
-        self._notify()
+        self._listeners.notify()
         return result
 
     # -- the worker registry ------------------------------------------------------------------------

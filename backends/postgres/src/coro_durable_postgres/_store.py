@@ -29,6 +29,8 @@ from coro_durable.store import (
     CANCELLED_ERROR,
     GroupCommit,
     JournalEntry,
+    Listener,
+    ListenerSet,
     RunRecord,
     RunStatus,
     WorkerRecord,
@@ -53,7 +55,6 @@ __all__ = ["PostgresStore"]
 
 log = logging.getLogger("coro_durable.postgres")
 
-Listener = Callable[[], None]
 
 #: How often ``watch`` re-reads the next due time and checks its LISTEN connection (seconds).
 RESYNC_INTERVAL = 30.0
@@ -204,7 +205,7 @@ class PostgresStore:
         self._sql = Statements(self._quoted)
         self._driver: AsyncDriver | ThreadDriver | None = None
         self._opening: anyio.Lock | None = None
-        self._listeners: list[Listener] = []
+        self._listeners = ListenerSet()
         # Notifications carry this token; a store ignores its own (it told its listeners already).
         self._origin = uuid.uuid4().hex[:12]
         group = self.options.group_commit
@@ -341,17 +342,7 @@ class PostgresStore:
     # -- notifications -------------------------------------------------------------------------
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
-        self._listeners.append(listener)
-
-        def unsubscribe() -> None:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
-
-        return unsubscribe
-
-    def _notify(self) -> None:
-        for listener in list(self._listeners):
-            listener()
+        return self._listeners.subscribe(listener)
 
     def _note(self) -> dict[str, str]:
         return {"channel": self.options.channel, "origin": self._origin}
@@ -431,7 +422,7 @@ class PostgresStore:
         return time.monotonic() + max(0.0, float(seconds)) + 0.005
 
     async def _listen(self, conn: psycopg.Connection[Row]) -> None:
-        self._notify()  # whatever happened while we were not listening
+        self._listeners.notify()  # whatever happened while we were not listening
         due = await self._next_due()
         synced = time.monotonic()
         fd = conn.fileno()
@@ -470,7 +461,7 @@ class PostgresStore:
                 synced = now
                 pending = True
             if fire:
-                self._notify()
+                self._listeners.notify()
 
     # -- fencing helpers -----------------------------------------------------------------------
 
@@ -495,7 +486,7 @@ class PostgresStore:
                 created = bool(rows[0][0])
                 record = _run_from_row(rows[0][1:])
                 if created:
-                    self._notify()
+                    self._listeners.notify()
                 return record, created
             # Lost a race with a concurrent insert of the same run_id that committed after our
             # snapshot: it is there now.
@@ -729,14 +720,14 @@ class PostgresStore:
     ) -> None:
         fields = {"wake_at": wake_at, "waiting_on": waiting_on}
         await self._write(_Write("park", run_id, epoch, fields))
-        self._notify()
+        self._listeners.notify()
 
     async def finish(
         self, run_id: str, epoch: int, status: RunStatus, result: str | None, error: str | None
     ) -> None:
         fields = {"status": RunStatus(status).value, "result": result, "error": error}
         await self._write(_Write("finish", run_id, epoch, fields))
-        self._notify()
+        self._listeners.notify()
 
     async def record_crash(
         self, run_id: str, epoch: int | None, error: str, retry_at: float, max_crashes: int
@@ -754,14 +745,14 @@ class PostgresStore:
         row = rows[0]
         if row[0] is None:
             raise self._lost(run_id, epoch if epoch is not None else -1, row[len(RUN_COLUMNS)])
-        self._notify()
+        self._listeners.notify()
         return _run_from_row(row)
 
     async def resume(self, run_id: str) -> RunRecord:
         rows = await self._fetch(self._sql.resume, {"run_id": run_id, **self._note()})
         if not rows:
             raise RunNotFoundError(run_id)
-        self._notify()
+        self._listeners.notify()
         return _run_from_row(rows[0])
 
     async def retry_run(
@@ -781,7 +772,7 @@ class PostgresStore:
         retried, *values = rows[0]
         run = _run_from_row(values)
         if retried:
-            self._notify()
+            self._listeners.notify()
             return run
         taken = values[len(RUN_COLUMNS)]
         if taken == note.checksum:
@@ -808,7 +799,7 @@ class PostgresStore:
         if not exists:
             raise RunNotFoundError(run_id)
         if delivered:
-            self._notify()
+            self._listeners.notify()
         return bool(delivered)
 
     async def request_cancel(self, run_id: str) -> RunRecord:
@@ -817,7 +808,7 @@ class PostgresStore:
         rows = await self._fetch(self._sql.request_cancel, params)
         if not rows:
             raise RunNotFoundError(run_id)
-        self._notify()
+        self._listeners.notify()
         return _run_from_row(rows[0])
 
     # -- the worker registry -------------------------------------------------------------------

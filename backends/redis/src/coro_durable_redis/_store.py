@@ -37,6 +37,7 @@ from coro_durable.store import (
     GroupCommitOptions,
     JournalEntry,
     Listener,
+    ListenerSet,
     RunRecord,
     RunStatus,
     WorkerRecord,
@@ -346,7 +347,7 @@ class RedisStore:
             )
         self._origin = uuid.uuid4().hex[:12]  # tags our pub/sub messages: we notify ourselves
         self._channel = _b(self.prefix + "wake")
-        self._listeners: list[Listener] = []
+        self._listeners = ListenerSet()
         self._asyncio: AsyncioTransport | None = None
         self._native: NativeTransport | None = None
         self._thread: ThreadTransport | None = None
@@ -459,17 +460,7 @@ class RedisStore:
         raise StoreError(f"Redis store {self.where}: unexpected script reply {reply!r}")
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
-        self._listeners.append(listener)
-
-        def unsubscribe() -> None:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
-
-        return unsubscribe
-
-    def _notify(self) -> None:
-        for listener in list(self._listeners):
-            listener()
+        return self._listeners.subscribe(listener)
 
     # -- opening ------------------------------------------------------------------------------------
 
@@ -621,7 +612,7 @@ class RedisStore:
             try:
                 async with self._transport().subscribe(_s(self._channel)) as sub:
                     delay = 0.05
-                    self._notify()  # (re)subscribed: anything published before was missed
+                    self._listeners.notify()  # (re)subscribed: anything published before was missed
                     due = await self._next_wake()
                     while True:
                         now = anyio.current_time()
@@ -629,7 +620,7 @@ class RedisStore:
                         message = await sub.get(min(wait, _WATCH_BACKSTOP))
                         if message is None:
                             if due is not None and anyio.current_time() >= due:
-                                self._notify()
+                                self._listeners.notify()
                             else:  # a quiet backstop period: is the subscription alive?
                                 await sub.ping()
                             due = await self._next_wake()
@@ -640,7 +631,7 @@ class RedisStore:
                             if due is None or local < due:
                                 due = local  # a future timer: wake the listeners then
                         elif origin != self._origin:  # work now (ours was notified directly)
-                            self._notify()
+                            self._listeners.notify()
             except Exception as exc:  # never let a watcher crash the Runtime; retry
                 log.warning(
                     "Redis store %s: listening for wake-ups failed (%s: %s); retrying in %.2fs",
@@ -669,7 +660,7 @@ class RedisStore:
         created = int(reply[0]) == 1
         stored = _run_from_row(reply[1])
         if created:
-            self._notify()
+            self._listeners.notify()
         return stored, created
 
     async def get_run(self, run_id: str) -> RunRecord | None:
@@ -828,7 +819,7 @@ class RedisStore:
         reply = await self._write(_Write("park", b"p", args))
         if _s(reply[0]) != "ok":
             self._refused(reply, run_id, epoch)
-        self._notify()
+        self._listeners.notify()
 
     async def finish(
         self, run_id: str, epoch: int, status: RunStatus, result: str | None, error: str | None
@@ -840,7 +831,7 @@ class RedisStore:
         reply = await self._write(_Write("finish", b"f", args))
         if _s(reply[0]) != "ok":
             self._refused(reply, run_id, epoch)
-        self._notify()
+        self._listeners.notify()
 
     async def record_crash(
         self, run_id: str, epoch: int | None, error: str, retry_at: float, max_crashes: int
@@ -853,14 +844,14 @@ class RedisStore:
         reply = await self._script("crash", args)
         if _s(reply[0]) != "ok":
             self._refused(reply, run_id, epoch)
-        self._notify()
+        self._listeners.notify()
         return _run_from_row(reply[1])
 
     async def resume(self, run_id: str) -> RunRecord:
         reply = await self._script("resume", [_b(self._origin), _b(run_id)])
         if _s(reply[0]) != "ok":
             self._refused(reply, run_id, None)
-        self._notify()
+        self._listeners.notify()
         return _run_from_row(reply[1])
 
     async def retry_run(
@@ -881,7 +872,7 @@ class RedisStore:
             raise retry_refused(run_id, _s(reply[1]))
         if kind != "ok":
             self._refused(reply, run_id, None)
-        self._notify()
+        self._listeners.notify()
         return _run_from_row(reply[1])
 
     # -- signals and cancellation -------------------------------------------------------------------
@@ -894,14 +885,14 @@ class RedisStore:
             self._refused(reply, run_id, None)
         delivered = int(reply[1]) == 1
         if delivered:
-            self._notify()
+            self._listeners.notify()
         return delivered
 
     async def request_cancel(self, run_id: str) -> RunRecord:
         reply = await self._script("cancel", [_b(self._origin), _b(run_id), _b(CANCELLED_ERROR)])
         if _s(reply[0]) != "ok":
             self._refused(reply, run_id, None)
-        self._notify()
+        self._listeners.notify()
         return _run_from_row(reply[1])
 
     # -- the worker registry ------------------------------------------------------------------------
