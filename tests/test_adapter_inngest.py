@@ -330,8 +330,9 @@ async def test_idempotent_start(fake: FakeInngest) -> None:
         first = await rt.start(ing_sleeper, 0.1, run_id=run_id)
         again = await other.start(ing_sleeper, 0.1, run_id=run_id)  # found in Inngest's events
         assert (first.created, again.created) == (True, False)
-        with pytest.raises(errors.RunAlreadyExistsError, match="already exists"):
+        with pytest.raises(errors.RunAlreadyExistsError, match="already exists") as refused:
             await rt.start(ing_sleeper, 9.0, run_id=run_id)
+        assert refused.value.run_id == run_id
         for bad in ("", "x" * 256, "a\nb"):  # the run_id rule of every store, not a random id
             with pytest.raises(errors.ConfigurationError, match="run_id"):
                 await rt.start(ing_sleeper, 0.1, run_id=bad)

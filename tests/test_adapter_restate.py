@@ -273,8 +273,9 @@ async def test_start_describe_signal_cancel_edges(restate: RestateServer) -> Non
         first = await rt.start(r_sleeper, 2.0, run_id=run_id)
         again = await rt.start(r_sleeper, 2.0, run_id=run_id)
         assert (first.created, again.created) == (True, False)
-        with pytest.raises(errors.RunAlreadyExistsError, match="already exists"):
+        with pytest.raises(errors.RunAlreadyExistsError, match="already exists") as refused:
             await rt.start(r_sleeper, 9.0, run_id=run_id)
+        assert refused.value.run_id == run_id
         with pytest.raises(errors.RunAlreadyExistsError):
             await rt.start(r_waits, run_id=run_id)
         for bad in ("", "x" * 256, "a\nb"):  # the run_id rule of every store, not a random id

@@ -302,8 +302,9 @@ async def test_start_describe_signal_cancel_edges(temporal: DevServer, queue: st
         first = await rt.start(t_sleeper, 2.0, run_id=run_id)
         again = await rt.start(t_sleeper, 2.0, run_id=run_id)
         assert (first.created, again.created) == (True, False)
-        with pytest.raises(errors.RunAlreadyExistsError, match="already exists"):
+        with pytest.raises(errors.RunAlreadyExistsError, match="already exists") as refused:
             await rt.start(t_sleeper, 9.0, run_id=run_id)
+        assert refused.value.run_id == run_id
         with pytest.raises(errors.RunAlreadyExistsError):
             await rt.start(t_waits, run_id=run_id)
         # describe while the durable timer runs

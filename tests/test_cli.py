@@ -579,7 +579,7 @@ def test_store_option_and_environment_variable(
 @pytest.mark.parametrize(
     ("store", "message"),
     [
-        ("nosuch://x", "no coro_durable store is installed for URL scheme 'nosuch'"),
+        ("nosuch://x", "no coro_durable store or engine is installed for URL scheme 'nosuch'"),
         ("postgresql://localhost/db", "pip install coro-durable-postgres"),
         ("runs.db", "has no scheme"),
     ],
@@ -589,7 +589,7 @@ def test_bad_store_urls_are_one_line_errors(
 ) -> None:
     """An unusable store URL is reported in one line with what to do, exit 2 (plugins hidden, as
     on a machine where they are not installed)."""
-    monkeypatch.setattr("coro_durable.store._registry._entry_points", dict)
+    monkeypatch.setattr("coro_durable.store._registry._entry_points", lambda group: {})
     code, _, err = cli("start", "cli_greet", '["x"]', store=store)
     assert code == 2
     assert message in err

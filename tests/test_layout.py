@@ -49,3 +49,26 @@ def test_the_check_finds_a_lazy_import_cycle(
     assert check_imports.cycles(check_imports.core_graph()) == [
         ["coro_durable.store._a", "coro_durable.store._b", "coro_durable.store._a"]
     ]
+
+
+def test_stores_and_engines_register_in_groups_of_their_own() -> None:
+    """Store plugins are in the ``coro_durable.stores`` entry-point group and engine adapters in
+    ``coro_durable.engines``: ``Runtime(url)`` finds an engine there, and ``open_store`` refuses an
+    engine's URL with what to use instead."""
+    import importlib.metadata
+
+    import coro_durable as cd
+    from coro_durable import errors, store
+
+    stores = {ep.name for ep in importlib.metadata.entry_points(group=store.STORE_GROUP)}
+    engines = {ep.name for ep in importlib.metadata.entry_points(group=store.ENGINE_GROUP)}
+    assert {"memory", "sqlite"} <= stores
+    assert not stores & engines, "a scheme is registered as both a store and an engine"
+    if "temporal" not in engines:
+        pytest.skip("the Temporal adapter is not installed")
+    engine = store.engine_class("temporal://127.0.0.1:7233/default")
+    assert engine is not None and engine.__name__ == "TemporalRuntime"
+    assert store.engine_class("sqlite:///x.db") is None
+    assert type(cd.Runtime("temporal://127.0.0.1:7233/default")).__name__ == "TemporalRuntime"
+    with pytest.raises(errors.ConfigurationError, match="names an engine, not a store"):
+        cd.open_store("temporal://127.0.0.1:7233/default")

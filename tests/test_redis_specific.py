@@ -372,7 +372,7 @@ async def test_a_short_outage_is_retried_with_one_warning(
                 handle = await rt.start(counting, 2, run_id="during")
             assert time.monotonic() - started >= 0.9
             assert handle.created and (await rt.describe("during")).status == RunStatus.PENDING
-    warnings = [r for r in caplog.records if r.name == "coro_durable" and r.levelno >= 30]
+    warnings = [r for r in caplog.records if r.name == "coro_durable.runtime" and r.levelno >= 30]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     assert "create_run" in warnings[0].getMessage() and "30" in warnings[0].getMessage()
 

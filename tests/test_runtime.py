@@ -273,14 +273,16 @@ async def test_sync_and_async_steps_journal_results_and_keys(runtime: Any) -> No
 
 
 async def test_start_is_idempotent_on_run_id(runtime: Any) -> None:
-    """Starting the same run_id again returns the same run; other inputs are refused."""
+    """Starting the same run_id again returns the same run; other inputs are refused with an
+    error that carries the run_id."""
     async with runtime() as rt:
         first = await rt.start(arithmetic, 1, run_id="same")
         again = await rt.start(arithmetic, 1, run_id="same")
         assert first.created and not again.created
         await again.result(timeout=10)
-        with pytest.raises(errors.RunAlreadyExistsError, match="already exists"):
+        with pytest.raises(errors.RunAlreadyExistsError, match="already exists") as refused:
             await rt.start(arithmetic, 2, run_id="same")
+        assert refused.value.run_id == "same"
     assert CALLS["add"] == 2
 
 
@@ -444,8 +446,9 @@ async def test_signals_are_deduplicated_by_signal_id(runtime: Any) -> None:
         handle = await rt.start(two_signals, run_id="dup")
         assert await rt.signal("dup", "msg", "first", signal_id="s-1") is True
         assert await rt.signal("dup", "msg", "first again", signal_id="s-1") is False
-        with pytest.raises(errors.ResultTimeoutError):
+        with pytest.raises(errors.ResultTimeoutError) as timed_out:
             await handle.result(timeout=0.3)
+        assert timed_out.value.run_id == "dup"
         await rt.signal("dup", "msg", "second", signal_id="s-2")
         assert await handle.result(timeout=10) == ["first", "second"]
 

@@ -380,7 +380,7 @@ async def test_a_lock_held_for_a_while_is_retried_with_one_warning(
             handle = await rt.start(sqlite_nothing, run_id="r1")
         assert time.monotonic() - started >= 0.9
         assert handle.created
-    warnings = [r for r in caplog.records if r.name == "coro_durable" and r.levelno >= 30]
+    warnings = [r for r in caplog.records if r.name == "coro_durable.runtime" and r.levelno >= 30]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     message = warnings[0].getMessage()
     assert "create_run" in message and "busy_timeout" in message and "30" in message

@@ -235,6 +235,10 @@ class RunNotFoundError(RunError, LookupError):
 class RunAlreadyExistsError(RunError):
     """``start`` was called with an existing run_id but another workflow or other inputs."""
 
+    def __init__(self, run_id: str, message: str) -> None:
+        self.run_id = run_id
+        super().__init__(message)
+
 
 class RunFailedError(RunError):
     """The run ended with an uncaught exception; ``type_name``/``message`` are the original's."""
@@ -260,6 +264,10 @@ class RunQuarantinedError(RunError):
 
 class ResultTimeoutError(RunError, TimeoutError):
     """``result(timeout=...)`` expired while the run was still going."""
+
+    def __init__(self, run_id: str, message: str) -> None:
+        self.run_id = run_id
+        super().__init__(message)
 
 
 # -- stores -----------------------------------------------------------------------------------------

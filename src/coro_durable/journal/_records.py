@@ -212,11 +212,6 @@ class JournalEntry:
         )
         return hashlib.blake2b(material.encode(), digest_size=8).hexdigest()
 
-    def seal(self) -> JournalEntry:
-        """Fill in the checksum of a freshly built entry (in place; returns it)."""
-        object.__setattr__(self, "checksum", self.compute_checksum())
-        return self
-
     def sealed(self) -> JournalEntry:
         """This entry with its checksum filled in."""
         return dataclasses.replace(self, checksum=self.compute_checksum())

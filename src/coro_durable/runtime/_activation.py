@@ -147,7 +147,7 @@ class ReplayEnd(Exception):
 # deadline.
 _NOT_RETRIED = (PermanentStoreError, ConflictError, CorruptJournalError, RunNotFoundError)
 
-_log = logging.getLogger("coro_durable")
+_log = logging.getLogger("coro_durable.runtime")
 
 
 async def store_call(deadline: float, op: Callable[..., Awaitable[T]], *args: Any) -> T:
@@ -696,7 +696,7 @@ class Activation:
             started_at=started_at or now,
             finished_at=now if finished else None,
             due_at=due_at,
-        ).seal()
+        ).sealed()
 
     async def _write(self, entry: JournalEntry) -> None:
         """Persist an entry, fenced by our epoch; only then may its outcome be fed."""

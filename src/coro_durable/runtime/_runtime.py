@@ -77,7 +77,7 @@ from ..journal._records import (
     verify_journal,
 )
 from ..store._protocol import Store
-from ..store._registry import default_store_url, open_store, plugin_class
+from ..store._registry import default_store_url, engine_class, open_store
 from ..workflow import _registry
 from ..workflow._effects import StepInfo
 from ._activation import Activation, Limits, _progress, store_call
@@ -85,7 +85,7 @@ from ._replayer import ReplayReport, replay
 
 __all__ = ["ExecutingStep", "Runtime", "RunHandle", "RunInfo", "WorkerInfo"]
 
-log = logging.getLogger("coro_durable")
+log = logging.getLogger("coro_durable.runtime")
 
 
 def _ts(value: float | None) -> _dt.datetime | None:
@@ -294,8 +294,8 @@ class Runtime:
             store = default_store_url()
         scheme = urlsplit(store).scheme.lower() if isinstance(store, str) else ""
         if isinstance(store, str) and scheme not in ("", "memory", "sqlite"):
-            plugin = plugin_class(store)
-            if getattr(plugin, "is_engine", False):
+            plugin = engine_class(store)
+            if plugin is not None:
                 engine: Runtime = plugin(store, **options)
                 return engine
         return super().__new__(cls)
@@ -583,9 +583,10 @@ class Runtime:
         record, created = await self._call(self.store.create_run, RunRecord(run_id, name, text))
         if not created and (record.workflow != name or record.input != text):
             raise RunAlreadyExistsError(
+                run_id,
                 f"run {run_id!r} already exists as {record.workflow}({record.input}); it cannot be "
                 f"started again as {name}({text}). Use another run_id, or the same inputs to get "
-                "the existing run"
+                "the existing run",
             )
         return RunHandle(self, run_id, created)
 
@@ -633,9 +634,10 @@ class Runtime:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise ResultTimeoutError(
+                        run_id,
                         f"run {run_id!r} is still {run.status} after {timeout}s (at step "
                         f"{run.steps}, waiting on {run.waiting_on or 'nothing'}); wait longer or "
-                        "check that a worker is running"
+                        "check that a worker is running",
                     )
                 wait = min(wait, left)
             await self._wait(changed, wait)
@@ -731,7 +733,7 @@ class Runtime:
             args=codec.encode(audit, where=f"retry note of run {run_id!r}"),
             started_at=now,
             finished_at=now,
-        ).seal()
+        ).sealed()
         record: RunRecord = await self._call(self.store.retry_run, run_id, reopen, after, note)
         log.info(
             "run %s retried by %s: was %s, reopened seqs %s%s",

@@ -12,7 +12,7 @@
   ``retry_refused``, ``CANCELLED_ERROR``).
 * The built-in stores, ``MemoryStore`` (``memory://``) and ``SqliteStore`` (``sqlite:///path``),
   and ``open_store(url)``, which also finds plugins registered in the ``coro_durable.stores``
-  entry-point group.
+  entry-point group (``STORE_GROUP``; engine adapters use ``ENGINE_GROUP``, ``engine_class``).
 
 May import: ``coro_durable.errors``, ``coro_durable._core`` and ``coro_durable.journal``; never the
 runtime, the engine SPI or the CLI. A backend plugin imports this module, ``coro_durable`` and
@@ -37,12 +37,22 @@ from ._groupcommit import parse_option as parse_group_option
 from ._listeners import Listener, ListenerSet
 from ._memory import MemoryStore
 from ._protocol import Store, StoreWrapper
-from ._registry import DEFAULT_STORE_URL, default_store_url, open_store, plugin_class
+from ._registry import (
+    DEFAULT_STORE_URL,
+    ENGINE_GROUP,
+    STORE_GROUP,
+    default_store_url,
+    engine_class,
+    open_store,
+    plugin_class,
+)
 from ._sqlite import SqliteStore
 
 __all__ = [
     "CANCELLED_ERROR",
     "DEFAULT_STORE_URL",
+    "ENGINE_GROUP",
+    "STORE_GROUP",
     "GROUP_COMMIT_OPTIONS",
     "MAX_RUN_ID_LENGTH",
     "TERMINAL",
@@ -60,6 +70,7 @@ __all__ = [
     "WorkerRecord",
     "check_run_id",
     "default_store_url",
+    "engine_class",
     "open_store",
     "parse_group_option",
     "plugin_class",

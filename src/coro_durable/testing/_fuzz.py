@@ -435,7 +435,7 @@ class _Fuzzer:
     async def run(self) -> CrashFuzzReport:
         started = time.monotonic()
         quiet = _QuietFuzzLogs(self.prefix)
-        logger = logging.getLogger("coro_durable")
+        logger = logging.getLogger("coro_durable.runtime")  # where the runtime logs crashes
         logger.addFilter(quiet)
         try:
             await self._run()

@@ -125,15 +125,6 @@ class RetryPolicy:
         raw = self.initial_interval * self.backoff_coefficient ** max(failed_attempts - 1, 0)
         return min(raw, self.max_interval)
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "max_attempts": self.max_attempts,
-            "initial_interval": self.initial_interval,
-            "backoff_coefficient": self.backoff_coefficient,
-            "max_interval": self.max_interval,
-            "non_retryable": list(self.non_retryable),
-        }
-
 
 DEFAULT_RETRY = RetryPolicy()
 

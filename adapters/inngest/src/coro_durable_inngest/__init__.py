@@ -8,7 +8,7 @@
         print(await rt.result("r-1", timeout=60))
 
 ``cd.Runtime(url)`` returns an :class:`InngestRuntime` for ``inngest://`` URLs (this package
-registers the scheme in the ``coro_durable.stores`` entry-point group). While open it serves the
+registers the scheme in the ``coro_durable.engines`` entry-point group). While open it serves the
 app's Inngest endpoint (the SDK's FastAPI integration under uvicorn, in the application's event
 loop) with one Inngest function per registered workflow, and registers ("syncs") it with Inngest.
 asyncio only, like the Inngest SDK.

@@ -445,9 +445,10 @@ class InngestRuntime:
         if existing is not None:
             if existing.workflow != name or existing.input != text:
                 raise RunAlreadyExistsError(
+                    run_id,
                     f"run {run_id!r} already exists as {existing.workflow}({existing.input}); it "
                     f"cannot be started again as {name}({text}). Use another run_id, or the same "
-                    "inputs to get the existing run"
+                    "inputs to get the existing run",
                 )
             return RunHandle(cast("Runtime", self), run_id, created=False)
         digest = hashlib.sha256(run_id.encode()).hexdigest()[:32]
@@ -530,8 +531,9 @@ class InngestRuntime:
                 return self._outcome(run_id, run, status)
             if deadline is not None and time.monotonic() >= deadline:
                 raise ResultTimeoutError(
+                    run_id,
                     f"run {run_id!r} is still {status} on Inngest after {timeout}s; wait longer "
-                    f"or check that an endpoint serving app {self.settings.app_id!r} is synced"
+                    f"or check that an endpoint serving app {self.settings.app_id!r} is synced",
                 )
             wait = interval if deadline is None else min(interval, deadline - time.monotonic())
             await asyncio.sleep(max(wait, 0))

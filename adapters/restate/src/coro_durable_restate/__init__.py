@@ -9,7 +9,7 @@
         print(await rt.result("r-1", timeout=60))
 
 ``cd.Runtime(url)`` returns a :class:`RestateRuntime` for ``restate://`` URLs (this package
-registers the scheme in the ``coro_durable.stores`` entry-point group), so setting
+registers the scheme in the ``coro_durable.engines`` entry-point group), so setting
 ``CORO_DURABLE_STORE``/the URL moves an application from SQLite to Restate. While open, the
 runtime serves a Restate endpoint in its own process (the SDK's ASGI app under hypercorn,
 HTTP/2) and registers it with the server. Under asyncio only: the Restate SDK is asyncio-only,

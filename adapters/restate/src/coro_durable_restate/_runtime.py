@@ -425,9 +425,10 @@ class RestateRuntime:
             old_text = _codec.encode(old_inputs, where="inputs")
             if old_name != name or old_text != _codec.encode(_codec.decode(text), where="inputs"):
                 raise RunAlreadyExistsError(
+                    run_id,
                     f"run {run_id!r} already exists as {old_name}({old_text}); it cannot be "
                     f"started again as {name}({text}). Use another run_id, or the same inputs "
-                    "to get the existing run"
+                    "to get the existing run",
                 )
         return RunHandle(cast("Runtime", self), run_id, created=False)
 
@@ -487,8 +488,9 @@ class RestateRuntime:
             )
         except TimeoutError:
             raise ResultTimeoutError(
+                run_id,
                 f"run {run_id!r} is still running on Restate after {timeout}s; wait longer or "
-                f"check that an endpoint serves service {self.settings.service!r}"
+                f"check that an endpoint serves service {self.settings.service!r}",
             ) from None
         if response.status_code == 404:
             raise RunNotFoundError(run_id)

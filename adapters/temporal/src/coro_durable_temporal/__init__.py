@@ -8,7 +8,7 @@
         print(await rt.result("r-1", timeout=60))
 
 ``cd.Runtime(url)`` returns a :class:`TemporalRuntime` for ``temporal://`` URLs (this package
-registers the scheme in the ``coro_durable.stores`` entry-point group), so setting
+registers the scheme in the ``coro_durable.engines`` entry-point group), so setting
 ``CORO_DURABLE_STORE``/the URL moves an application from SQLite to Temporal. Under asyncio only:
 the Temporal SDK is asyncio-only, and ``TemporalRuntime`` raises ConfigurationError under trio.
 

@@ -305,9 +305,10 @@ class TemporalRuntime:
             existing, existing_text = await self._started_with(run_id)
             if existing != name or existing_text != text:
                 raise RunAlreadyExistsError(
+                    run_id,
                     f"run {run_id!r} already exists as {existing}({existing_text}); it cannot be "
                     f"started again as {name}({text}). Use another run_id, or the same inputs to "
-                    "get the existing run"
+                    "get the existing run",
                 ) from None
             return RunHandle(cast("Runtime", self), run_id, created=False)
         except RPCError as exc:
@@ -368,8 +369,9 @@ class TemporalRuntime:
             text = await asyncio.wait_for(self._handle(run_id).result(), timeout)
         except TimeoutError:
             raise ResultTimeoutError(
+                run_id,
                 f"run {run_id!r} is still running on Temporal after {timeout}s; wait longer or "
-                f"check that a worker polls task queue {self.settings.task_queue!r}"
+                f"check that a worker polls task queue {self.settings.task_queue!r}",
             ) from None
         except WorkflowFailureError as exc:
             raise self._run_error(run_id, exc) from None
