@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import warnings
 
 import coro_durable as cd
 from coro_durable import errors
@@ -70,3 +71,55 @@ def test_py_typed_marker_ships() -> None:
     from importlib.resources import files
 
     assert files("coro_durable").joinpath("py.typed").is_file()
+
+
+def _client_classes() -> list[type]:
+    import importlib.metadata
+
+    from coro_durable import store
+
+    engines = importlib.metadata.entry_points(group=store.ENGINE_GROUP)
+    with warnings.catch_warnings():  # the engines' SDKs warn about their own dependencies
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return [cd.Runtime, *(ep.load() for ep in engines)]
+
+
+def test_every_runtime_offers_the_client_operations() -> None:
+    """The embedded Runtime and every installed engine runtime have each ``cd.RuntimeClient``
+    operation, taking (at least) the protocol's parameters, so code written against the protocol
+    runs on any of them (``allow_unknown`` included: it must not become a workflow argument)."""
+    operations = {
+        name: inspect.signature(fn)
+        for name, fn in vars(cd.RuntimeClient).items()
+        if inspect.iscoroutinefunction(fn)
+    }
+    assert {"start", "signal", "result", "describe", "history", "cancel", "retry"} <= set(
+        operations
+    )
+    classes = _client_classes()
+    assert len(classes) >= 1
+    for cls in classes:
+        for name, wanted in operations.items():
+            method = getattr(cls, name, None)
+            assert method is not None and inspect.iscoroutinefunction(method), (cls, name)
+            params = inspect.signature(method).parameters
+            any_keyword = any(p.kind == p.VAR_KEYWORD for p in params.values())
+            for param in wanted.parameters.values():
+                if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                    continue
+                taken = param.kind == param.KEYWORD_ONLY and any_keyword and name != "start"
+                if taken and param.name not in params:
+                    continue  # taken by its **kwargs (an engine's "not offered" stub); start's
+                    # **kwargs are the workflow's own arguments, so it must name each option
+                assert param.name in params, f"{cls.__name__}.{name} lacks {param.name!r}"
+
+
+def test_engine_runtimes_accept_the_embedded_only_options() -> None:
+    """Moving an application onto an engine is a URL change: options only the embedded runtime
+    uses (``shutdown_grace`` among them) are accepted by every engine runtime, and a misspelt
+    option is refused with the options it takes."""
+    from coro_durable import engine
+
+    for cls in _client_classes()[1:]:
+        assert issubclass(cls, engine.EngineRuntime)
+        assert {"lease_ttl", "shutdown_grace", "store_deadline"} <= cls.EMBEDDED_ONLY

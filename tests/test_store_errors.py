@@ -48,7 +48,11 @@ async def nothing() -> str:
 
 
 def store_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "coro_durable.runtime" and r.levelno == logging.WARNING]
+    return [
+        r
+        for r in caplog.records
+        if r.name == "coro_durable.runtime" and r.levelno == logging.WARNING
+    ]
 
 
 # -- the tree -------------------------------------------------------------------------------------

@@ -16,7 +16,15 @@ from .errors import (
     StepError,
 )
 from .journal import JournalEntry, RunStatus
-from .runtime import ExecutingStep, ReplayReport, RunHandle, RunInfo, Runtime, WorkerInfo
+from .runtime import (
+    ExecutingStep,
+    ReplayReport,
+    RunHandle,
+    RunInfo,
+    Runtime,
+    RuntimeClient,
+    WorkerInfo,
+)
 from .store import MemoryStore, SqliteStore, Store, open_store
 from .workflow import (
     RetryPolicy,
@@ -60,6 +68,7 @@ __all__ = [
     # running them
     "Runtime",
     "RunHandle",
+    "RuntimeClient",
     "RunInfo",
     "ExecutingStep",
     "WorkerInfo",

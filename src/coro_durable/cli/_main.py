@@ -56,7 +56,7 @@ from ..errors import (
     RunQuarantinedError,
 )
 from ..journal._records import TERMINAL, JournalEntry, RunRecord, RunStatus
-from ..runtime._runtime import RunInfo, Runtime, WorkerInfo
+from ..runtime import RunInfo, Runtime, WorkerInfo
 from ..store._protocol import Store, StoreWrapper
 from ..store._registry import default_store_url, open_store
 from ..workflow import _registry

@@ -18,12 +18,18 @@ writes payloads with: ``codec.encode``, ``codec.decode``, ``codec.roundtrip``,
 ``codec.DEFAULT_MAX_PAYLOAD_BYTES``), and the workflow registry (``lookup``, ``registered``,
 ``register_function``, ``workflow_name``).
 
-May import: ``coro_durable.errors``, ``coro_durable._core``, ``coro_durable.workflow`` and
-``coro_durable.journal``; never the embedded runtime, the stores or the CLI.
+``EngineRuntime`` is the base class of an adapter's runtime (what ``cd.Runtime("temporal://...")``
+returns): the options, checks and errors every engine runtime shares, and the abstract client
+operations of ``coro_durable.RuntimeClient`` it implements. ``TERMINAL`` is the set of final
+run statuses.
+
+May import: ``coro_durable.errors``, ``coro_durable._core``, ``coro_durable.workflow``,
+``coro_durable.journal`` and the runtime's client side (``RunHandle``, ``RunInfo``); never the
+stores or the CLI. The embedded runtime does not import this package.
 """
 
 from .._core import codec
-from ..journal._records import check_run_id
+from ..journal._records import TERMINAL, check_run_id
 from ..workflow._effects import (
     AwaitSignal,
     Call,
@@ -41,12 +47,15 @@ from ..workflow._effects import (
     step_name,
 )
 from ..workflow._registry import lookup, register_function, registered, workflow_name
+from ._base import EngineRuntime
 from ._drive import drive, step_context
 
 __all__ = [
+    "TERMINAL",
     "AwaitSignal",
     "Call",
     "Effect",
+    "EngineRuntime",
     "Error",
     "Gather",
     "Now",

@@ -1,5 +1,6 @@
 """The embedded runtime: ``Runtime`` (client operations and the worker loops that claim, renew and
-quarantine runs), the activation that drives one workflow coroutine against its journal, and the
+quarantine runs), ``RuntimeClient`` (the operations every runtime offers, engines included) with
+the views it answers, the activation that drives one workflow coroutine against its journal, and the
 replayer that re-executes a journal with no side effects.
 
 May import: ``coro_durable.errors``, ``_core``, ``workflow``, ``journal`` and ``store``; never the
@@ -7,8 +8,9 @@ engine adapters or the CLI. ``coro_durable`` re-exports the public names.
 """
 
 from ._activation import Limits
+from ._client import ExecutingStep, RunHandle, RunInfo, RuntimeClient, WorkerInfo
 from ._replayer import ReplayReport
-from ._runtime import ExecutingStep, RunHandle, RunInfo, Runtime, WorkerInfo
+from ._runtime import Runtime
 
 __all__ = [
     "ExecutingStep",
@@ -17,5 +19,6 @@ __all__ = [
     "RunHandle",
     "RunInfo",
     "Runtime",
+    "RuntimeClient",
     "WorkerInfo",
 ]

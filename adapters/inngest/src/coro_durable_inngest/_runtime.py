@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar, Self, cast
+from typing import Any, Self
 
 import fastapi
 import httpx
@@ -42,18 +42,10 @@ from ._check import check_workflow
 from ._config import InngestSettings, parse_url
 from ._driver import Position, make_function
 
-if TYPE_CHECKING:
-    from coro_durable import Runtime
-
 __all__ = ["InngestRuntime"]
 
 log = logging.getLogger("coro_durable.inngest")
 
-# Runtime(...) options that only mean something to the embedded runtime: accepted, ignored.
-_EMBEDDED_ONLY = frozenset(
-    {"lease_ttl", "poll_interval", "max_crashes", "inline_wait", "store_deadline"}
-)
-TERMINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
 _STATUS = {
     "COMPLETED": RunStatus.COMPLETED,
     "FAILED": RunStatus.FAILED,
@@ -103,18 +95,6 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _require_asyncio() -> None:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        raise ConfigurationError(
-            "InngestRuntime needs asyncio: the Inngest Python SDK and its HTTP endpoint run on an "
-            "asyncio event loop, so Inngest runs cannot be driven from trio. Run this part of the "
-            "application under asyncio (e.g. anyio.run(main, backend='asyncio')), or use an "
-            "embedded store (sqlite://, postgresql://, redis://), which works under trio"
-        ) from None
-
-
 async def _close_sdk_client(client: inngest.Inngest) -> None:
     """Close the HTTP connection pools the SDK's client opens (it has no close method of its
     own; left open, their sockets are only reclaimed by the garbage collector)."""
@@ -125,12 +105,6 @@ async def _close_sdk_client(client: inngest.Inngest) -> None:
             await pool.aclose()
         elif isinstance(pool, httpx.Client):
             pool.close()
-
-
-def _not_offered(what: str, instead: str) -> ConfigurationError:
-    return ConfigurationError(
-        f"{what} is not available on Inngest (the embedded runtime has it); {instead}"
-    )
 
 
 def _parse_time(value: Any) -> _dt.datetime | None:
@@ -162,7 +136,7 @@ def _run_error(run: dict[str, Any]) -> tuple[str, str]:
     return "Error", "" if output is None else str(output)
 
 
-class InngestRuntime:
+class InngestRuntime(engine.EngineRuntime):
     """Runs coro_durable workflows on Inngest, with the same methods as ``cd.Runtime``.
 
         async with cd.Runtime("inngest://127.0.0.1:8288?app_id=research") as rt:
@@ -184,7 +158,8 @@ class InngestRuntime:
             options, accepted and ignored.
     """
 
-    is_engine: ClassVar[bool] = True
+    engine_name = "Inngest"
+    asyncio_reason = "the Inngest Python SDK and its HTTP endpoint run on an asyncio event loop"
 
     def __init__(
         self,
@@ -197,22 +172,18 @@ class InngestRuntime:
         worker_id: str | None = None,
         **embedded_only: Any,
     ) -> None:
-        unknown = sorted(set(embedded_only) - _EMBEDDED_ONLY)
-        if unknown:
-            raise ConfigurationError(
-                f"InngestRuntime got unknown option(s) {', '.join(unknown)}; it takes worker, "
-                "workflows, concurrency, max_payload_bytes and worker_id"
-            )
-        if concurrency < 1:
-            raise ConfigurationError(f"concurrency must be >= 1, got {concurrency}")
+        self._check_options(
+            embedded_only,
+            "worker, workflows, concurrency, max_payload_bytes and worker_id",
+            concurrency,
+        )
         self.url = url
         self.settings: InngestSettings = parse_url(url)
         self.worker = worker
         self.concurrency = concurrency
         self.max_payload_bytes = max_payload_bytes
         self.worker_id = worker_id
-        for fn in workflows:
-            engine.register_function(fn)
+        self._register_workflows(workflows)
         self.serve_url: str | None = None  # the endpoint's URL as registered with Inngest
         self._api: InngestApi | None = None
         self._client: inngest.Inngest | None = None
@@ -230,7 +201,7 @@ class InngestRuntime:
     # -- lifecycle ----------------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        _require_asyncio()
+        self._require_asyncio()
         s = self.settings
         self._api = InngestApi(s)
         self._client = inngest.Inngest(
@@ -351,7 +322,8 @@ class InngestRuntime:
                 await _close_sdk_client(self._client)
                 self._client = None
 
-    def _check_open(self) -> InngestApi:
+    def _open_api(self) -> InngestApi:
+        """The Inngest API client, once open (ConfigurationError before)."""
         if not self._open or self._api is None:
             raise ConfigurationError(
                 "this InngestRuntime is not open; use it as `async with cd.Runtime(url) as rt:`"
@@ -361,7 +333,7 @@ class InngestRuntime:
     @property
     def client(self) -> inngest.Inngest:
         """The ``inngest.Inngest`` client (for anything Inngest-specific)."""
-        self._check_open()
+        self._open_api()
         assert self._client is not None
         return self._client
 
@@ -373,7 +345,7 @@ class InngestRuntime:
         known = self._starts.get(run_id)
         if known is not None:
             return known
-        api = self._check_open()
+        api = self._open_api()
         matches = [
             e
             for e in await api.list_events(START_EVENT)
@@ -394,7 +366,7 @@ class InngestRuntime:
 
     async def _state(self, run_id: str) -> tuple[_Start, dict[str, Any] | None]:
         """The start event and Inngest's run (None until Inngest has created it)."""
-        api = self._check_open()
+        api = self._open_api()
         start = await self._find(run_id)
         if start is None:
             raise RunNotFoundError(run_id)
@@ -414,6 +386,7 @@ class InngestRuntime:
         workflow: Callable[..., Coroutine[Any, Any, Any]] | str,
         *args: Any,
         run_id: str | None = None,
+        allow_unknown: bool = False,  # engines cannot see what their workers serve: unchecked
         **kwargs: Any,
     ) -> RunHandle:
         """Start a run of ``workflow(*args, **kwargs)`` by sending its start event; idempotent on
@@ -422,7 +395,7 @@ class InngestRuntime:
         Raises EffectNotAllowedError, before anything is sent, when the workflow has a step
         timeout or a sleep Inngest cannot express (see ``coro_durable_inngest._check``).
         """
-        self._check_open()
+        self._open_api()
         fn: Callable[..., Any] | None
         if isinstance(workflow, str):
             name = workflow
@@ -450,7 +423,7 @@ class InngestRuntime:
                     f"cannot be started again as {name}({text}). Use another run_id, or the same "
                     "inputs to get the existing run",
                 )
-            return RunHandle(cast("Runtime", self), run_id, created=False)
+            return self._run_handle(run_id, created=False)
         digest = hashlib.sha256(run_id.encode()).hexdigest()[:32]
         event = inngest.Event(
             name=START_EVENT,
@@ -459,7 +432,7 @@ class InngestRuntime:
         )
         ids = await self._send(event, f"start run {run_id!r}")
         self._starts[run_id] = _Start(ids[0], name, text, _dt.datetime.now(_dt.UTC))
-        return RunHandle(cast("Runtime", self), run_id, created=True)
+        return self._run_handle(run_id, created=True)
 
     async def _send(self, event: inngest.Event, what: str) -> list[str]:
         try:
@@ -483,7 +456,7 @@ class InngestRuntime:
         """Send signal ``name`` with ``payload`` to a run, as an event in the run's mailbox; it
         is delivered even if the run waits for it later. Idempotent per ``signal_id``: returns
         False when the run's mailbox already holds that id (the run takes each id once anyway)."""
-        api = self._check_open()
+        api = self._open_api()
         if name == CANCEL:
             raise ConfigurationError(f"signal name {CANCEL!r} is reserved for rt.cancel")
         text = _codec.encode(
@@ -491,7 +464,7 @@ class InngestRuntime:
         )
         _, run = await self._state(run_id)
         status = self._status(run)
-        if status in TERMINAL:
+        if status in engine.TERMINAL:
             raise RunError(
                 f"run {run_id!r} is already {status}; nothing would ever read signal {name!r}"
             )
@@ -520,13 +493,13 @@ class InngestRuntime:
     async def result(self, run_id: str, timeout: float | None = None) -> Any:
         """Wait for the run to finish and return its result (RunFailedError, RunCancelledError,
         ResultTimeoutError as on the embedded runtime). Polls the REST API."""
-        self._check_open()
+        self._open_api()
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = min(0.01, self.settings.poll_interval)
         while True:
             _, run = await self._state(run_id)
             status = self._status(run)
-            if status in TERMINAL:
+            if status in engine.TERMINAL:
                 assert run is not None
                 return self._outcome(run_id, run, status)
             if deadline is not None and time.monotonic() >= deadline:
@@ -554,7 +527,7 @@ class InngestRuntime:
     async def describe(self, run_id: str) -> RunInfo:
         """Status from Inngest's REST API; the run's position (step, what it waits on) from this
         process's endpoint, when it served the run's latest request (else step 0 and None)."""
-        self._check_open()
+        self._open_api()
         start, run = await self._state(run_id)
         status = self._status(run)
         where = self._positions.get(run_id)
@@ -562,7 +535,7 @@ class InngestRuntime:
             status = RunStatus.WAITING
         result: Any = None
         error: dict[str, str] | None = None
-        if status in TERMINAL:
+        if status in engine.TERMINAL:
             assert run is not None
             try:
                 result = self._outcome(run_id, run, status)
@@ -575,7 +548,7 @@ class InngestRuntime:
             inputs = _codec.decode(start.input) if start.input else {}
         except Exception:
             inputs = {}
-        live = where is not None and status not in TERMINAL
+        live = where is not None and status not in engine.TERMINAL
         return RunInfo(
             run_id=run_id,
             workflow=start.workflow,
@@ -599,9 +572,9 @@ class InngestRuntime:
         so the workflow may clean up. ``cancel=native`` in the URL: Inngest's own cancellation
         (DELETE /v1/runs/{id}), which stops the run between steps without running any more of
         its code. Cancelling a finished run does nothing."""
-        api = self._check_open()
+        api = self._open_api()
         _, run = await self._state(run_id)
-        if self._status(run) in TERMINAL:
+        if self._status(run) in engine.TERMINAL:
             return
         if self.settings.cancel == "native" and run is not None:
             await api.cancel_run(str(run.get("run_id") or run.get("id")))
@@ -610,16 +583,16 @@ class InngestRuntime:
 
     async def history(self, run_id: str) -> list[Any]:
         """Not offered on Inngest: the run's steps are in Inngest's dashboard."""
-        raise _not_offered("history()", "see the run's steps in the Inngest dashboard")
+        raise self._not_offered("history()", "see the run's steps in the Inngest dashboard")
 
     async def list_runs(self, **filters: Any) -> list[RunInfo]:
         """Not offered on Inngest."""
-        raise _not_offered("list_runs()", "list runs in the Inngest dashboard")
+        raise self._not_offered("list_runs()", "list runs in the Inngest dashboard")
 
     async def replay(self, run_id: str) -> Any:
         """Not offered on Inngest: every request already replays the run from its steps."""
-        raise _not_offered("replay()", "Inngest replays the workflow on every request")
+        raise self._not_offered("replay()", "Inngest replays the workflow on every request")
 
     async def resume(self, run_id: str) -> RunInfo:
         """Not offered on Inngest: a failed request is retried by Inngest itself."""
-        raise _not_offered("resume()", "Inngest retries failed requests (retries= in the URL)")
+        raise self._not_offered("resume()", "Inngest retries failed requests (retries= in the URL)")

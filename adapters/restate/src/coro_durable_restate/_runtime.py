@@ -14,7 +14,7 @@ import socket
 import uuid
 from collections.abc import Callable, Coroutine, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar, Self, cast
+from typing import Any, Self
 from urllib.parse import quote
 
 import httpx
@@ -40,39 +40,11 @@ from ._config import RestateSettings, parse_url
 from ._driver import CANCELLED, STATE_KEY
 from ._service import asgi_app, decode_request, make_service
 
-if TYPE_CHECKING:
-    from coro_durable import Runtime
-
 __all__ = ["RestateRuntime"]
 
 log = logging.getLogger("coro_durable_restate")
 
-# Runtime(...) options that only mean something to the embedded runtime: accepted (so one URL
-# change moves an application to Restate) and ignored.
-_EMBEDDED_ONLY = frozenset(
-    {"lease_ttl", "poll_interval", "max_crashes", "inline_wait", "store_deadline", "worker_id"}
-)
-TERMINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
 READY_TIMEOUT = 10.0  # seconds for the endpoint to come up and be registered
-
-
-def _not_offered(what: str, instead: str) -> ConfigurationError:
-    return ConfigurationError(
-        f"{what} is not available on Restate (the embedded runtime has it); {instead}"
-    )
-
-
-def _require_asyncio() -> None:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        raise ConfigurationError(
-            "RestateRuntime needs asyncio: the Restate Python SDK (restate-sdk) serves and runs "
-            "handlers only on an asyncio event loop, so Restate runs cannot be driven from trio. "
-            "Run this part of the application under asyncio (e.g. anyio.run(main, "
-            "backend='asyncio')), or use an embedded store (sqlite://, postgresql://, "
-            "redis://), which works under trio"
-        ) from None
 
 
 def _sql_text(value: str) -> str:
@@ -99,7 +71,7 @@ def _input_of(entry_json: Any) -> Any:
         return None
 
 
-class RestateRuntime:
+class RestateRuntime(engine.EngineRuntime):
     """Runs coro_durable workflows on Restate, with the same methods as ``cd.Runtime``.
 
         async with cd.Runtime("restate://127.0.0.1:8080?admin=http://127.0.0.1:9070"
@@ -121,7 +93,12 @@ class RestateRuntime:
             embedded-runtime options, accepted and ignored (Restate has its own equivalents).
     """
 
-    is_engine: ClassVar[bool] = True
+    engine_name = "Restate"
+    asyncio_reason = (
+        "the Restate Python SDK (restate-sdk) serves and runs handlers "
+        "only on an asyncio event loop"
+    )
+    EMBEDDED_ONLY = engine.EngineRuntime.EMBEDDED_ONLY | {"worker_id"}
 
     def __init__(
         self,
@@ -133,21 +110,15 @@ class RestateRuntime:
         max_payload_bytes: int = _codec.DEFAULT_MAX_PAYLOAD_BYTES,
         **embedded_only: Any,
     ) -> None:
-        unknown = sorted(set(embedded_only) - _EMBEDDED_ONLY)
-        if unknown:
-            raise ConfigurationError(
-                f"RestateRuntime got unknown option(s) {', '.join(unknown)}; it takes worker, "
-                "workflows, concurrency and max_payload_bytes"
-            )
-        if concurrency < 1:
-            raise ConfigurationError(f"concurrency must be >= 1, got {concurrency}")
+        self._check_options(
+            embedded_only, "worker, workflows, concurrency and max_payload_bytes", concurrency
+        )
         self.url = url
         self.settings: RestateSettings = parse_url(url)
         self.worker = worker
         self.concurrency = concurrency
         self.max_payload_bytes = max_payload_bytes
-        for fn in workflows:
-            engine.register_function(fn)
+        self._register_workflows(workflows)
         self._http: httpx.AsyncClient | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._server: asyncio.Task[None] | None = None
@@ -162,7 +133,7 @@ class RestateRuntime:
     # -- lifecycle ------------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        _require_asyncio()
+        self._require_asyncio()
         self._http = httpx.AsyncClient(timeout=self.settings.request_timeout)
         try:
             if self.worker:
@@ -297,12 +268,6 @@ class RestateRuntime:
             )
         return self._http
 
-    def _check_open(self) -> None:
-        if not self._open:
-            raise ConfigurationError(
-                "this RestateRuntime is not open; use it as `async with cd.Runtime(url) as rt:`"
-            )
-
     # -- HTTP helpers ----------------------------------------------------------------------------------
 
     async def _request(self, method: str, url: str, run_id: str, **kwargs: Any) -> httpx.Response:
@@ -380,6 +345,7 @@ class RestateRuntime:
         workflow: Callable[..., Coroutine[Any, Any, Any]] | str,
         *args: Any,
         run_id: str | None = None,
+        allow_unknown: bool = False,  # engines cannot see what their workers serve: unchecked
         **kwargs: Any,
     ) -> RunHandle:
         """Start a run of ``workflow(*args, **kwargs)`` as the Restate workflow keyed ``run_id``
@@ -418,7 +384,7 @@ class RestateRuntime:
                 f"{response.text[:300]}"
             )
         if response.json().get("status") != "PreviouslyAccepted":
-            return RunHandle(cast("Runtime", self), run_id, created=True)
+            return self._run_handle(run_id, created=True)
         existing = _input_of((await self._invocation(run_id)).get("input"))
         if existing is not None:
             old_name, old_inputs = decode_request(existing)
@@ -430,7 +396,7 @@ class RestateRuntime:
                     f"started again as {name}({text}). Use another run_id, or the same inputs "
                     "to get the existing run",
                 )
-        return RunHandle(cast("Runtime", self), run_id, created=False)
+        return self._run_handle(run_id, created=False)
 
     async def signal(
         self, run_id: str, name: str, payload: Any = None, *, signal_id: str | None = None
@@ -582,7 +548,7 @@ class RestateRuntime:
 
     async def history(self, run_id: str) -> list[Any]:
         """Not offered on Restate: the run's journal is its Restate journal."""
-        raise _not_offered(
+        raise self._not_offered(
             "history()",
             f"see the run's journal with `restate invocations describe` or in the Restate UI "
             f"(workflow {self.settings.service}, key {run_id!r})",
@@ -590,7 +556,7 @@ class RestateRuntime:
 
     async def list_runs(self, **filters: Any) -> list[RunInfo]:
         """Not offered on Restate: list runs with Restate's introspection."""
-        raise _not_offered(
+        raise self._not_offered(
             "list_runs()",
             f"query sys_invocation on the admin API (target_service_name = "
             f"'{self.settings.service}') or use the Restate UI",
@@ -598,13 +564,13 @@ class RestateRuntime:
 
     async def replay(self, run_id: str) -> Any:
         """Not offered on Restate: Restate replays the journal on every attempt itself."""
-        raise _not_offered(
+        raise self._not_offered(
             "replay()", "Restate checks every attempt's code against the run's journal itself"
         )
 
     async def resume(self, run_id: str) -> RunInfo:
         """Not offered on Restate: a run never quarantines; its failing attempt is retried."""
-        raise _not_offered(
+        raise self._not_offered(
             "resume()",
             "a failing attempt is retried by Restate until the code is fixed; a paused "
             "invocation is resumed with `restate invocations resume`",

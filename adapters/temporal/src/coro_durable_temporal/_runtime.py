@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Callable, Coroutine, Iterable
 from datetime import timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar, Self, cast
+from typing import Any, Self
 
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.workflowservice.v1 import SignalWorkflowExecutionRequest
@@ -53,18 +53,8 @@ from ._driver import OPTIONS_MARK, QUERY_DESCRIBE, QUERY_SIGNAL_SEEN, SIGNAL_ID,
 from ._steps import StepRunner, check_workflow
 from ._workflow import CoroDurableWorkflow
 
-if TYPE_CHECKING:
-    from coro_durable import Runtime
-
 __all__ = ["TemporalRuntime", "workflow_runner"]
 
-# Runtime(...) options that only mean something to the embedded runtime: accepted (so one URL
-# change moves an application to Temporal) and ignored.
-_EMBEDDED_ONLY = frozenset(
-    {"lease_ttl", "poll_interval", "max_crashes", "inline_wait", "store_deadline"}
-)
-
-TERMINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
 
 _STATUS = {
     WorkflowExecutionStatus.RUNNING: RunStatus.RUNNING,
@@ -90,26 +80,7 @@ def workflow_runner(*, sandbox: bool = True) -> WorkflowRunner:
     )
 
 
-def _not_offered(what: str, instead: str) -> ConfigurationError:
-    return ConfigurationError(
-        f"{what} is not available on Temporal (the embedded runtime has it); {instead}. "
-        "rt.client is the connected temporalio client"
-    )
-
-
-def _require_asyncio() -> None:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        raise ConfigurationError(
-            "TemporalRuntime needs asyncio: the Temporal Python SDK (temporalio) runs only on an "
-            "asyncio event loop, so Temporal runs cannot be driven from trio. Run this part of "
-            "the application under asyncio (e.g. anyio.run(main, backend='asyncio')), or use "
-            "an embedded store (sqlite://, postgresql://, redis://), which works under trio"
-        ) from None
-
-
-class TemporalRuntime:
+class TemporalRuntime(engine.EngineRuntime):
     """Runs coro_durable workflows on Temporal, with the same methods as ``cd.Runtime``.
 
         async with cd.Runtime("temporal://127.0.0.1:7233/default?task_queue=q") as rt:
@@ -132,7 +103,8 @@ class TemporalRuntime:
             options, accepted and ignored (Temporal has its own equivalents).
     """
 
-    is_engine: ClassVar[bool] = True
+    engine_name = "Temporal"
+    asyncio_reason = "the Temporal Python SDK (temporalio) runs only on an asyncio event loop"
 
     def __init__(
         self,
@@ -146,22 +118,18 @@ class TemporalRuntime:
         client: Client | None = None,
         **embedded_only: Any,
     ) -> None:
-        unknown = sorted(set(embedded_only) - _EMBEDDED_ONLY)
-        if unknown:
-            raise ConfigurationError(
-                f"TemporalRuntime got unknown option(s) {', '.join(unknown)}; it takes worker, "
-                "workflows, concurrency, max_payload_bytes, worker_id and client"
-            )
-        if concurrency < 1:
-            raise ConfigurationError(f"concurrency must be >= 1, got {concurrency}")
+        self._check_options(
+            embedded_only,
+            "worker, workflows, concurrency, max_payload_bytes, worker_id and client",
+            concurrency,
+        )
         self.url = url
         self.settings: TemporalSettings = parse_url(url)
         self.worker = worker
         self.concurrency = concurrency
         self.max_payload_bytes = max_payload_bytes
         self.worker_id = worker_id
-        for fn in workflows:
-            engine.register_function(fn)
+        self._register_workflows(workflows)
         self._given_client = client
         self._client: Client | None = None
         self._worker: Worker | None = None
@@ -175,7 +143,7 @@ class TemporalRuntime:
     # -- lifecycle ------------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        _require_asyncio()
+        self._require_asyncio()
         s = self.settings
         if self._given_client is not None:
             self._client = self._given_client
@@ -242,11 +210,10 @@ class TemporalRuntime:
         assert self._client is not None
         return self._client
 
-    def _check_open(self) -> None:
-        if not self._open:
-            raise ConfigurationError(
-                "this TemporalRuntime is not open; use it as `async with cd.Runtime(url) as rt:`"
-            )
+    def _not_offered(self, what: str, instead: str) -> ConfigurationError:
+        return super()._not_offered(
+            what, f"{instead}. rt.client is the connected temporalio client"
+        )
 
     def _handle(self, run_id: str) -> WorkflowHandle[Any, Any]:
         return self.client.get_workflow_handle(run_id)
@@ -258,6 +225,7 @@ class TemporalRuntime:
         workflow: Callable[..., Coroutine[Any, Any, Any]] | str,
         *args: Any,
         run_id: str | None = None,
+        allow_unknown: bool = False,  # engines cannot see what their workers serve: unchecked
         **kwargs: Any,
     ) -> RunHandle:
         """Start a run of ``workflow(*args, **kwargs)`` as a Temporal workflow whose id is
@@ -310,10 +278,10 @@ class TemporalRuntime:
                     f"started again as {name}({text}). Use another run_id, or the same inputs to "
                     "get the existing run",
                 ) from None
-            return RunHandle(cast("Runtime", self), run_id, created=False)
+            return self._run_handle(run_id, created=False)
         except RPCError as exc:
             raise self._rpc_error(exc, run_id) from exc
-        return RunHandle(cast("Runtime", self), run_id, created=True)
+        return self._run_handle(run_id, created=True)
 
     async def signal(
         self, run_id: str, name: str, payload: Any = None, *, signal_id: str | None = None
@@ -330,7 +298,7 @@ class TemporalRuntime:
         )
         if signal_id is not None:
             status = await self._status(run_id)  # RunNotFoundError if there is no such run
-            if status in TERMINAL:
+            if status in engine.TERMINAL:
                 raise self._finished(run_id, status, name)
             if await self._signal_seen(run_id, name, signal_id):
                 return False
@@ -393,7 +361,7 @@ class TemporalRuntime:
         state: dict[str, Any] | None = None
         # A finished run is queried only when this process runs a worker: the query replays
         # its history on a worker, and without one it would just wait for query_timeout.
-        if status not in TERMINAL or self._worker is not None:
+        if status not in engine.TERMINAL or self._worker is not None:
             try:
                 state = await handle.query(
                     QUERY_DESCRIBE,
@@ -455,7 +423,7 @@ class TemporalRuntime:
 
     async def history(self, run_id: str) -> list[Any]:
         """Not offered on Temporal: the run's journal is its Temporal event history."""
-        raise _not_offered(
+        raise self._not_offered(
             "history()",
             f"see the run's event history with `temporal workflow show --workflow-id {run_id}` "
             "or in the Temporal UI",
@@ -463,14 +431,14 @@ class TemporalRuntime:
 
     async def list_runs(self, **filters: Any) -> list[RunInfo]:
         """Not offered on Temporal: list runs with Temporal's visibility API."""
-        raise _not_offered(
+        raise self._not_offered(
             "list_runs()",
             "use `temporal workflow list --query \"TaskQueue='...'\"` or the Temporal UI",
         )
 
     async def replay(self, run_id: str) -> Any:
         """Not offered on Temporal: Temporal's own Replayer checks histories against code."""
-        raise _not_offered(
+        raise self._not_offered(
             "replay()",
             "use temporalio.worker.Replayer(workflows=[coro_durable_temporal.CoroDurableWorkflow], "
             "workflow_runner=coro_durable_temporal.workflow_runner()) on the fetched history",
@@ -478,7 +446,7 @@ class TemporalRuntime:
 
     async def resume(self, run_id: str) -> RunInfo:
         """Not offered on Temporal: a run never quarantines; its failing task is retried."""
-        raise _not_offered(
+        raise self._not_offered(
             "resume()",
             "a run whose workflow task fails is retried by Temporal until the code is fixed",
         )
