@@ -23,8 +23,8 @@ PLUGIN_SOURCES = sorted([*ROOT.glob("backends/*/src"), *ROOT.glob("adapters/*/sr
 #: Each core part and the parts it may import ("" is the package's own ``__init__``).
 LAYERS: dict[str, set[str]] = {
     "errors": set(),
-    "_core": {"errors"},
-    "workflow": {"errors", "_core"},
+    "workflow": {"errors"},
+    "_core": {"errors", "workflow"},
     "journal": {"errors", "_core"},
     "store": {"errors", "_core", "journal"},
     "runtime": {"errors", "_core", "workflow", "journal", "store"},

@@ -1,6 +1,8 @@
-"""The kernel's private shared pieces: the JSON codec (``codec``) and the named fault hooks
-(``faults``) the runtime and the stores call at every crash point of faults.md.
+"""The kernel's private shared pieces: the JSON codec (``codec``), effect planning and outcomes
+(``planning``: seq numbering, gather trees, gather outcomes, error info), and the named fault
+hooks (``faults``) the runtime calls at every crash point of faults.md.
 
-May import: ``coro_durable.errors`` and the standard library only. Everything else may import it.
-Nothing here is public; the engine SPI (``coro_durable.engine``) re-exports the codec.
+May import: ``coro_durable.errors`` and ``coro_durable.workflow`` (the effect classes planning
+works on). Everything but ``workflow`` may import it. Nothing here is public; the engine SPI
+(``coro_durable.engine``) re-exports the codec and planning for adapters.
 """

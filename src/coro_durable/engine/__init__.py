@@ -18,6 +18,13 @@ writes payloads with: ``codec.encode``, ``codec.decode``, ``codec.roundtrip``,
 ``codec.DEFAULT_MAX_PAYLOAD_BYTES``), and the workflow registry (``lookup``, ``registered``,
 ``register_function``, ``workflow_name``).
 
+Planning (``Planner``, ``Leaf``, ``Node``, ``leaves``, ``gather_outcome``; see
+``coro_durable._core.planning``) numbers effects and builds gather trees exactly as the embedded
+runtime does, so a run's seqs and idempotency keys are the same on every engine; a driver passes
+its own validation as ``Planner(check=...)``. ``exception_info`` and ``rebuild_error`` are the one
+outcome/error-info codec: what a failure is recorded as, and the exception a recorded failure is
+fed back as (``UNJOURNALABLE``: the failures retrying cannot fix).
+
 ``EngineRuntime`` is the base class of an adapter's runtime (what ``cd.Runtime("temporal://...")``
 returns): the options, checks and errors every engine runtime shares, and the abstract client
 operations of ``coro_durable.RuntimeClient`` it implements. ``TERMINAL`` is the set of final
@@ -29,6 +36,16 @@ stores or the CLI. The embedded runtime does not import this package.
 """
 
 from .._core import codec
+from .._core.planning import (
+    UNJOURNALABLE,
+    Leaf,
+    Node,
+    Planner,
+    exception_info,
+    gather_outcome,
+    leaves,
+    rebuild_error,
+)
 from ..journal._records import TERMINAL, check_run_id
 from ..workflow._effects import (
     AwaitSignal,
@@ -52,6 +69,14 @@ from ._drive import drive, step_context
 
 __all__ = [
     "TERMINAL",
+    "UNJOURNALABLE",
+    "Leaf",
+    "Node",
+    "Planner",
+    "exception_info",
+    "gather_outcome",
+    "leaves",
+    "rebuild_error",
     "AwaitSignal",
     "Call",
     "Effect",

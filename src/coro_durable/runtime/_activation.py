@@ -30,25 +30,24 @@ import datetime as _dt
 import functools
 import json
 import logging
-import math
 import random as _random
 import time
 import uuid as _uuid
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import anyio
 
-from .._core import codec, faults
+from .._core import codec, faults, planning
 from .._core.faults import SimulatedCrash, fault
+from .._core.planning import Leaf, Node, Planner, exception_info, gather_outcome, rebuild_error
 from ..errors import (
     ConflictError,
     CorruptJournalError,
     LeaseLost,
     NonDeterminismError,
     NotAnEffectError,
-    PayloadTooLargeError,
     PermanentStoreError,
     RunCancelledError,
     RunNotFoundError,
@@ -65,7 +64,6 @@ from ..workflow._effects import (
     Call,
     Effect,
     Error,
-    Gather,
     Now,
     Outcome,
     Random,
@@ -78,16 +76,11 @@ from ..workflow._effects import (
     _current_key,
     _current_step,
     _current_workflow,
-    digest,
 )
 
 __all__ = ["Activation", "ActivationEnd", "Limits", "ReplayEnd", "store_call"]
 
 T = TypeVar("T")
-
-_EMPTY_DIGEST = digest("")
-_NO_ARGS = "[[],{}]"  # what codec.encode([[], {}]) gives
-_NO_ARGS_DIGEST = digest(_NO_ARGS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +119,7 @@ class _InFlight:
     """A step attempt executing now: its live context, the scope that can stop it, and what the
     journal's progress entry for it needs."""
 
-    leaf: _Leaf
+    leaf: Leaf
     ctx: StepContext
     scope: anyio.CancelScope | None  # None: a step awaited alone, without timeouts (see _attempt)
     failed: int  # failed attempts before this one
@@ -208,46 +201,17 @@ def _error_json(type_name: str, message: str, **extra: Any) -> str:
     return json.dumps({"type": type_name, "message": message, **extra}, ensure_ascii=False)
 
 
-def _exception_info(exc: BaseException) -> tuple[str, str]:
-    if isinstance(exc, StepError):
-        return exc.type_name, exc.message
-    return type(exc).__name__, str(exc)
-
-
 def _recorded_error(entry: JournalEntry, run_id: str) -> BaseException:
     """Rebuild the exception an ``error`` entry stands for, as the workflow first saw it."""
     info = entry.error_info or {"type": "Exception", "message": ""}
-    type_name, message = info.get("type", "Exception"), info.get("message", "")
-    if type_name == "RunCancelledError":
-        return RunCancelledError(run_id)
-    if entry.kind == "signal" and type_name == "SignalTimeout":
-        return SignalTimeout(message)
-    if type_name in ("SerializationError", "PayloadTooLargeError"):
-        return (
-            PayloadTooLargeError if type_name == "PayloadTooLargeError" else SerializationError
-        )(message)
-    return StepError(type_name, message, step=entry.name, attempts=entry.attempts)
-
-
-@dataclass(slots=True)
-class _Leaf:
-    effect: Effect
-    seq: int
-    name: str
-    args: str | None
-    digest: str
-    concurrent: bool = False  # runs in a task of its own, beside other branches of a gather
-
-    def describe(self) -> str:
-        return f"{self.effect.kind}({self.name})"
-
-
-@dataclass(slots=True)
-class _Node:
-    """A gather: children are leaves or nested gathers."""
-
-    gather: Gather
-    children: list[_Leaf | _Node] = field(default_factory=list)
+    return rebuild_error(
+        info.get("type", "Exception"),
+        info.get("message", ""),
+        run_id=run_id,
+        step=entry.name,
+        attempts=entry.attempts,
+        kind=entry.kind,
+    )
 
 
 class Activation:
@@ -273,7 +237,7 @@ class Activation:
         self.fn = fn
         self.limits = limits
         self.replay_only = replay_only
-        self.next_seq = 0
+        self.planner = Planner(limit=limits.max_payload_bytes)  # numbers the effects
         self.releasing = False  # set once the final park/finish write starts
         self.cancel_requested = run.cancel_requested and not replay_only
         self.cancel_injected = any(
@@ -407,7 +371,7 @@ class Activation:
                     else:
                         yielded = coro.send(send)
                         if send is not None:
-                            fault("X7", self.run_id, self.next_seq)
+                            fault("X7", self.run_id, self.planner.next_seq)
                         if self._unjournaled:
                             await self._flush_unjournaled()
                 except StopIteration as stop:
@@ -421,7 +385,7 @@ class Activation:
                     continue
                 try:
                     send = await self._resolve(yielded)
-                    fault("X6", self.run_id, self.next_seq - 1)
+                    fault("X6", self.run_id, self.planner.next_seq - 1)
                 except SerializationError as exc:  # arguments that cannot be journaled
                     throw = exc
                 except _Park as park:
@@ -443,7 +407,7 @@ class Activation:
             _current_workflow.reset(token)
 
     async def _complete(self, value: Any) -> ActivationEnd:
-        beyond = [seq for seq in self.journal if seq >= self.next_seq]
+        beyond = [seq for seq in self.journal if seq >= self.planner.next_seq]
         if beyond:
             entry = self.journal[min(beyond)]
             raise NonDeterminismError(
@@ -457,7 +421,7 @@ class Activation:
             return await self._finish_error(RunStatus.FAILED, exc)
         if self.replay_only:
             if self.run.status == RunStatus.COMPLETED and self.run.result != text:
-                raise ReplayEnd(self.next_seq, "a different return value than recorded")
+                raise ReplayEnd(self.planner.next_seq, "a different return value than recorded")
             return ActivationEnd("completed")
         await self._finish(RunStatus.COMPLETED, text, None)
         return ActivationEnd("completed")
@@ -465,7 +429,7 @@ class Activation:
     async def _finish_error(self, status: RunStatus, exc: BaseException) -> ActivationEnd:
         if self.replay_only:
             return ActivationEnd("cancelled" if status == RunStatus.CANCELLED else "failed")
-        type_name, message = _exception_info(exc)
+        type_name, message = exception_info(exc)
         reopen, after = self._failure_origin(exc)
         error = _error_json(type_name, message, reopen=reopen, after=after)
         await self._finish(status, None, error)
@@ -523,20 +487,21 @@ class Activation:
                 self.cancel_injected = True
 
     async def _resolve_effect(self, effect: Effect) -> Outcome:
-        if isinstance(effect, Gather):
-            node = self._plan_gather(effect)
+        planned = self.planner.plan(effect)
+        if isinstance(planned, Node):
+            node = planned
             outcomes: dict[int, Outcome] = {}
-            leaves = list(_iter_leaves(node))
+            leaves = list(planning.leaves(node))
             # Entries already in the journal are fed at once; the rest run concurrently.
             todo = [leaf for leaf in leaves if not self._replayed(leaf, outcomes)]
             if len(todo) == 1:
                 outcomes[todo[0].seq] = await self._resolve_leaf(todo[0])
             elif todo:
                 await self._resolve_concurrently(todo, outcomes)
-            outcome = _gather_outcome(node, outcomes)
+            outcome = gather_outcome(node, outcomes)
             self._note_errors(leaves, outcomes, outcome)
             return outcome
-        leaf = self._plan_leaf(effect)
+        leaf = planned
         replayed: dict[int, Outcome] = {}
         if self._replayed(leaf, replayed):
             outcome = replayed[leaf.seq]
@@ -545,7 +510,7 @@ class Activation:
         self._note_errors([leaf], {leaf.seq: outcome}, outcome)
         return outcome
 
-    def _note_errors(self, leaves: list[_Leaf], outcomes: dict[int, Outcome], fed: Outcome) -> None:
+    def _note_errors(self, leaves: list[Leaf], outcomes: dict[int, Outcome], fed: Outcome) -> None:
         """Remember where each error about to be fed to the workflow came from: a leaf's error
         stands for its own entry, a gather's error for every error entry of the gather; both
         for the effect's last seq (read by ``_failure_origin``)."""
@@ -561,11 +526,11 @@ class Activation:
         if isinstance(fed, Error):
             self._fed_errors[id(fed.error)] = (fed.error, failed, after)
 
-    async def _resolve_concurrently(self, todo: list[_Leaf], outcomes: dict[int, Outcome]) -> None:
-        parks: list[tuple[_Leaf, _Park]] = []
+    async def _resolve_concurrently(self, todo: list[Leaf], outcomes: dict[int, Outcome]) -> None:
+        parks: list[tuple[Leaf, _Park]] = []
         failures: list[BaseException] = []
 
-        async def one(leaf: _Leaf) -> None:
+        async def one(leaf: Leaf) -> None:
             try:
                 outcomes[leaf.seq] = await self._resolve_leaf(leaf)
             except _Park as park:
@@ -591,32 +556,7 @@ class Activation:
             wakes = [p.wake_at for _, p in parks if p.wake_at is not None]
             raise _Park(min(wakes, default=None), ", ".join(p.waiting_on for _, p in parks))
 
-    def _plan_leaf(self, effect: Effect) -> _Leaf:
-        """Assign the next seq and compute the effect's journal identity."""
-        name, args, dig = _identity(effect, self.limits.max_payload_bytes)
-        leaf = _Leaf(effect, self.next_seq, name, args, dig)
-        self.next_seq += 1
-        return leaf
-
-    def _plan_gather(self, gather: Gather) -> _Node:
-        # Encode every sub-effect's identity first, so an unserialisable argument fails the
-        # whole gather before any seq is taken (the same way on every replay).
-        start = self.next_seq
-        try:
-            return self._plan_node(gather)
-        except SerializationError:
-            self.next_seq = start
-            raise
-
-    def _plan_node(self, gather: Gather) -> _Node:
-        node = _Node(gather)
-        for sub in gather.effects:
-            node.children.append(
-                self._plan_node(sub) if isinstance(sub, Gather) else self._plan_leaf(sub)
-            )
-        return node
-
-    def _replayed(self, leaf: _Leaf, outcomes: dict[int, Outcome]) -> bool:
+    def _replayed(self, leaf: Leaf, outcomes: dict[int, Outcome]) -> bool:
         """If the journal holds a final entry for the leaf, check it and record its outcome."""
         entry = self.journal.get(leaf.seq)
         if entry is None:
@@ -635,7 +575,7 @@ class Activation:
             outcomes[leaf.seq] = Error(_recorded_error(entry, self.run_id))
         return True
 
-    async def _resolve_leaf(self, leaf: _Leaf) -> Outcome:
+    async def _resolve_leaf(self, leaf: Leaf) -> Outcome:
         pending = self.journal.get(leaf.seq)
         if self.replay_only:
             raise ReplayEnd(leaf.seq, leaf.describe())
@@ -668,7 +608,7 @@ class Activation:
 
     def _entry(
         self,
-        leaf: _Leaf,
+        leaf: Leaf,
         status: str,
         *,
         pending: JournalEntry | None = None,
@@ -756,7 +696,7 @@ class Activation:
 
     async def _inject_cancel(
         self,
-        leaf: _Leaf,
+        leaf: Leaf,
         pending: JournalEntry | None,
         *,
         attempts: int | None = None,
@@ -779,7 +719,7 @@ class Activation:
         self._cancel_written = True
         return Error(exc)
 
-    async def _run_call(self, effect: Call, leaf: _Leaf, pending: JournalEntry | None) -> Outcome:
+    async def _run_call(self, effect: Call, leaf: Leaf, pending: JournalEntry | None) -> Outcome:
         # An attempt cut short by its worker's death (or a lost lease) does not count against
         # the retry policy: it runs again with the same attempt number and the last heartbeat
         # details it journaled.
@@ -854,7 +794,7 @@ class Activation:
                     )
                 )
                 return Value(decoded)
-            type_name, message = _exception_info(failure)
+            type_name, message = exception_info(failure)
             error = last_error = _error_json(type_name, message)
             if attempts >= policy.max_attempts or type_name in policy.non_retryable:
                 await self._write(
@@ -936,7 +876,7 @@ class Activation:
             return None, TimeoutError(f"attempt {ctx.info.attempt} of step {leaf.name} was stopped")
         return value, failure
 
-    async def _run_sleep(self, effect: Sleep, leaf: _Leaf, pending: JournalEntry | None) -> Outcome:
+    async def _run_sleep(self, effect: Sleep, leaf: Leaf, pending: JournalEntry | None) -> Outcome:
         if pending is not None and pending.due_at is not None:
             due = pending.due_at
         else:
@@ -952,7 +892,7 @@ class Activation:
         return Value(None)
 
     async def _run_signal(
-        self, effect: AwaitSignal, leaf: _Leaf, pending: JournalEntry | None
+        self, effect: AwaitSignal, leaf: Leaf, pending: JournalEntry | None
     ) -> Outcome:
         deadline = pending.due_at if pending is not None else None
         template = self._entry(leaf, "ok", pending=pending, due_at=deadline)
@@ -1035,49 +975,3 @@ def _progress_text(details: Any) -> str | None:
 
 def _iso(ts: float) -> str:
     return _dt.datetime.fromtimestamp(ts, _dt.UTC).isoformat(timespec="seconds")
-
-
-def _identity(effect: Effect, limit: int) -> tuple[str, str | None, str]:
-    """(name, arguments JSON, digest) of an effect, as the journal records and compares them."""
-    if isinstance(effect, Call):
-        if not effect.args and not effect.kwargs:
-            return effect.name, _NO_ARGS, _NO_ARGS_DIGEST
-        args = codec.encode(
-            [list(effect.args), effect.kwargs],
-            where=f"arguments of step {effect.name}",
-            limit=limit,
-        )
-        return effect.name, args, digest(args)
-    if isinstance(effect, Sleep):
-        spec = {"until": effect.until.isoformat()} if effect.until else {"seconds": effect.seconds}
-        return "", json.dumps(spec), _EMPTY_DIGEST
-    if isinstance(effect, AwaitSignal):
-        timeout = effect.timeout
-        spec = {"timeout": timeout if timeout is None or math.isfinite(timeout) else None}
-        return effect.signal, json.dumps(spec), _EMPTY_DIGEST
-    return "", None, _EMPTY_DIGEST
-
-
-def _iter_leaves(node: _Node) -> Any:
-    for child in node.children:
-        if isinstance(child, _Node):
-            yield from _iter_leaves(child)
-        else:
-            yield child
-
-
-def _gather_outcome(node: _Node, outcomes: dict[int, Outcome]) -> Outcome:
-    results: list[Any] = []
-    first_error: BaseException | None = None
-    for child in node.children:
-        outcome = (
-            _gather_outcome(child, outcomes) if isinstance(child, _Node) else outcomes[child.seq]
-        )
-        if isinstance(outcome, Error):
-            first_error = first_error or outcome.error
-            results.append(outcome.error)
-        else:
-            results.append(outcome.value)
-    if first_error is not None and not node.gather.return_exceptions:
-        return Error(first_error)
-    return Value(results)

@@ -2,8 +2,8 @@
 the retry policy, the workflow registry (``@workflow``, lookup by name) and the context a step or
 a workflow can read (``idempotency_key``, ``step_info``, ``heartbeat``, ``workflow_info``).
 
-May import: ``coro_durable.errors`` and ``coro_durable._core``. The runtime, the engine SPI and the
-stores import it; it imports none of them. The public names are re-exported by ``coro_durable``.
+May import: ``coro_durable.errors`` only. Everything else may import it (the kernel's planning in
+``_core`` included); it imports none of them. The public names are re-exported by ``coro_durable``.
 """
 
 from ._effects import (

@@ -44,7 +44,7 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from random import SystemRandom
 from typing import Any
@@ -55,11 +55,9 @@ from coro_durable import engine
 from coro_durable.engine import codec as _codec
 from coro_durable.errors import (
     EffectNotAllowedError,
-    PayloadTooLargeError,
     RunCancelledError,
     SerializationError,
     SignalTimeout,
-    StepError,
 )
 
 from ._api import CANCEL, START_EVENT, InngestApi, Signal, mailbox_event, order_signals
@@ -101,57 +99,11 @@ class Position:
     at: float = field(default_factory=time.time)
 
 
-@dataclass(slots=True)
-class _Leaf:
-    effect: engine.Effect
-    seq: int
-    name: str
-    index: int = 0  # for a signal wait: which signal of that name it takes (0 = first)
-
-
-@dataclass(slots=True)
-class _Node:
-    gather: engine.Gather
-    children: list[_Leaf | _Node] = field(default_factory=list)
-
-
-def _leaves(node: _Node) -> Iterator[_Leaf]:
-    for child in node.children:
-        if isinstance(child, _Node):
-            yield from _leaves(child)
-        else:
-            yield child
-
-
-def _gather_outcome(node: _Node, outcomes: dict[int, engine.Outcome]) -> engine.Outcome:
-    results: list[Any] = []
-    first_error: BaseException | None = None
-    for child in node.children:
-        outcome = (
-            _gather_outcome(child, outcomes) if isinstance(child, _Node) else outcomes[child.seq]
-        )
-        if isinstance(outcome, engine.Error):
-            first_error = first_error or outcome.error
-            results.append(outcome.error)
-        else:
-            results.append(outcome.value)
-    if first_error is not None and not node.gather.return_exceptions:
-        return engine.Error(first_error)
-    return engine.Value(results)
-
-
 def _has_cancel(outcome: engine.Outcome) -> bool:
     if isinstance(outcome, engine.Error):
         return isinstance(outcome.error, RunCancelledError)
     value = outcome.value
     return isinstance(value, list) and any(isinstance(v, RunCancelledError) for v in value)
-
-
-def exception_info(exc: BaseException) -> tuple[str, str]:
-    """(type name, message) as the embedded runtime records them."""
-    if isinstance(exc, StepError):
-        return exc.type_name, exc.message
-    return type(exc).__name__, str(exc)
 
 
 def _iso(when: _dt.datetime) -> str:
@@ -193,8 +145,8 @@ class RunDriver:
         # Mailbox look-ups start a little before the run's start event (clock skew).
         self.since = _at(started - 300) if started else None
         self.mailbox = mailbox_event(self.run_id)
-        self.next_seq = 0
         self.signal_index: dict[str, int] = {}
+        self.planner = engine.Planner(limit=self.max_payload_bytes, check=self._check_leaf)
         self.cancel_delivered = False
         self.pending: dict[int, tuple[str | None, _dt.datetime | None]] = {}
         self.finished = False
@@ -218,7 +170,7 @@ class RunDriver:
         except AdapterFault:
             raise
         except (Exception, RunCancelledError) as exc:  # RunCancelledError is a BaseException
-            type_name, message = exception_info(exc)
+            type_name, message = engine.exception_info(exc)
             raise WorkflowFailed(type_name, message) from None
         try:
             text = _codec.encode(value, where=f"result of run {self.run_id!r}")
@@ -236,7 +188,7 @@ class RunDriver:
         waits = [label for label, _ in labels if label is not None]
         wakes = [wake for _, wake in labels if wake is not None]
         return Position(
-            step=self.next_seq,
+            step=self.planner.next_seq,
             running=running,
             waiting_on=None if running else ", ".join(waits) or None,
             wake_at=min(wakes) if wakes and not running else None,
@@ -246,38 +198,32 @@ class RunDriver:
 
     async def _resolve(self, effect: engine.Effect) -> engine.Outcome:
         try:
-            if isinstance(effect, engine.Gather):
-                start = self.next_seq
-                try:
-                    node = self._plan_node(effect)
-                except (SerializationError, EffectNotAllowedError):
-                    self.next_seq = start
-                    raise
-                outcome = await self._run_gather(node)
+            planned = self.planner.plan(effect)
+            if isinstance(planned, engine.Node):
+                outcome = await self._run_gather(planned)
             else:
-                leaf = self._plan_leaf(effect)
+                leaf = planned
                 outcome = await self._run_leaf(leaf)
                 if (
                     isinstance(effect, engine.AwaitSignal)
                     and isinstance(outcome, engine.Error)
                     and isinstance(outcome.error, SignalTimeout)
-                    and self.signal_index.get(effect.signal) == leaf.index + 1
+                    and self.signal_index.get(effect.signal) == leaf.data + 1
                 ):
-                    self.signal_index[effect.signal] = leaf.index  # nothing taken: release it
+                    self.signal_index[effect.signal] = leaf.data  # nothing taken: release it
         except (SerializationError, EffectNotAllowedError) as exc:
             return engine.Error(exc)  # raised at the await, like unjournalable arguments
         if _has_cancel(outcome):
             self.cancel_delivered = True  # later effects (cleanup steps) run normally
         return outcome
 
-    def _plan_leaf(self, effect: engine.Effect) -> _Leaf:
+    def _check_leaf(self, leaf: engine.Leaf) -> None:
+        """Refuse what Inngest cannot express (the planner then takes no seq); name an unnamed
+        effect by its kind (it is part of the Inngest step id), and number each signal wait
+        among the waits for that signal name (``leaf.data``: 0 takes the first signal)."""
         s = self.settings
+        effect = leaf.effect
         if isinstance(effect, engine.Call):
-            _codec.encode(
-                [list(effect.args), effect.kwargs],
-                where=f"arguments of step {effect.name}",
-                limit=self.max_payload_bytes,
-            )
             if effect.timeout is not None and effect.timeout > s.max_step_timeout:
                 raise EffectNotAllowedError(
                     f"step {effect.name} has timeout={effect.timeout}s but an Inngest step may run "
@@ -298,23 +244,13 @@ class RunDriver:
                 f"cd.sleep_until({effect.until.isoformat()}) is further away than Inngest's "
                 f"longest sleep ({s.max_sleep:g}s, max_sleep)"
             )
-        leaf = _Leaf(effect, self.next_seq, effect.name or effect.kind)
+        leaf.name = leaf.name or effect.kind
         if isinstance(effect, engine.AwaitSignal):
-            leaf.index = self.signal_index.get(effect.signal, 0)
-            self.signal_index[effect.signal] = leaf.index + 1
-        self.next_seq += 1
-        return leaf
+            leaf.data = self.signal_index.get(effect.signal, 0)
+            self.signal_index[effect.signal] = leaf.data + 1
 
-    def _plan_node(self, gather: engine.Gather) -> _Node:
-        node = _Node(gather)
-        for sub in gather.effects:
-            node.children.append(
-                self._plan_node(sub) if isinstance(sub, engine.Gather) else self._plan_leaf(sub)
-            )
-        return node
-
-    async def _run_gather(self, node: _Node) -> engine.Outcome:
-        leaves = list(_leaves(node))
+    async def _run_gather(self, node: engine.Node) -> engine.Outcome:
+        leaves = list(engine.leaves(node))
         outcomes: dict[int, engine.Outcome] = {}
         if len(leaves) == 1:
             outcomes[leaves[0].seq] = await self._run_leaf(leaves[0])
@@ -329,13 +265,13 @@ class RunDriver:
                     f"{leaves[0].seq} does not reach (the workflow's code changed?)"
                 )
             outcomes = {leaf.seq: result for leaf, result in zip(leaves, results, strict=True)}
-        return _gather_outcome(node, outcomes)
+        return engine.gather_outcome(node, outcomes)
 
     # -- leaves -----------------------------------------------------------------------------------------
 
     async def _tracked(
         self,
-        leaf: _Leaf,
+        leaf: engine.Leaf,
         label: str | None,
         wake: _dt.datetime | None,
         step: Awaitable[Any],
@@ -346,14 +282,14 @@ class RunDriver:
         del self.pending[leaf.seq]
         return result
 
-    async def _value_step(self, leaf: _Leaf, produce: Callable[[], Any]) -> engine.Outcome:
+    async def _value_step(self, leaf: engine.Leaf, produce: Callable[[], Any]) -> engine.Outcome:
         async def run() -> dict[str, Any]:
             return {"v": _codec.encode(produce(), where=leaf.name)}
 
         out = await self._tracked(leaf, None, None, self.step.run(f"{leaf.name}#{leaf.seq}", run))
         return engine.Value(_codec.decode(out["v"]))
 
-    async def _run_leaf(self, leaf: _Leaf) -> engine.Outcome:
+    async def _run_leaf(self, leaf: engine.Leaf) -> engine.Outcome:
         effect = leaf.effect
         if isinstance(effect, engine.Call):
             return await self._run_call(effect, leaf)
@@ -371,7 +307,7 @@ class RunDriver:
 
     # -- call -----------------------------------------------------------------------------------------
 
-    async def _run_call(self, effect: engine.Call, leaf: _Leaf) -> engine.Outcome:
+    async def _run_call(self, effect: engine.Call, leaf: engine.Leaf) -> engine.Outcome:
         policy = effect.retry
         attempt = 0
         while True:
@@ -390,15 +326,12 @@ class RunDriver:
             if "x" in out:  # cancellation seen by an attempt planned before it was delivered
                 continue
             type_name, message, terminal = out["f"]
-            if terminal:
-                cls = (
-                    PayloadTooLargeError
-                    if type_name == "PayloadTooLargeError"
-                    else SerializationError
+            if terminal or attempt >= policy.max_attempts or type_name in policy.non_retryable:
+                return engine.Error(
+                    engine.rebuild_error(
+                        type_name, message, run_id=self.run_id, step=leaf.name, attempts=attempt
+                    )
                 )
-                return engine.Error(cls(message))
-            if attempt >= policy.max_attempts or type_name in policy.non_retryable:
-                return engine.Error(StepError(type_name, message, step=leaf.name, attempts=attempt))
             delay = policy.delay(attempt)
             if delay > 0:
                 cancelled = await self._pause(
@@ -407,7 +340,9 @@ class RunDriver:
                 if cancelled is not None:
                     return cancelled
 
-    async def _attempt(self, effect: engine.Call, leaf: _Leaf, attempt: int) -> dict[str, Any]:
+    async def _attempt(
+        self, effect: engine.Call, leaf: engine.Leaf, attempt: int
+    ) -> dict[str, Any]:
         """The step itself: runs in whichever endpoint process Inngest called, once per attempt
         (again, with the same key, when an endpoint died while running it)."""
         if self.api is not None and not self.cancel_delivered:
@@ -433,7 +368,7 @@ class RunDriver:
             else:
                 value = await asyncio.wait_for(job, effect.timeout)
         except Exception as exc:
-            type_name, message = exception_info(exc)
+            type_name, message = engine.exception_info(exc)
             if isinstance(exc, TimeoutError) and effect.timeout is not None and not message:
                 message = f"attempt {attempt} timed out after {effect.timeout}s"
             return {"f": [type_name, message, False]}
@@ -454,7 +389,7 @@ class RunDriver:
 
     async def _pause(
         self,
-        leaf: _Leaf,
+        leaf: engine.Leaf,
         step_id: str,
         seconds: float,
         label: str,
@@ -486,7 +421,7 @@ class RunDriver:
             await self._tracked(leaf, label, due, self.step.sleep_until(f"{step_id} rest", target))
         return None
 
-    async def _run_sleep(self, effect: engine.Sleep, leaf: _Leaf) -> engine.Outcome:
+    async def _run_sleep(self, effect: engine.Sleep, leaf: engine.Leaf) -> engine.Outcome:
         base = f"sleep#{leaf.seq}"
         if effect.until is not None:
             # The start is recorded so that every replay splits the wait the same way.
@@ -528,7 +463,7 @@ class RunDriver:
             "payload": found["payload"] if found is not None else None,
         }
 
-    async def _run_signal(self, effect: engine.AwaitSignal, leaf: _Leaf) -> engine.Outcome:
+    async def _run_signal(self, effect: engine.AwaitSignal, leaf: engine.Leaf) -> engine.Outcome:
         name, base = effect.signal, f"signal {effect.signal}#{leaf.seq}"
         label = f"signal {name!r}"
         condition = f"async.data.run_id == {_quote(self.run_id)} && "
@@ -549,7 +484,7 @@ class RunDriver:
                     None,
                     self.step.run(
                         f"{base} look {rounds}",
-                        functools.partial(self._look, name, leaf.index, list(seen)),
+                        functools.partial(self._look, name, leaf.data, list(seen)),
                     ),
                 )
                 if look["cancel"] and not self.cancel_delivered:

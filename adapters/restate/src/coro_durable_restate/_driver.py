@@ -44,8 +44,8 @@ import datetime as _dt
 import functools
 import heapq
 import json
-from collections.abc import Generator, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Generator
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -57,19 +57,16 @@ from coro_durable import engine
 from coro_durable.engine import codec as _codec
 from coro_durable.errors import (
     EffectNotAllowedError,
-    PayloadTooLargeError,
     RunCancelledError,
     RunError,
     SerializationError,
     SignalTimeout,
-    StepError,
 )
 
 __all__ = [
     "STATE_KEY",
     "AdapterFault",
     "RunDriver",
-    "exception_info",
     "promise_name",
     "step_limit_error",
 ]
@@ -86,13 +83,6 @@ class AdapterFault(Exception):
 
 class _Cancelled(Exception):
     """Thrown into a leaf process whose wait the run's cancellation interrupts."""
-
-
-def exception_info(exc: BaseException) -> tuple[str, str]:
-    """(type name, message) as the embedded runtime records them (StepError keeps the original's)."""
-    if isinstance(exc, StepError):
-        return exc.type_name, exc.message
-    return type(exc).__name__, str(exc)
 
 
 def promise_name(signal: str, occurrence: int) -> str:
@@ -114,44 +104,6 @@ def _iso(when: _dt.datetime) -> str:
 
 
 # -- the plan: effects numbered like the embedded scheduler ----------------------------------------------
-
-
-@dataclass(slots=True)
-class _Leaf:
-    effect: engine.Effect
-    seq: int
-    name: str
-
-
-@dataclass(slots=True)
-class _Node:
-    gather: engine.Gather
-    children: list[_Leaf | _Node] = field(default_factory=list)
-
-
-def _leaves(node: _Node) -> Iterator[_Leaf]:
-    for child in node.children:
-        if isinstance(child, _Node):
-            yield from _leaves(child)
-        else:
-            yield child
-
-
-def _gather_outcome(node: _Node, outcomes: dict[int, engine.Outcome]) -> engine.Outcome:
-    results: list[Any] = []
-    first_error: BaseException | None = None
-    for child in node.children:
-        outcome = (
-            _gather_outcome(child, outcomes) if isinstance(child, _Node) else outcomes[child.seq]
-        )
-        if isinstance(outcome, engine.Error):
-            first_error = first_error or outcome.error
-            results.append(outcome.error)
-        else:
-            results.append(outcome.value)
-    if first_error is not None and not node.gather.return_exceptions:
-        return engine.Error(first_error)
-    return engine.Value(results)
 
 
 # -- leaf processes ------------------------------------------------------------------------------------
@@ -198,7 +150,7 @@ class RunDriver:
         self.executor = executor
         self.max_payload_bytes = max_payload_bytes
         self.step_limit = step_limit
-        self.next_seq = 0
+        self.planner = engine.Planner(limit=self.max_payload_bytes, check=self._check_leaf)
         self.cancel_requested = False
         self.cancel_injected = False
         # Signal occurrences: the next never-awaited one per name, and ones whose wait ended
@@ -216,57 +168,28 @@ class RunDriver:
     async def resolve(self, effect: engine.Effect) -> engine.Outcome:
         """``engine.drive``'s resolver: one outcome per effect."""
         try:
-            if isinstance(effect, engine.Gather):
-                node = self._plan_gather(effect)
-                leaves = list(_leaves(node))
-            else:
-                leaf = self._plan_leaf(effect)
-                leaves = [leaf]
+            planned = self.planner.plan(effect)
         except (SerializationError, EffectNotAllowedError) as exc:
             return engine.Error(exc)  # raised at the await, like unjournalable arguments
-        outcomes = await self._run_leaves(leaves)
-        if isinstance(effect, engine.Gather):
-            return _gather_outcome(node, outcomes)
-        return outcomes[leaf.seq]
+        if isinstance(planned, engine.Node):
+            return engine.gather_outcome(
+                planned, await self._run_leaves(list(engine.leaves(planned)))
+            )
+        outcomes = await self._run_leaves([planned])
+        return outcomes[planned.seq]
 
     # -- planning ------------------------------------------------------------------------------------
 
-    def _plan_leaf(self, effect: engine.Effect) -> _Leaf:
-        if isinstance(effect, engine.Call):
-            # Arguments stay Python objects (the step runs in this process), but must be
-            # journalable exactly as on the embedded runtime.
-            _codec.encode(
-                [list(effect.args), effect.kwargs],
-                where=f"arguments of step {effect.name}",
-                limit=self.max_payload_bytes,
-            )
-            if effect.timeout is not None and effect.timeout > self.step_limit:
-                raise EffectNotAllowedError(
-                    step_limit_error(effect.name, effect.timeout, self.step_limit)
-                )
-        leaf = _Leaf(effect, self.next_seq, effect.name)
-        self.next_seq += 1
-        return leaf
-
-    def _plan_gather(self, gather: engine.Gather) -> _Node:
-        start = self.next_seq
-        try:
-            return self._plan_node(gather)
-        except (SerializationError, EffectNotAllowedError):
-            self.next_seq = start  # the whole gather fails before any seq is taken
-            raise
-
-    def _plan_node(self, gather: engine.Gather) -> _Node:
-        node = _Node(gather)
-        for sub in gather.effects:
-            node.children.append(
-                self._plan_node(sub) if isinstance(sub, engine.Gather) else self._plan_leaf(sub)
-            )
-        return node
+    def _check_leaf(self, leaf: engine.Leaf) -> None:
+        """Refuse a step timeout Restate cannot honour (the planner then takes no seq)."""
+        effect = leaf.effect
+        timeout = effect.timeout if isinstance(effect, engine.Call) else None
+        if timeout is not None and timeout > self.step_limit:
+            raise EffectNotAllowedError(step_limit_error(leaf.name, timeout, self.step_limit))
 
     # -- the loop that advances leaf processes ---------------------------------------------------------
 
-    async def _run_leaves(self, leaves: list[_Leaf]) -> dict[int, engine.Outcome]:
+    async def _run_leaves(self, leaves: list[engine.Leaf]) -> dict[int, engine.Outcome]:
         outcomes: dict[int, engine.Outcome] = {}
         active: dict[int, tuple[_Process, _Wait]] = {}  # insertion order = leaf order
 
@@ -334,11 +257,11 @@ class RunDriver:
         if position == self.published:
             return
         self.published = position
-        self.ctx.set(STATE_KEY, {**position, "step": self.next_seq}, serde=_JSON)
+        self.ctx.set(STATE_KEY, {**position, "step": self.planner.next_seq}, serde=_JSON)
 
     # -- one leaf --------------------------------------------------------------------------------------
 
-    def _process(self, leaf: _Leaf) -> _Process:
+    def _process(self, leaf: engine.Leaf) -> _Process:
         if self.cancel_requested and not self.cancel_injected:
             self.cancel_injected = True  # cancellation replaces the next effect
             return self._ready(engine.Error(RunCancelledError(self.run_id)))
@@ -373,7 +296,7 @@ class RunDriver:
         _, seconds = yield _Wait((self.ctx.time(),), cancellable=False)
         return self._roundtrip(_dt.datetime.fromtimestamp(float(seconds), _dt.UTC))
 
-    def _call(self, effect: engine.Call, leaf: _Leaf) -> _Process:
+    def _call(self, effect: engine.Call, leaf: engine.Leaf) -> _Process:
         policy = effect.retry
         key = f"{self.run_id}:{leaf.seq}"
         attempts = 0
@@ -390,12 +313,11 @@ class RunDriver:
                 except SerializationError as exc:
                     return engine.Error(exc)
             _, type_name, message, terminal = recorded
-            if terminal:
-                cls = PayloadTooLargeError if type_name == "PayloadTooLargeError" else SerializationError  # fmt: skip
-                return engine.Error(cls(message))
-            if attempts >= policy.max_attempts or type_name in policy.non_retryable:
+            if terminal or attempts >= policy.max_attempts or type_name in policy.non_retryable:
                 return engine.Error(
-                    StepError(type_name, message, step=leaf.name, attempts=attempts)
+                    engine.rebuild_error(
+                        type_name, message, run_id=self.run_id, step=leaf.name, attempts=attempts
+                    )
                 )
             if self.cancel_requested and not self.cancel_injected:
                 self.cancel_injected = True  # cancellation replaces the next attempt
@@ -410,7 +332,7 @@ class RunDriver:
                 finally:
                     self.waiting.pop(leaf.seq, None)
 
-    async def _attempt(self, effect: engine.Call, leaf: _Leaf, key: str, attempt: int) -> Any:
+    async def _attempt(self, effect: engine.Call, leaf: engine.Leaf, key: str, attempt: int) -> Any:
         """One attempt, run by ``ctx.run``: its outcome as a JSON value, never an exception
         (Restate's own retries are for attempts that never finished)."""
         with engine.step_context(key):
@@ -425,7 +347,7 @@ class RunDriver:
                     raise TimeoutError(f"attempt {attempt} timed out after {effect.timeout}s")
                 value = job.result()
         except Exception as exc:
-            type_name, message = exception_info(exc)
+            type_name, message = engine.exception_info(exc)
             return ["error", type_name, message, False]
         try:
             text = _codec.encode(
@@ -437,7 +359,7 @@ class RunDriver:
             return ["error", type(exc).__name__, str(exc), True]
         return ["ok", text]
 
-    def _sleep(self, effect: engine.Sleep, leaf: _Leaf) -> _Process:
+    def _sleep(self, effect: engine.Sleep, leaf: engine.Leaf) -> _Process:
         if effect.until is None and not effect.seconds:
             return engine.Value(None)
         _, now_seconds = yield _Wait((self.ctx.time(),), cancellable=False)
@@ -474,7 +396,7 @@ class RunDriver:
             low += 1
         self.lowest_unconsumed[name] = low
 
-    def _signal(self, effect: engine.AwaitSignal, leaf: _Leaf) -> _Process:
+    def _signal(self, effect: engine.AwaitSignal, leaf: engine.Leaf) -> _Process:
         name = effect.signal
         occurrence = self._take_occurrence(name)
         consumed = False

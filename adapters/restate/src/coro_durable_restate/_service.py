@@ -41,7 +41,6 @@ from ._driver import (
     STATE_KEY,
     AdapterFault,
     RunDriver,
-    exception_info,
     promise_name,
 )
 
@@ -115,7 +114,7 @@ def make_service(
             code = CANCELLED if driver.cancel_requested else 500
             raise TerminalError(failure_message(type(exc).__name__, str(exc)), code) from None
         except Exception as exc:
-            type_name, message = exception_info(exc)
+            type_name, message = engine.exception_info(exc)
             raise TerminalError(failure_message(type_name, message)) from None
         try:
             text = _codec.encode(

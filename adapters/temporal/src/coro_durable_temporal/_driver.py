@@ -27,8 +27,7 @@ from __future__ import annotations
 import asyncio
 import datetime as _dt
 from collections import deque
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -42,14 +41,12 @@ from coro_durable import engine
 from coro_durable.engine import codec as _codec
 from coro_durable.errors import (
     EffectNotAllowedError,
-    PayloadTooLargeError,
     RunCancelledError,
     SerializationError,
     SignalTimeout,
-    StepError,
 )
 
-from ._steps import dispatch_ref, exception_info
+from ._steps import dispatch_ref
 
 __all__ = [
     "OPTIONS_MARK",
@@ -83,46 +80,6 @@ class AdapterFault(Exception):
     it, as the embedded runtime retries a crashed activation), never the run."""
 
 
-@dataclass(slots=True)
-class _Leaf:
-    effect: engine.Effect
-    seq: int
-    name: str
-    args: str | None = None  # codec text of [args, kwargs] for calls
-    ref: tuple[str, str] | None = None  # (module, qualname) for calls
-
-
-@dataclass(slots=True)
-class _Node:
-    gather: engine.Gather
-    children: list[_Leaf | _Node] = field(default_factory=list)
-
-
-def _leaves(node: _Node) -> Iterator[_Leaf]:
-    for child in node.children:
-        if isinstance(child, _Node):
-            yield from _leaves(child)
-        else:
-            yield child
-
-
-def _gather_outcome(node: _Node, outcomes: dict[int, engine.Outcome]) -> engine.Outcome:
-    results: list[Any] = []
-    first_error: BaseException | None = None
-    for child in node.children:
-        outcome = (
-            _gather_outcome(child, outcomes) if isinstance(child, _Node) else outcomes[child.seq]
-        )
-        if isinstance(outcome, engine.Error):
-            first_error = first_error or outcome.error
-            results.append(outcome.error)
-        else:
-            results.append(outcome.value)
-    if first_error is not None and not node.gather.return_exceptions:
-        return engine.Error(first_error)
-    return engine.Value(results)
-
-
 def _iso(when: _dt.datetime) -> str:
     return when.astimezone(_dt.UTC).isoformat(timespec="seconds")
 
@@ -133,7 +90,7 @@ class RunDriver:
     def __init__(self) -> None:
         self.signals: dict[str, deque[Any]] = {}
         self.signal_ids: set[str] = set()
-        self.next_seq = 0
+        self.planner = engine.Planner(check=self._check_leaf)  # numbers effects as embedded
         self.cancel_requested = False
         self.cancel_injected = False
         self.cancelled_by_us: set[int] = set()
@@ -189,7 +146,7 @@ class RunDriver:
                 raise asyncio.CancelledError() from None  # Temporal records it as cancelled
             raise ApplicationError(str(exc), type=type(exc).__name__, non_retryable=True) from None
         except Exception as exc:
-            type_name, message = exception_info(exc)
+            type_name, message = engine.exception_info(exc)
             raise ApplicationError(message, type=type_name, non_retryable=True) from None
         try:
             return _codec.encode(
@@ -227,7 +184,7 @@ class RunDriver:
         return {
             "workflow": info.workflow_type,
             "status": "running" if self.running or not waiting else "waiting",
-            "step": self.next_seq,
+            "step": self.planner.next_seq,
             "waiting_on": ", ".join(waiting) or None,
             "wake_at": _iso(min(wakes)) if wakes else None,
             "running": [self.running[s] for s in sorted(self.running)],
@@ -246,50 +203,22 @@ class RunDriver:
 
     async def _resolve(self, effect: engine.Effect) -> engine.Outcome:
         try:
-            if isinstance(effect, engine.Gather):
-                node = self._plan_gather(effect)
-            else:
-                leaf = self._plan_leaf(effect)
+            planned = self.planner.plan(effect)
         except (SerializationError, EffectNotAllowedError) as exc:
             return engine.Error(exc)  # raised at the await, like unjournalable arguments
-        if isinstance(effect, engine.Gather):
-            return await self._run_gather(node)
-        return await self._run_leaf(leaf, main=True)
+        if isinstance(planned, engine.Node):
+            return await self._run_gather(planned)
+        return await self._run_leaf(planned, main=True)
 
-    def _plan_leaf(self, effect: engine.Effect) -> _Leaf:
-        if isinstance(effect, engine.Call):
-            ref = dispatch_ref(effect.fn)
-            args = _codec.encode(
-                [list(effect.args), effect.kwargs],
-                where=f"arguments of step {effect.name}",
-                limit=_codec.DEFAULT_MAX_PAYLOAD_BYTES,
-            )
-            leaf = _Leaf(effect, self.next_seq, effect.name, args, ref)
-        elif isinstance(effect, engine.Gather):  # pragma: no cover - planned by _plan_node
-            raise AdapterFault("a gather is not a leaf")
-        else:
-            leaf = _Leaf(effect, self.next_seq, effect.name)
-        self.next_seq += 1
-        return leaf
+    @staticmethod
+    def _check_leaf(leaf: engine.Leaf) -> None:
+        """A step must be findable by workers: ``leaf.data`` is its (module, qualified name);
+        EffectNotAllowedError (the planner then takes no seq) when it has none."""
+        if isinstance(leaf.effect, engine.Call):
+            leaf.data = dispatch_ref(leaf.effect.fn)
 
-    def _plan_gather(self, gather: engine.Gather) -> _Node:
-        start = self.next_seq
-        try:
-            return self._plan_node(gather)
-        except (SerializationError, EffectNotAllowedError):
-            self.next_seq = start  # the whole gather fails before any seq is taken
-            raise
-
-    def _plan_node(self, gather: engine.Gather) -> _Node:
-        node = _Node(gather)
-        for sub in gather.effects:
-            node.children.append(
-                self._plan_node(sub) if isinstance(sub, engine.Gather) else self._plan_leaf(sub)
-            )
-        return node
-
-    async def _run_gather(self, node: _Node) -> engine.Outcome:
-        leaves = list(_leaves(node))
+    async def _run_gather(self, node: engine.Node) -> engine.Outcome:
+        leaves = list(engine.leaves(node))
         outcomes: dict[int, engine.Outcome] = {}
         if len(leaves) == 1:
             outcomes[leaves[0].seq] = await self._run_leaf(leaves[0], main=True)
@@ -310,7 +239,7 @@ class RunDriver:
                             task.cancel()
             for seq, task in tasks.items():
                 outcomes[seq] = task.result()
-        return _gather_outcome(node, outcomes)
+        return engine.gather_outcome(node, outcomes)
 
     def _accept_cancel(self) -> bool:
         """Is this CancelledError the run's cancellation (rt.cancel), seen for the first time?
@@ -320,14 +249,14 @@ class RunDriver:
         self.cancel_requested = True
         return True
 
-    def _cancel_outcome(self, leaf: _Leaf, main: bool) -> engine.Outcome | None:
+    def _cancel_outcome(self, leaf: engine.Leaf, main: bool) -> engine.Outcome | None:
         """On CancelledError in a wait: the RunCancelledError outcome, or None to re-raise."""
         if leaf.seq in self.cancelled_by_us or (main and self._accept_cancel()):
             self.cancel_injected = True
             return engine.Error(RunCancelledError(self.run_id))
         return None
 
-    async def _run_leaf(self, leaf: _Leaf, main: bool = False) -> engine.Outcome:
+    async def _run_leaf(self, leaf: engine.Leaf, main: bool = False) -> engine.Outcome:
         if self.cancel_requested and not self.cancel_injected:
             self.cancel_injected = True
             return engine.Error(RunCancelledError(self.run_id))
@@ -353,7 +282,7 @@ class RunDriver:
 
     # -- call ---------------------------------------------------------------------------------------------
 
-    async def _run_call(self, effect: engine.Call, leaf: _Leaf, main: bool) -> engine.Outcome:
+    async def _run_call(self, effect: engine.Call, leaf: engine.Leaf, main: bool) -> engine.Outcome:
         policy = effect.retry
         attempts = 0
         while True:
@@ -362,16 +291,11 @@ class RunDriver:
             if not isinstance(failure, tuple):
                 return failure
             type_name, message, terminal = failure
-            if terminal:
-                cls = (
-                    PayloadTooLargeError
-                    if type_name == "PayloadTooLargeError"
-                    else SerializationError
-                )
-                return engine.Error(cls(message))
-            if attempts >= policy.max_attempts or type_name in policy.non_retryable:
+            if terminal or attempts >= policy.max_attempts or type_name in policy.non_retryable:
                 return engine.Error(
-                    StepError(type_name, message, step=leaf.name, attempts=attempts)
+                    engine.rebuild_error(
+                        type_name, message, run_id=self.run_id, step=leaf.name, attempts=attempts
+                    )
                 )
             if self.cancel_requested and not self.cancel_injected:
                 self.cancel_injected = True  # cancellation replaces the next attempt
@@ -393,11 +317,11 @@ class RunDriver:
                     self.wake_at.pop(leaf.seq, None)
 
     async def _attempt(
-        self, effect: engine.Call, leaf: _Leaf, attempt: int, main: bool
+        self, effect: engine.Call, leaf: engine.Leaf, attempt: int, main: bool
     ) -> engine.Outcome | tuple[str, str, bool]:
         """One attempt: its outcome, or (type name, message, terminal) when it failed."""
-        assert leaf.ref is not None and leaf.args is not None
-        module, qualname = leaf.ref
+        assert leaf.data is not None and leaf.args is not None
+        module, qualname = leaf.data
         timeout = effect.timeout
         request = {
             "module": module,
@@ -451,7 +375,7 @@ class RunDriver:
             return (
                 type_name,
                 cause.message,
-                type_name in ("SerializationError", "PayloadTooLargeError"),
+                type_name in engine.UNJOURNALABLE,
             )
         if isinstance(cause, TemporalTimeoutError):
             return "TimeoutError", f"Temporal activity timeout ({cause.type})", False
@@ -461,7 +385,9 @@ class RunDriver:
 
     # -- sleep and signals ----------------------------------------------------------------------------
 
-    async def _run_sleep(self, effect: engine.Sleep, leaf: _Leaf, main: bool) -> engine.Outcome:
+    async def _run_sleep(
+        self, effect: engine.Sleep, leaf: engine.Leaf, main: bool
+    ) -> engine.Outcome:
         now = workflow.now()
         if effect.until is not None:
             due = effect.until
@@ -486,7 +412,7 @@ class RunDriver:
         return engine.Value(None)
 
     async def _run_signal(
-        self, effect: engine.AwaitSignal, leaf: _Leaf, main: bool
+        self, effect: engine.AwaitSignal, leaf: engine.Leaf, main: bool
     ) -> engine.Outcome:
         queue = self.signals.setdefault(effect.signal, deque())
         if queue:

@@ -36,9 +36,9 @@ import coro_durable as cd
 from coro_durable import engine
 from coro_durable.engine import codec as _codec
 from coro_durable.engine import registered
-from coro_durable.errors import EffectNotAllowedError, SerializationError, StepError
+from coro_durable.errors import EffectNotAllowedError, SerializationError
 
-__all__ = ["StepRunner", "check_workflow", "dispatch_ref", "exception_info"]
+__all__ = ["StepRunner", "check_workflow", "dispatch_ref"]
 
 UNKNOWN_STEP = "UnknownStepError"
 
@@ -46,13 +46,6 @@ UNKNOWN_STEP = "UnknownStepError"
 # (thread-locally) by the sandbox's own view, whose ``__main__`` is an empty stand-in; step
 # lookups must see the real modules.
 _MODULES = sys.modules
-
-
-def exception_info(exc: BaseException) -> tuple[str, str]:
-    """(type name, message) as the embedded runtime records them (StepError keeps the original's)."""
-    if isinstance(exc, StepError):
-        return exc.type_name, exc.message
-    return type(exc).__name__, str(exc)
 
 
 # -- finding step functions by name ------------------------------------------------------------------
@@ -323,7 +316,7 @@ class StepRunner:
             job.cancel()
             raise
         except Exception as exc:
-            type_name, message = exception_info(exc)
+            type_name, message = engine.exception_info(exc)
             if isinstance(exc, TimeoutError) and timeout is not None and not message:
                 message = f"attempt {attempt} timed out after {timeout}s"
             # BENIGN: an expected outcome the workflow handles (retry or StepError), not a
