@@ -774,10 +774,30 @@ class Runtime:
                     log.info("worker %s: claiming runs works again", self.worker_id)
                     claim_failure = None
                 for run in claimed:
+                    if run.run_id in self._active:
+                        self._supersede(run)
                     self._active[run.run_id] = run.epoch
                     self._tg.start_soon(self._activate, run)
             if len(claimed) < free or free <= 0:
                 await self._wait(changed, self.poll_interval)
+
+    def _supersede(self, run: RunRecord) -> None:
+        """This worker claimed a run it was still driving: its lease expired before a renewal
+        reached the store (a blocked event loop, an overloaded store). The older activation is
+        fenced already (its writes are refused); stop it now rather than at its next write."""
+        log.warning(
+            "worker %s: the lease on run %s (fencing token %d) expired before this worker "
+            "renewed it, and the worker claimed the run again (fencing token %d); the older "
+            "activation stops, its steps in flight run again under the same idempotency keys",
+            self.worker_id,
+            run.run_id,
+            self._active[run.run_id],
+            run.epoch,
+        )
+        _, scope = self._activations.get(run.run_id, (None, None))
+        if scope is not None:
+            scope.cancel()
+        self._lease_trouble("a lease expired before its renewal")
 
     async def _renew_loop(self) -> None:
         with anyio.CancelScope() as scope:
