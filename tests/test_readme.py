@@ -69,3 +69,19 @@ def test_ten_lines_example_runs_twice_without_a_traceback(tmp_path: Path) -> Non
     assert sorted(calls[0]) == ["llm_plan", "retrieve", "retrieve", "synthesize"]
     assert calls[1] == calls[0]  # the second run executed no step: the run persisted
     assert (tmp_path / "runs.db").exists()
+
+
+def test_fake_clock_example_runs_in_well_under_a_day(tmp_path: Path) -> None:
+    """The README's FakeClock example, run as a script: the one-day timer fires when the clock
+    is advanced, and the script prints the clock's date within seconds."""
+    text = README.read_text()
+    section = text[text.index("\n### Timers in tests: `FakeClock`\n") :]
+    match = re.search(r"^```python\n(.*?)^```$", section, re.M | re.S)
+    assert match is not None, "no python block under the FakeClock section"
+    script = tmp_path / "reminder.py"
+    script.write_text(match.group(1))
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "sent at 2030-01-02"

@@ -40,6 +40,7 @@ from typing import Any, Literal, TypeVar
 import anyio
 
 from .._core import codec, faults, planning
+from .._core.clock import SYSTEM_CLOCK, Clock
 from .._core.faults import SimulatedCrash, fault
 from .._core.planning import Leaf, Node, Planner, exception_info, gather_outcome, rebuild_error
 from ..errors import (
@@ -90,6 +91,7 @@ class Limits:
     max_payload_bytes: int = codec.DEFAULT_MAX_PAYLOAD_BYTES
     inline_wait: float = 1.0  # waits up to this long happen in-process, longer ones park the run
     store_deadline: float = 60.0  # keep retrying a failing store this long before giving up
+    clock: Clock = SYSTEM_CLOCK  # the time of timers, retries, cd.now() and journal timestamps
 
 
 @dataclass(slots=True)
@@ -236,6 +238,7 @@ class Activation:
         self.journal = journal
         self.fn = fn
         self.limits = limits
+        self.clock = limits.clock
         self.replay_only = replay_only
         self.planner = Planner(limit=limits.max_payload_bytes)  # numbers the effects
         self.releasing = False  # set once the final park/finish write starts
@@ -582,7 +585,9 @@ class Activation:
         if self._cancel_pending():
             return await self._inject_cancel(leaf, pending)
         if self.draining:
-            raise _Park(time.time(), f"a worker (handed back by {self.worker_id}: shutting down)")
+            raise _Park(
+                self.clock.time(), f"a worker (handed back by {self.worker_id}: shutting down)"
+            )
         effect = leaf.effect
         fault("X1", self.run_id, leaf.seq)
         try:
@@ -595,7 +600,7 @@ class Activation:
         except _CancelNow:
             return await self._inject_cancel(leaf, self.journal.get(leaf.seq))
         if isinstance(effect, Now):
-            value: Any = _dt.datetime.now(_dt.UTC)
+            value: Any = _dt.datetime.fromtimestamp(self.clock.time(), _dt.UTC)
         elif isinstance(effect, Uuid4):
             value = _uuid.uuid4()
         elif isinstance(effect, Random):
@@ -619,7 +624,7 @@ class Activation:
         finished: bool = False,
         started_at: float | None = None,
     ) -> JournalEntry:
-        now = time.time()
+        now = self.clock.time()
         if pending is not None:
             started_at = pending.started_at
         return JournalEntry(
@@ -676,7 +681,7 @@ class Activation:
     async def _wait_until(self, due: float, waiting_on: str) -> None:
         """Wait in-process until ``due`` (its entry is journaled already), or park the run when the
         wait is long or the worker drains. A cancel request ends the wait with _CancelNow."""
-        remaining = due - time.time()
+        remaining = due - self.clock.time()
         if remaining <= 0:
             return
         if remaining > self.limits.inline_wait or self.draining:
@@ -686,7 +691,7 @@ class Activation:
         with anyio.CancelScope() as scope:
             self._waits.add(scope)
             try:
-                await anyio.sleep(remaining)
+                await self.clock.sleep(remaining)
             finally:
                 self._waits.discard(scope)
         if scope.cancel_called:  # interrupted by request_cancel or drain
@@ -728,7 +733,7 @@ class Activation:
         last_error = pending.error if pending else None
         if pending is not None and pending.due_at is not None:
             await self._wait_until(pending.due_at, f"retry of step {leaf.name}")
-        started = time.time()  # when the first attempt of this activation began
+        started = self.clock.time()  # when the first attempt of this activation began
         policy = effect.retry
         while True:
             if self._cancel_pending():  # cancelled between attempts
@@ -743,7 +748,7 @@ class Activation:
                 idempotency_key=f"{self.run_id}:{leaf.seq}",
                 heartbeat_details=details,
             )
-            ctx = StepContext(info, effect.heartbeat_timeout)
+            ctx = StepContext(info, effect.heartbeat_timeout, wall=self.clock.time)
             # A cancel scope only where something may have to stop this attempt alone (its
             # timeouts, or a cancel of one branch among a gather's); see request_cancel.
             needs_scope = leaf.concurrent or effect.timeout or effect.heartbeat_timeout
@@ -809,7 +814,7 @@ class Activation:
                     )
                 )
                 return Error(StepError(type_name, message, step=leaf.name, attempts=attempts))
-            due = time.time() + policy.delay(attempts)
+            due = self.clock.time() + policy.delay(attempts)
             pending = self._entry(
                 leaf,
                 "pending",
@@ -880,8 +885,12 @@ class Activation:
         if pending is not None and pending.due_at is not None:
             due = pending.due_at
         else:
-            due = effect.until.timestamp() if effect.until else time.time() + (effect.seconds or 0)
-            if due > time.time():
+            due = (
+                effect.until.timestamp()
+                if effect.until
+                else self.clock.time() + (effect.seconds or 0)
+            )
+            if due > self.clock.time():
                 pending = self._entry(leaf, "pending", due_at=due)
                 await self._write(pending)
                 fault("X2", self.run_id, leaf.seq)
@@ -913,12 +922,12 @@ class Activation:
             self._remember(got)
             return Value(codec.decode(got.result) if got.result else None)
         if pending is None and effect.timeout is not None:
-            deadline = time.time() + effect.timeout
+            deadline = self.clock.time() + effect.timeout
             if effect.timeout > 0:
                 pending = self._entry(leaf, "pending", due_at=deadline)
                 await self._write(pending)
                 fault("X2", self.run_id, leaf.seq)
-        if deadline is not None and deadline <= time.time():
+        if deadline is not None and deadline <= self.clock.time():
             exc = SignalTimeout(
                 f"no signal {effect.signal!r} arrived for run {self.run_id!r} within "
                 f"{effect.timeout}s"

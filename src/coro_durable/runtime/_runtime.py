@@ -47,6 +47,7 @@ import anyio
 import anyio.abc
 
 from .._core import codec
+from .._core.clock import SYSTEM_CLOCK, Clock
 from .._core.faults import SimulatedCrash, fault
 from ..errors import (
     ConfigurationError,
@@ -75,7 +76,7 @@ from ..journal._records import (
     retry_refused,
     verify_journal,
 )
-from ..store._protocol import Store
+from ..store._protocol import Store, StoreWrapper
 from ..store._registry import default_store_url, engine_class, open_store
 from ..workflow import _registry
 from ..workflow._effects import StepInfo
@@ -116,6 +117,34 @@ def _default_retrier() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
+def _store_clock(store: Store, clock: Clock | None) -> Clock:
+    """The clock a Runtime on ``store`` keeps time by: ``clock`` if given (the store then keeps
+    time by it too, which only stores that use the process's clock can), else the store's."""
+    base = store
+    while isinstance(base, StoreWrapper):
+        base = base.inner
+    kept = getattr(base, "clock", None)
+    if clock is None:
+        return kept if isinstance(kept, Clock) else SYSTEM_CLOCK
+    if not isinstance(clock, Clock):
+        raise ConfigurationError(
+            f"clock must be a coro_durable Clock (e.g. coro_durable.testing.FakeClock), got "
+            f"{clock!r}"
+        )
+    if not isinstance(kept, Clock):
+        raise ConfigurationError(
+            f"{type(base).__name__} keeps time by its server's clock, so a Runtime on it cannot "
+            f"take clock={clock!r}; control time with a memory:// or sqlite:// store"
+        )
+    if kept is not clock and kept is not SYSTEM_CLOCK:
+        raise ConfigurationError(
+            f"{type(base).__name__} keeps time by {kept!r} already; give every Runtime on one "
+            "store the same clock"
+        )
+    base.clock = clock  # type: ignore[attr-defined]
+    return clock
+
+
 class Runtime:
     """Embed durable execution: ``async with Runtime(url_or_store) as rt: ...``.
 
@@ -140,6 +169,10 @@ class Runtime:
         shutdown_grace: on leaving ``async with`` (or after ``serve()`` got SIGTERM), seconds the
             steps in flight get to finish and be journaled before their runs are handed back;
             0 hands them back at once (the steps then run again elsewhere).
+        clock: the time timers, signal timeouts, retry backoff, ``cd.now()`` and journal
+            timestamps are measured in (``coro_durable.testing.FakeClock`` in tests); the store
+            keeps time by it too, so only stores on the process's clock (memory, SQLite) take
+            one. Default: the store's clock, the system clock.
     """
 
     def __new__(cls, store: str | Store | None = None, **options: Any) -> Runtime:
@@ -170,6 +203,7 @@ class Runtime:
         store_deadline: float = 60.0,
         worker_id: str | None = None,
         shutdown_grace: float = 30.0,
+        clock: Clock | None = None,
     ) -> None:
         if not (lease_ttl > 0 and math.isfinite(lease_ttl)):
             raise ConfigurationError(
@@ -195,13 +229,14 @@ class Runtime:
             self.store: Store = open_store(store or default_store_url())
         else:
             self.store = store
+        self.clock = _store_clock(self.store, clock)
         self.lease_ttl = lease_ttl
         self.concurrency = concurrency
         self.worker = worker
         self.poll_interval = poll_interval
         self.max_crashes = max_crashes
         self.shutdown_grace = shutdown_grace
-        self.limits = Limits(max_payload_bytes, inline_wait, store_deadline)
+        self.limits = Limits(max_payload_bytes, inline_wait, store_deadline, self.clock)
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         for fn in workflows:
             _registry.register_function(fn)
@@ -228,7 +263,14 @@ class Runtime:
         if self.worker:
             await self._register()  # before anything is claimed
         self._changed = anyio.Event()
-        self._unsubscribe = self.store.subscribe(self._on_store_change)
+        unsubscribe_store = self.store.subscribe(self._on_store_change)
+        unsubscribe_clock = self.clock.on_jump(self._on_store_change)  # timers may be due now
+
+        def unsubscribe() -> None:
+            unsubscribe_store()
+            unsubscribe_clock()
+
+        self._unsubscribe = unsubscribe
         self._open = True
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
@@ -571,7 +613,7 @@ class Runtime:
             if e.seq >= 0 and (e.seq in doomed or (after is not None and e.seq > after))
         ]
         seq = min((s for s in journal if s < 0), default=0) - 1
-        now = time.time()
+        now = self.clock.time()
         audit = {
             "by": by if by is not None else _default_retrier(),
             "at": _dt.datetime.fromtimestamp(now, _dt.UTC).isoformat(timespec="milliseconds"),
@@ -654,11 +696,11 @@ class Runtime:
 
     async def _unserved_note(self, run: RunRecord) -> str | None:
         """For a run a worker could claim now, a note when no live worker serves its workflow."""
-        now = time.time()
+        now = self.clock.time()
         runnable = (
             run.status == RunStatus.PENDING
             or (run.status == RunStatus.WAITING and run.wake_at is not None and run.wake_at <= now)
-            or (run.status == RunStatus.RUNNING and (run.lease_expires or 0.0) <= now)
+            or (run.status == RunStatus.RUNNING and (run.lease_expires or 0.0) <= time.time())
         )
         if not runnable:
             return None
@@ -1040,7 +1082,7 @@ class Runtime:
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
             try:
                 await self.store.park(
-                    run_id, epoch, time.time(), f"a worker (handed back by {self.worker_id})"
+                    run_id, epoch, self.clock.time(), f"a worker (handed back by {self.worker_id})"
                 )
                 self._handed_back += 1
                 log.info(
@@ -1063,7 +1105,7 @@ class Runtime:
         """Record a crashed activation; return the run as the store left it (None if unknown)."""
         run = await self.store.get_run(run_id)
         crashes = (run.crash_count if run else 0) + 1
-        retry_at = time.time() + min(0.5 * 2 ** (crashes - 1), 60.0)
+        retry_at = self.clock.time() + min(0.5 * 2 ** (crashes - 1), 60.0)
         try:
             return await self.store.record_crash(
                 run_id, epoch, f"{type(exc).__name__}: {exc}", retry_at, self.max_crashes

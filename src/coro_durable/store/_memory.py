@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .._core import faults
+from .._core.clock import SYSTEM_CLOCK, Clock
 from ..errors import ConflictError, LeaseLost, RunNotFoundError
 from ..journal._records import (
     CANCELLED_ERROR,
@@ -45,8 +46,9 @@ class _Signal:
 class MemoryStore:
     """An in-process store (``memory://``)."""
 
-    def __init__(self, url: str = "memory://") -> None:
+    def __init__(self, url: str = "memory://", *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.url = url
+        self.clock = clock  # timers and timestamps; leases and worker expiry use real time
         self._lock = threading.Lock()
         self._runs: dict[str, RunRecord] = {}
         self._journals: dict[str, dict[int, JournalEntry]] = {}
@@ -96,7 +98,7 @@ class MemoryStore:
         journal.update(accepted)
         if any(entry.final for entry in entries):
             run.crash_count = 0  # progress; pending entries alone (a step in flight) are not
-        run.updated_at = time.time()
+        run.updated_at = self.clock.time()
 
     # -- runs -------------------------------------------------------------------------------------------
 
@@ -107,7 +109,7 @@ class MemoryStore:
             if existing is not None:
                 return existing.copy(), False
             stored = run.copy()
-            stored.created_at = stored.updated_at = time.time()
+            stored.created_at = stored.updated_at = self.clock.time()
             stored.status = RunStatus.PENDING
             stored.wake_at = stored.created_at
             self._runs[run.run_id] = stored
@@ -159,7 +161,7 @@ class MemoryStore:
             run = self._fenced(run_id, epoch)
             for sig in self._signals[run_id]:
                 if sig.name == name and not sig.consumed:
-                    final = entry.with_result(sig.payload, time.time())
+                    final = entry.with_result(sig.payload, self.clock.time())
                     self._append_locked(run, [final])
                     sig.consumed = True
                     return final
@@ -176,7 +178,7 @@ class MemoryStore:
         workflows: Sequence[str],
         max_crashes: int,
     ) -> list[RunRecord]:
-        now = time.time()
+        now, live = self.clock.time(), time.time()
         names = set(workflows)
         claimed: list[RunRecord] = []
         with self._lock:
@@ -191,7 +193,7 @@ class MemoryStore:
                     if run.wake_at is None or run.wake_at > now:
                         continue
                 elif run.status == RunStatus.RUNNING:
-                    if run.lease_expires is None or run.lease_expires > now:
+                    if run.lease_expires is None or run.lease_expires > live:
                         continue
                     run.crash_count += 1
                     run.last_error = (
@@ -207,14 +209,14 @@ class MemoryStore:
                 run.status = RunStatus.RUNNING
                 run.epoch += 1
                 run.owner = worker
-                run.lease_expires = now + lease_ttl
+                run.lease_expires = live + lease_ttl
                 run.wake_at = None
                 run.updated_at = now
                 claimed.append(run.copy())
         return claimed
 
     async def renew(self, worker: str, leases: dict[str, int], lease_ttl: float) -> dict[str, bool]:
-        now = time.time()
+        now = time.time()  # leases measure live workers: real time
         held: dict[str, bool] = {}
         with self._lock:
             for run_id, epoch in leases.items():
@@ -234,7 +236,7 @@ class MemoryStore:
     ) -> None:
         with self._lock:
             run = self._fenced(run_id, epoch)
-            now = time.time()
+            now = self.clock.time()
             if self._has_unconsumed(run_id) or run.cancel_requested:
                 wake_at = now
             run.status = RunStatus.WAITING
@@ -253,7 +255,7 @@ class MemoryStore:
             run.result = result
             run.error = error
             run.owner = run.lease_expires = run.wake_at = run.waiting_on = None
-            run.updated_at = time.time()
+            run.updated_at = self.clock.time()
         self._listeners.notify()
 
     async def record_crash(
@@ -275,7 +277,7 @@ class MemoryStore:
             else:
                 run.status = RunStatus.WAITING
                 run.wake_at = retry_at
-            run.updated_at = time.time()
+            run.updated_at = self.clock.time()
             result = run.copy()
         self._listeners.notify()
         return result
@@ -288,7 +290,7 @@ class MemoryStore:
             if run.status == RunStatus.QUARANTINED:
                 run.status = RunStatus.PENDING
                 run.crash_count = 0
-                run.wake_at = time.time()
+                run.wake_at = self.clock.time()
                 run.updated_at = run.wake_at
             result = run.copy()
         self._listeners.notify()
@@ -314,7 +316,7 @@ class MemoryStore:
                 if seq >= 0 and (seq in doomed or (after is not None and seq > after)):
                     del journal[seq]
             journal[note.seq] = note
-            now = time.time()
+            now = self.clock.time()
             run.status = RunStatus.PENDING
             run.wake_at = now
             run.waiting_on = run.owner = run.lease_expires = None
@@ -339,7 +341,7 @@ class MemoryStore:
                 return False
             signals.append(_Signal(next(self._order), signal_id, name, payload))
             if run.status == RunStatus.WAITING:
-                run.wake_at = time.time()
+                run.wake_at = self.clock.time()
         self._listeners.notify()
         return True
 
@@ -356,11 +358,11 @@ class MemoryStore:
                 run.cancel_requested = True
                 run.error = CANCELLED_ERROR
                 run.wake_at = None
-                run.updated_at = time.time()
+                run.updated_at = self.clock.time()
             elif run.status not in TERMINAL:
                 run.cancel_requested = True
                 if run.status in (RunStatus.WAITING, RunStatus.PENDING):
-                    run.wake_at = time.time()
+                    run.wake_at = self.clock.time()
             result = run.copy()
         self._listeners.notify()
         return result
@@ -368,7 +370,7 @@ class MemoryStore:
     # -- the worker registry ----------------------------------------------------------------------------
 
     async def heartbeat_worker(self, worker: WorkerRecord, ttl: float) -> WorkerRecord:
-        now = time.time()
+        now = time.time()  # the registry measures live workers: real time
         with self._lock:
             for worker_id, other in list(self._workers.items()):
                 if other.expires_at <= now and worker_id != worker.worker_id:

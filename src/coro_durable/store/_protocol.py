@@ -49,7 +49,12 @@ passes the same conformance suite (tests/test_store_conformance.py). The rules a
   seq is already taken by an identical entry means our own earlier call landed (its
   acknowledgement was lost): answer the run as it is. Taken by another entry: ConflictError (the
   run was retried concurrently). ``steps`` counts only entries with seq >= 0.
-* Times are ``time.time()`` floats from the store's clock.
+* Times are ``time.time()`` floats from the store's clock. A store that keeps time by the
+  process's clock (memory, SQLite) has a ``clock`` attribute (a ``coro_durable.testing.Clock``)
+  that a ``Runtime(clock=...)`` sets: due times (``wake_at``) and timestamps come from
+  ``clock.time()``, while lease and worker-registry expiries stay on ``time.time()`` (they
+  measure live processes). A store on its server's clock (Postgres, Redis) has no ``clock``
+  attribute, and a Runtime on it refuses a clock.
 * Listeners registered with ``subscribe`` are called (on the event loop) when new work may be
   claimable: a run created or retried, a signal delivered, a cancel requested, a lease released.
   A store whose notifications come from its server (LISTEN/NOTIFY, pub/sub) may define an

@@ -77,6 +77,7 @@ import anyio
 import anyio.to_thread
 
 from .._core import faults
+from .._core.clock import SYSTEM_CLOCK, Clock
 from ..errors import (
     ConfigurationError,
     ConflictError,
@@ -377,8 +378,11 @@ def _entry_params(run_id: str, e: JournalEntry) -> tuple[Any, ...]:
 class SqliteStore:
     """A store in one SQLite file (``sqlite:///path``), safe across threads and processes."""
 
-    def __init__(self, url: str = "sqlite:///.coro_durable/runs.db") -> None:
+    def __init__(
+        self, url: str = "sqlite:///.coro_durable/runs.db", *, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.url = url
+        self.clock = clock  # timers and timestamps; leases and worker expiry use real time
         path, self.synchronous, self.busy_timeout, self.read_only, group = _parse_url(url)
         self.group_commit: GroupCommit[Callable[[sqlite3.Connection], Any], Any] | None = (
             GroupCommit(self._flush, group) if group.enabled else None
@@ -685,9 +689,8 @@ class SqliteStore:
             raise RunNotFoundError(run_id)
         return _run_from_row(row)
 
-    @staticmethod
     def _append_in(
-        conn: sqlite3.Connection, run_id: str, steps: int, entries: Sequence[JournalEntry]
+        self, conn: sqlite3.Connection, run_id: str, steps: int, entries: Sequence[JournalEntry]
     ) -> None:
         """Write ``entries`` (the run is fenced); ``steps`` is the run's entry count before."""
         for entry in entries:
@@ -705,7 +708,7 @@ class SqliteStore:
                 )
             conn.execute(_SQL_REPLACE_ENTRY, (*params[2:], run_id, entry.seq))
         final = any(entry.final for entry in entries)
-        conn.execute(_SQL_APPENDED, (steps, final, time.time(), run_id))
+        conn.execute(_SQL_APPENDED, (steps, final, self.clock.time(), run_id))
 
     # -- runs ---------------------------------------------------------------------------------------
 
@@ -714,7 +717,7 @@ class SqliteStore:
 
         def op(conn: sqlite3.Connection) -> tuple[RunRecord, bool]:
             stored = run.copy()
-            stored.created_at = stored.updated_at = time.time()
+            stored.created_at = stored.updated_at = self.clock.time()
             stored.status = RunStatus.PENDING
             stored.wake_at = stored.created_at
             params = [getattr(stored, c) for c in _RUN_COLUMNS]
@@ -777,7 +780,7 @@ class SqliteStore:
             if (
                 len(entries) == 1
                 and conn.execute(
-                    _SQL_FENCED_BUMP, (entries[0].final, time.time(), run_id, epoch)
+                    _SQL_FENCED_BUMP, (entries[0].final, self.clock.time(), run_id, epoch)
                 ).rowcount
             ):
                 if conn.execute(_SQL_INSERT_ENTRY, _entry_params(run_id, entries[0])).rowcount:
@@ -796,7 +799,7 @@ class SqliteStore:
             row = conn.execute(_SQL_OLDEST_SIGNAL, (run_id, name)).fetchone()
             if row is None:
                 return None
-            final = entry.with_result(row[1], time.time())
+            final = entry.with_result(row[1], self.clock.time())
             self._append_in(conn, run_id, fence[4], [final])
             conn.execute("UPDATE signals SET consumed = 1 WHERE id = ?", (row[0],))
             return final
@@ -826,14 +829,14 @@ class SqliteStore:
         )
 
         def op(conn: sqlite3.Connection) -> list[RunRecord]:
-            now = time.time()
+            now, live = self.clock.time(), time.time()
             claimed: list[str] = []
             seen: set[str] = set()
             while len(claimed) < limit:
                 # Quarantined takeovers do not count towards the limit, so page on until we
                 # have `limit` runs or run out; `seen` skips rows already handled.
                 want = limit - len(claimed) + len(seen)
-                rows = conn.execute(candidates_sql, (*names, now, now, want)).fetchall()
+                rows = conn.execute(candidates_sql, (*names, now, live, want)).fetchall()
                 for run_id, status, crash_count, owner in rows:
                     if run_id in seen or len(claimed) >= limit:
                         continue
@@ -859,7 +862,7 @@ class SqliteStore:
                     conn.execute(
                         "UPDATE runs SET status = 'running', epoch = epoch + 1, owner = ?, "
                         "lease_expires = ?, wake_at = NULL, updated_at = ? WHERE run_id = ?",
-                        (worker, now + lease_ttl, now, run_id),
+                        (worker, live + lease_ttl, now, run_id),
                     )
                     claimed.append(run_id)
                 if len(rows) < want:
@@ -872,7 +875,7 @@ class SqliteStore:
         items = list(leases.items())
 
         def op(conn: sqlite3.Connection) -> dict[str, bool]:
-            now = time.time()
+            now = time.time()  # leases measure live workers: real time
             held: dict[str, bool] = {}
             for run_id, epoch in items:
                 row = conn.execute(
@@ -894,7 +897,7 @@ class SqliteStore:
         self, run_id: str, epoch: int, wake_at: float | None, waiting_on: str | None
     ) -> None:
         def op(conn: sqlite3.Connection) -> None:
-            now = time.time()
+            now = self.clock.time()
             if conn.execute(
                 _SQL_FENCED_PARK, (now, wake_at, waiting_on, now, run_id, epoch)
             ).rowcount:
@@ -918,7 +921,7 @@ class SqliteStore:
         status_value = RunStatus(status).value
 
         def op(conn: sqlite3.Connection) -> None:
-            params = (status_value, result, error, time.time(), run_id)
+            params = (status_value, result, error, self.clock.time(), run_id)
             if conn.execute(_SQL_FINISH + _FENCE_CLAUSE, (*params, epoch)).rowcount:
                 return
             self._fenced(conn, run_id, epoch)
@@ -942,7 +945,7 @@ class SqliteStore:
             conn.execute(
                 "UPDATE runs SET crash_count = ?, last_error = ?, owner = NULL, "
                 "lease_expires = NULL, status = ?, wake_at = ?, updated_at = ? WHERE run_id = ?",
-                (crash_count, error, status, wake, time.time(), run_id),
+                (crash_count, error, status, wake, self.clock.time(), run_id),
             )
             return self._get(conn, run_id)
 
@@ -952,7 +955,7 @@ class SqliteStore:
 
     async def resume(self, run_id: str) -> RunRecord:
         def op(conn: sqlite3.Connection) -> RunRecord:
-            now = time.time()
+            now = self.clock.time()
             conn.execute(
                 "UPDATE runs SET status = 'pending', crash_count = 0, wake_at = ?, updated_at = ? "
                 "WHERE run_id = ? AND status = 'quarantined'",
@@ -985,7 +988,7 @@ class SqliteStore:
                 raise retry_refused(run_id, run.status)
             conn.execute(delete, (run_id, *doomed, *(() if after is None else (after,))))
             conn.execute(_SQL_INSERT_ENTRY, _entry_params(run_id, note))
-            now = time.time()
+            now = self.clock.time()
             conn.execute(
                 "UPDATE runs SET status = 'pending', wake_at = ?, waiting_on = NULL, owner = NULL, "
                 "lease_expires = NULL, error = NULL, result = NULL, cancel_requested = 0, "
@@ -1014,7 +1017,9 @@ class SqliteStore:
             if not inserted:
                 return False
             if run[0] == RunStatus.WAITING.value:
-                conn.execute("UPDATE runs SET wake_at = ? WHERE run_id = ?", (time.time(), run_id))
+                conn.execute(
+                    "UPDATE runs SET wake_at = ? WHERE run_id = ?", (self.clock.time(), run_id)
+                )
             return True
 
         delivered = await self._write(op)
@@ -1025,7 +1030,7 @@ class SqliteStore:
     async def request_cancel(self, run_id: str) -> RunRecord:
         def op(conn: sqlite3.Connection) -> RunRecord:
             run = self._get(conn, run_id)
-            now = time.time()
+            now = self.clock.time()
             if run.status == RunStatus.QUARANTINED or (
                 run.status == RunStatus.PENDING and run.steps == 0
             ):
@@ -1055,7 +1060,7 @@ class SqliteStore:
         workflows = json.dumps(list(worker.workflows), ensure_ascii=False)
 
         def op(conn: sqlite3.Connection) -> WorkerRecord:
-            now = time.time()
+            now = time.time()  # the registry measures live workers: real time
             conn.execute(
                 "DELETE FROM workers WHERE expires_at <= ? AND worker_id <> ?",
                 (now, worker.worker_id),

@@ -26,6 +26,9 @@ drops, and checks what exactly-once means afterwards.
   invoked after its outcome was journaled, a step invoked again after the workflow was fed its
   outcome, an outcome fed before it was journaled, a write accepted from a worker whose lease a
   newer claim had superseded.
+* :class:`FakeClock` (a :class:`Clock`) controls time: ``cd.Runtime("memory://", clock=clock)``,
+  then ``clock.advance(86400)`` makes a one-day timer due at once; timers, signal timeouts, retry
+  backoff and ``cd.now()`` follow it, leases and polls keep real time.
 * :func:`corrupt_row` tampers with a stored journal row (memory, SQLite, PostgreSQL, Redis stores)
   to test that a corrupt journal quarantines the run instead of replaying a wrong value.
 
@@ -60,7 +63,9 @@ from __future__ import annotations
 
 import sys
 
+from .._core.clock import Clock
 from .._core.faults import SimulatedCrash
+from ._clock import FakeClock
 from ._corrupt import corrupt_row
 from ._faults import CRASH_POINTS, ERROR_POINTS, POINTS, Fault, FaultPlan, Fired, inject, no_faults
 from ._fuzz import CrashFuzzReport, crash_fuzz, crash_fuzz_async
@@ -84,6 +89,8 @@ __all__ = [
     "CrashFuzzReport",
     "Violation",
     "SimulatedCrash",
+    "Clock",
+    "FakeClock",
 ]
 
 if (

@@ -413,12 +413,20 @@ class StepContext:
         "last_beat",
         "started_at",
         "timed_out",
+        "wall",
     )
 
-    def __init__(self, info: StepInfo, heartbeat_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        info: StepInfo,
+        heartbeat_timeout: float | None = None,
+        *,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self.info = info
         self.heartbeat_timeout = heartbeat_timeout
-        self.started_at = time.time()
+        self.wall = wall  # the runtime's clock: the times journaled for this attempt
+        self.started_at = wall()
         self.last_beat = time.monotonic()  # the attempt's start counts as its first sign of life
         self.beat_at: float | None = None  # wall-clock time of the last heartbeat() call
         self.details: Any = info.heartbeat_details
@@ -432,7 +440,7 @@ class StepContext:
         if self.timed_out is not None:
             raise StepTimeoutError(self.timed_out)
         self.last_beat = time.monotonic()
-        self.beat_at = time.time()
+        self.beat_at = self.wall()
         if details is not None:
             self.details = details
         self.beats += 1
