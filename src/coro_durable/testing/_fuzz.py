@@ -237,7 +237,7 @@ class _Fuzzer:
                 ) as client:
                     await client.start(self.workflow, *self.args, run_id=run_id, **self.opts.kwargs)
                     async with anyio.create_task_group() as tg:
-                        for slot in range(self.opts.workers):
+                        for slot in range(self._slots(ex)):
                             tg.start_soon(self._worker_slot, slot, ex)
                         ex.run = await self._await_end(client, ex, deadline)
                         tg.cancel_scope.cancel()
@@ -255,10 +255,24 @@ class _Fuzzer:
         self.report.duplicate_signals += ex.duplicates
         return ex
 
+    @staticmethod
+    def _stalls(ex: _Execution) -> bool:
+        """Does this schedule lose lease renewals (a stalled worker)?"""
+        return any(f.point == "renew" for f in ex.faults)
+
+    def _slots(self, ex: _Execution) -> int:
+        """Worker slots for a schedule. Where renewals are lost, a second worker takes the run
+        over while the stalled one (claiming nothing more: concurrency 1) still runs its step,
+        so fencing must stop that stale activation's writes; a worker that claimed the run
+        back itself would stop its stale activation before it wrote anything."""
+        return max(2, self.opts.workers) if self._stalls(ex) else self.opts.workers
+
     async def _worker_slot(self, slot: int, ex: _Execution) -> None:
         for incarnation in itertools.count():
             name = f"{ex.run_id}/w{slot}.{incarnation}"
             options = {"max_crashes": 1_000_000, **self.opts.runtime}
+            if self._stalls(ex):
+                options["concurrency"] = 1
             rt = Runtime(
                 ex.trace.store(self.new_store(), name),
                 worker_id=name,
