@@ -18,7 +18,10 @@ from coro_durable.testing import Fault, FaultPlan
 
 pytestmark = pytest.mark.anyio
 
-OPTIONS: dict[str, Any] = {"lease_ttl": 0.2, "poll_interval": 0.01}
+# A lease far longer than any run here, so that no takeover under load adds events; the test
+# that crashes a worker gives the crashed one a short lease (see _CRASHING).
+OPTIONS: dict[str, Any] = {"lease_ttl": 10.0, "poll_interval": 0.01}
+_CRASHING: dict[str, Any] = {**OPTIONS, "lease_ttl": 1.0}
 FAILURES: Counter[str] = Counter()  # failed attempts so far, per idempotency key
 
 
@@ -84,7 +87,7 @@ async def test_an_instrument_sees_every_step_attempt_of_a_run(
     run runs b again under the same key, seen by the same instrument on both Runtimes."""
     seen = Recorder()
     plan = FaultPlan(Fault("X4", seq=1))
-    async with cd.Runtime(make_store(), instruments=[plan, seen], **OPTIONS) as rt:
+    async with cd.Runtime(make_store(), instruments=[plan, seen], **_CRASHING) as rt:
         await rt.start(retried_then_crashed, run_id="attempts")
         await _until_crashed(rt)
     async with cd.Runtime(make_store(), instruments=[seen], **OPTIONS) as rt:
