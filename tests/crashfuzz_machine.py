@@ -40,9 +40,9 @@ from coro_durable.testing import (
     Fault,
     FaultPlan,
     Trace,
-    inject,
     no_faults,
 )
+from coro_durable.testing._planted import Planted
 
 PROFILE = os.environ.get("CRASHFUZZ_PROFILE", "fast")
 LONG = PROFILE == "long"
@@ -196,6 +196,8 @@ class CrashFuzz(RuleBasedStateMachine):
     databases: Callable[[], Callable[[], cd.Store]]
     # Set by the planted-bug tests: the violation kinds found (the machine stops at the first).
     found: list[str] | None = None
+    # Set by the planted-bug tests: the bug each worker gets (its store wrappers, instruments).
+    planted = Planted()
     # False ignores the trace's white-box check that outcomes are journaled before they are fed,
     # to prove the black-box checks catch a persist-before-proceed bug on their own.
     white_box = True
@@ -210,9 +212,7 @@ class CrashFuzz(RuleBasedStateMachine):
         self.run_ids: set[str] = set()
         self.trace = Trace(runs=self.run_ids)
         self.world.stale = self.trace.stale_here
-        self.plan = FaultPlan(runs=self.run_ids)
-        self.stack.enter_context(inject(self.trace))
-        self.stack.enter_context(inject(self.plan))
+        self.plan = FaultPlan(runs=self.run_ids)  # the workers' own instruments (see spawn)
         self.new_store = type(self).databases()
         self.client: cd.Runtime = self.stack.enter_context(
             self.portal.wrap_async_context_manager(
@@ -246,11 +246,13 @@ class CrashFuzz(RuleBasedStateMachine):
 
     def spawn(self) -> str:
         name = f"w{next(self.names)}"
-        store = self.trace.store(self.new_store(), name)
+        bug = self.planted
+        store = bug.above(self.trace.store(bug.beneath(self.new_store()), name))
+        instruments = [self.plan, self.trace, *bug.instruments()]
 
         async def work(*, task_status: anyio.abc.TaskStatus[anyio.Event]) -> bool:
             stop = anyio.Event()
-            runtime = cd.Runtime(store, worker_id=name, **WORKER_OPTIONS)
+            runtime = cd.Runtime(store, worker_id=name, instruments=instruments, **WORKER_OPTIONS)
             async with runtime:
                 task_status.started(stop)
                 while not stop.is_set() and runtime._crashed is None:

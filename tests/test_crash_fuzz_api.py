@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 import coro_durable as cd
-from coro_durable._core import faults as _faults
+from coro_durable._core.hooks import Hooks, installed_now
 from coro_durable.errors import ConfigurationError, StoreError
 from coro_durable.testing import (
     CRASH_POINTS,
@@ -128,21 +128,26 @@ def test_fault_validation_names_the_points() -> None:
     assert set(CRASH_POINTS) < set(POINTS)
 
 
+def _fault(point: str, run_id: str, seq: int | None) -> None:
+    """Pass a fault point as a Runtime created here would (with the instruments installed)."""
+    Hooks(installed_now()).fault(point, run_id, seq)
+
+
 def test_inject_chains_injectors_and_restores_them() -> None:
     """Nested injectors all see the hits (the inner one first); leaving restores the outer one,
     and leaving the outermost leaves the runtime's hooks free again."""
     outer = FaultPlan()
-    assert _faults._injector is None
+    assert not installed_now()
     with inject(outer):
         with inject(Fault("X7")) as inner:
             with pytest.raises(SimulatedCrash):
-                _faults.fault("X7", "r", 1)
-            _faults.fault("X6", "r", 1)
+                _fault("X7", "r", 1)
+            _fault("X6", "r", 1)
         assert inner.hits == [("X7", "r", 1), ("X6", "r", 1)]
         assert outer.hits == [("X6", "r", 1)]  # the crash hid the X7 hit from it
-        _faults.fault("X1", "r", 0)
+        _fault("X1", "r", 0)
         assert inner.hits[-1] == ("X6", "r", 1)
-    assert _faults._injector is None
+    assert not installed_now()
     assert outer.hits == [("X6", "r", 1), ("X1", "r", 0)]
     with pytest.raises(ConfigurationError), inject(Fault("X1"), FaultPlan()):
         pass

@@ -1,22 +1,22 @@
 """Planted bugs: each fuzzer must find each bug within its CI budget (a fuzzer that cannot find a
 planted bug proves nothing).
 
-The bugs sit behind private switches in ``coro_durable._core.faults.PLANTED``:
+The testing kit plants them around the correct runtime (``coro_durable.testing._planted``); the
+runtime and the stores know nothing of them:
 
-* ``skip_persist``: a step's outcome is fed to the workflow before it is journaled (journaled
-  only after the workflow moved on), breaking persist-before-proceed;
-* ``no_fencing``: the memory and SQLite stores ignore the epoch of a write, so a worker whose lease
-  expired keeps writing;
-* ``reuse_key``: steps calling the same function see the same idempotency key.
+* ``skip_persist``: a store that acknowledges a step's result before it is written (it lands with
+  the run's next write), so the workflow is fed an outcome a crash loses (persist before proceed);
+* ``no_fencing``: a store that sends every write with the run's current fencing token, so a
+  worker whose lease expired keeps writing;
+* ``reuse_key``: an instrument that gives steps calling the same function the same key.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,22 +25,9 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 import coro_durable as cd
-from coro_durable._core import faults as _faults
 from coro_durable.testing import CrashFuzzReport, crash_fuzz
+from coro_durable.testing._planted import PLANTED, Planted
 from crashfuzz_machine import Stats, machine_for
-
-BUGS = ("skip_persist", "no_fencing", "reuse_key")
-
-
-@contextlib.contextmanager
-def planted(bug: str) -> Iterator[None]:
-    assert bug in BUGS
-    _faults.PLANTED.add(bug)
-    try:
-        yield
-    finally:
-        _faults.PLANTED.discard(bug)
-
 
 # -- a user's workflow, as crash_fuzz sees it --------------------------------------------------------
 
@@ -77,7 +64,17 @@ def every_charge_applied_once(result: object) -> None:
     )
 
 
-def fuzz(seconds: float = 0.0, **options: Any) -> CrashFuzzReport:
+def fuzz(
+    seconds: float = 0.0, bug: str | None = None, store: str = "memory://", **options: Any
+) -> CrashFuzzReport:
+    """crash_fuzz of the checkout, with ``bug`` planted in every simulated worker."""
+    if bug is not None:
+        plant = PLANTED[bug]
+        options["store"] = planted_store(plant, store)
+        options["wrap_store"] = plant.above
+        options["runtime"] = {"instruments": plant.instruments()}
+    else:
+        options["store"] = store
     return crash_fuzz(
         checkout,
         "order-7",
@@ -88,6 +85,14 @@ def fuzz(seconds: float = 0.0, **options: Any) -> CrashFuzzReport:
         schedules=4,
         **options,
     )
+
+
+def planted_store(plant: Planted, url: str) -> Callable[[], cd.Store]:
+    """What each simulated worker opens on the fuzzed database, with the bug beneath it."""
+    if url == "memory://":
+        shared = cd.MemoryStore()
+        return lambda: plant.beneath(shared)
+    return lambda: plant.beneath(cd.open_store(url))
 
 
 def test_crash_fuzz_is_clean_without_planted_bugs() -> None:
@@ -101,8 +106,7 @@ def test_crash_fuzz_is_clean_without_planted_bugs() -> None:
 def test_crash_fuzz_finds_skip_persist() -> None:
     """Fed before journaled: the trace sees an outcome fed with no journal entry, and a crash
     at X7 makes the resumed run invoke a step whose outcome the workflow had already seen."""
-    with planted("skip_persist"):
-        report = fuzz()
+    report = fuzz(bug="skip_persist")
     kinds = {v.kind for v in report.violations}
     assert {"fed-unjournaled", "reinvoked-after-fed"} <= kinds, report.summary()
     refound = next(v for v in report.violations if v.kind == "reinvoked-after-fed")
@@ -113,8 +117,7 @@ def test_crash_fuzz_finds_skip_persist() -> None:
 def test_crash_fuzz_finds_a_key_reused_across_steps() -> None:
     """Two steps sharing one key: the provider drops the second charge; the user's check says
     so in the very first (crash-free) run."""
-    with planted("reuse_key"):
-        report = fuzz(stop_after=1)
+    report = fuzz(bug="reuse_key", stop_after=1)
     (violation,) = report.violations
     assert violation.kind == "check" and "not each charge once" in violation.message
     assert report.runs == 1, "found in the crash-free run"
@@ -125,8 +128,7 @@ def test_crash_fuzz_finds_a_store_without_fencing(store: str, tmp_path: Path) ->
     """Without fencing, a worker whose lease was taken over keeps writing: the lease-lost
     schedule (renewals lost mid-step) catches the stale write right after the crash-free run."""
     url = "memory://" if store == "memory" else f"sqlite:///{tmp_path / 'runs.db'}"
-    with planted("no_fencing"):
-        report = fuzz(0.12, store=url, stop_after=1)
+    report = fuzz(0.12, bug="no_fencing", store=url, stop_after=1)
     assert report.violations, report.summary()
     violation = report.violations[0]
     assert violation.kind == "stale-write", report.summary()
@@ -143,6 +145,7 @@ def hunt(
 ) -> list[str]:
     """Run the state machine with ``bug`` planted until it fails; the violation kinds found."""
     machine = machine_for(store, backend, tmp_path)
+    machine.planted = PLANTED[bug]
     machine.found = []
     machine.white_box = white_box
     machine.stats = Stats()
@@ -154,7 +157,7 @@ def hunt(
         database=None,
         phases=(Phase.generate,),  # stop at the first failure; shrinking replays are slow
     )
-    with planted(bug), pytest.raises(Exception) as failure:
+    with pytest.raises(Exception) as failure:
         run_state_machine_as_test(machine, settings=budget)
     assert machine.found, f"the machine failed for another reason: {failure.value}"
     return machine.found
@@ -193,6 +196,12 @@ def test_state_machine_finds_skip_persist_black_box(tmp_path: Path) -> None:
     assert {"reinvoked-after-fed", "world"} & set(found)
 
 
-def test_planted_switches_are_off_by_default() -> None:
-    """Nothing outside these tests plants a bug."""
-    assert not _faults.PLANTED
+def test_the_runtime_and_stores_know_no_planted_bug() -> None:
+    """The bugs live in the testing kit only: no module outside coro_durable.testing names
+    them, so nothing but a test that puts one in place can switch one on."""
+    src = Path(cd.__file__).parent
+    for path in src.rglob("*.py"):
+        if "testing" in path.relative_to(src).parts:
+            continue
+        text = path.read_text()
+        assert not [bug for bug in PLANTED if bug in text], path

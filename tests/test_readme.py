@@ -1,4 +1,5 @@
-"""The README's "Ten lines" example, run as a real script the way a new user would run it."""
+"""The README's runnable examples ("Ten lines", "Instruments"), run as real scripts the way a new
+user would run them."""
 
 from __future__ import annotations
 
@@ -35,13 +36,17 @@ def synthesize(docs, verdict):
 """
 
 
-def ten_lines_block() -> str:
-    """The first python code block after the README's "## Ten lines" heading."""
+def block(heading: str, language: str = "python") -> str:
+    """The first code block in ``language`` after the README's ``## heading``."""
     text = README.read_text()
-    section = text[text.index("\n## Ten lines\n") :]
-    match = re.search(r"^```python\n(.*?)^```$", section, re.M | re.S)
-    assert match is not None, "no python block under ## Ten lines"
+    section = text[text.index(f"\n## {heading}\n") :]
+    match = re.search(rf"^```{language}\n(.*?)^```$", section, re.M | re.S)
+    assert match is not None, f"no {language} block under ## {heading}"
     return match.group(1)
+
+
+def ten_lines_block() -> str:
+    return block("Ten lines")
 
 
 def test_ten_lines_example_runs_twice_without_a_traceback(tmp_path: Path) -> None:
@@ -85,3 +90,15 @@ def test_fake_clock_example_runs_in_well_under_a_day(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "sent at 2030-01-02"
+
+
+def test_instruments_example_prints_what_the_readme_says(tmp_path: Path) -> None:
+    """The README's instrument example, saved as a script and run: it prints each step attempt
+    (the failed first one and the retry), the run's end and the result, exactly as shown."""
+    script = tmp_path / "instruments.py"
+    script.write_text(block("Instruments"))
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout == block("Instruments", language="text")

@@ -48,16 +48,22 @@ from urllib.parse import urlsplit
 import anyio
 
 from .._core import codec
+from .._core.hooks import (
+    Instrument,
+    RunClaimed,
+    RunFinished,
+    WorkerIdle,
+    WorkerStarted,
+    WorkerStopped,
+)
 from ..errors import (
     CoroDurableError,
-    LeaseLost,
     RunCancelledError,
     RunFailedError,
     RunQuarantinedError,
 )
-from ..journal._records import TERMINAL, JournalEntry, RunRecord, RunStatus
+from ..journal._records import TERMINAL, JournalEntry, RunStatus
 from ..runtime import RunInfo, Runtime, WorkerInfo
-from ..store._protocol import Store, StoreWrapper
 from ..store._registry import default_store_url, open_store
 from ..workflow import _registry
 
@@ -953,117 +959,42 @@ def _cmd_retry(args: argparse.Namespace) -> int:
 # -- the worker ---------------------------------------------------------------------------------------
 
 
-class _WorkerState:
-    """What the worker command observes through its store: for --max-runs, --exit-when-idle and
-    its closing line."""
+class _WorkerWatch(Instrument):
+    """The worker command's instrument on its Runtime: the command's first and last log lines,
+    and what ``--max-runs`` and ``--exit-when-idle`` go by. The lines about each run come from
+    the Runtime's own instrument (``WorkerLog``), on the same ``coro_durable`` logger."""
 
-    def __init__(self) -> None:
-        self.in_flight: set[str] = set()
-        self.finished = 0
-        self.handed_back = 0
-        self.activity = 0  # bumped by every claim that got runs and every activation end
-        self.idle_mark = -1  # the activity count when a claim that found nothing started
+    def __init__(self, url: str, modules: list[str]) -> None:
+        self.url, self.modules = url, modules
+        self.finished = 0  # runs that reached a final state on this worker
+        self.idle = False  # the worker found nothing to run (and has claimed nothing since)
+        self.stop_reason = ""
 
-    def ended(self, run_id: str) -> None:
-        self.in_flight.discard(run_id)
-        self.activity += 1
-
-    @property
-    def idle(self) -> bool:
-        return not self.in_flight and self.idle_mark == self.activity
-
-
-class _ObservedStore(StoreWrapper):
-    """Delegates to the real store and counts the worker's claims, parks, finishes and crashes.
-
-    The Runtime drives everything; this only watches the store calls it makes. It logs nothing:
-    the Runtime logs each event once (claimed, parked, handed back, finished, crashed,
-    quarantined, lease lost) on the ``coro_durable`` logger, which the worker command prints."""
-
-    def __init__(self, inner: Store, state: _WorkerState) -> None:
-        super().__init__(inner)
-        self.state = state
-
-    async def append(self, run_id: str, epoch: int, entries: Sequence[JournalEntry]) -> None:
-        with self._fenced(run_id):
-            await self.inner.append(run_id, epoch, entries)
-
-    async def consume_signal(
-        self, run_id: str, epoch: int, name: str, entry: JournalEntry
-    ) -> JournalEntry | None:
-        with self._fenced(run_id):
-            return await self.inner.consume_signal(run_id, epoch, name, entry)
-
-    async def claim(
-        self,
-        worker: str,
-        *,
-        limit: int,
-        lease_ttl: float,
-        workflows: Sequence[str],
-        max_crashes: int,
-    ) -> list[RunRecord]:
-        mark = self.state.activity
-        runs = await self.inner.claim(
-            worker, limit=limit, lease_ttl=lease_ttl, workflows=workflows, max_crashes=max_crashes
+    def worker_started(self, event: WorkerStarted) -> None:
+        log.info(
+            "worker %s on %s: workflows %s from %s (concurrency %d, lease %gs)",
+            event.worker_id,
+            self.url,
+            ", ".join(event.workflows),
+            ", ".join(self.modules),
+            event.concurrency,
+            event.lease_ttl,
         )
-        if not runs:
-            self.state.idle_mark = mark
-        for run in runs:
-            self.state.in_flight.add(run.run_id)
-            self.state.activity += 1
-        return runs
 
-    async def renew(self, worker: str, leases: dict[str, int], lease_ttl: float) -> dict[str, bool]:
-        held = await self.inner.renew(worker, leases, lease_ttl)
-        for run_id in leases:
-            if run_id not in held and run_id in self.state.in_flight:
-                self.state.ended(run_id)  # the Runtime logs the warning and stops the activation
-        return held
+    def worker_idle(self, event: WorkerIdle) -> None:
+        self.idle = True
 
-    async def park(
-        self, run_id: str, epoch: int, wake_at: float | None, waiting_on: str | None
-    ) -> None:
-        with self._fenced(run_id):
-            await self.inner.park(run_id, epoch, wake_at, waiting_on)
-        if run_id in self.state.in_flight:
-            if not waiting_on or waiting_on.startswith("a worker (handed back"):
-                self.state.handed_back += 1
-            self.state.ended(run_id)
+    def run_claimed(self, event: RunClaimed) -> None:
+        self.idle = False
 
-    async def finish(
-        self, run_id: str, epoch: int, status: RunStatus, result: str | None, error: str | None
-    ) -> None:
-        with self._fenced(run_id):
-            await self.inner.finish(run_id, epoch, status, result, error)
-        self.state.finished += 1
-        self.state.ended(run_id)
+    def run_finished(self, event: RunFinished) -> None:
+        self.finished += 1
 
-    async def record_crash(
-        self, run_id: str, epoch: int | None, error: str, retry_at: float, max_crashes: int
-    ) -> RunRecord:
-        with self._fenced(run_id):
-            run = await self.inner.record_crash(run_id, epoch, error, retry_at, max_crashes)
-        self.state.ended(run_id)
-        return run
-
-    def _fenced(self, run_id: str) -> _LeaseWatch:
-        return _LeaseWatch(self.state, run_id)
-
-
-class _LeaseWatch:
-    """Context manager: a fenced write that raised LeaseLost ends that run's activation here."""
-
-    def __init__(self, state: _WorkerState, run_id: str) -> None:
-        self.state, self.run_id = state, run_id
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
-        lost = exc_type is not None and issubclass(exc_type, LeaseLost)
-        if lost and self.run_id in self.state.in_flight:
-            self.state.ended(self.run_id)
+    def worker_stopped(self, event: WorkerStopped) -> None:
+        handed = (
+            f"; handed back {event.handed_back} run(s) in progress" if event.handed_back else ""
+        )
+        log.info("worker stopped: %s%s", self.stop_reason or "cancelled", handed)
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
@@ -1081,37 +1012,35 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     root.setLevel(logging.INFO)
     root.propagate = False
     try:
-        return anyio.run(_worker, args, modules, names)
+        return anyio.run(_worker, args, modules)
     finally:
         root.removeHandler(handler)
         root.setLevel(old_level)
         root.propagate = old_propagate
 
 
-async def _worker(args: argparse.Namespace, modules: list[str], names: list[str]) -> int:
-    state = _WorkerState()
+async def _worker(args: argparse.Namespace, modules: list[str]) -> int:
     url = _store_url(args)
-    store = _ObservedStore(open_store(url), state)
+    watch = _WorkerWatch(url, modules)
     runtime = Runtime(
-        store,  # delegates to the real store: structurally a Store
+        open_store(url),  # a store (an engine's URL is refused here, with what to use instead)
         concurrency=args.concurrency,
         lease_ttl=args.lease_ttl,
         poll_interval=args.poll,
         shutdown_grace=args.shutdown_grace,
+        instruments=[watch],
     )
-    stop_reason = ""
     stopping = anyio.Event()
     async with anyio.create_task_group() as tg:
 
         async def on_signals() -> None:
             # The first SIGINT/SIGTERM ends the loop below: leaving `async with runtime` lets the
             # steps in flight finish and be journaled. Another signal abandons them.
-            nonlocal stop_reason
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:
                     name = signal.Signals(signum).name
                     if not stopping.is_set():
-                        stop_reason = name
+                        watch.stop_reason = name
                         stopping.set()
                         continue
                     abandoned = runtime.abandon()
@@ -1127,22 +1056,13 @@ async def _worker(args: argparse.Namespace, modules: list[str], names: list[str]
                     )
 
         tg.start_soon(on_signals)
-        async with runtime:
-            log.info(
-                "worker %s on %s: workflows %s from %s (concurrency %d, lease %gs)",
-                runtime.worker_id,
-                url,
-                ", ".join(sorted(names)),
-                ", ".join(modules),
-                args.concurrency,
-                args.lease_ttl,
-            )
+        async with runtime:  # its WorkerStarted and WorkerStopped frame the log (_WorkerWatch)
             while not stopping.is_set():
-                if args.max_runs is not None and state.finished >= args.max_runs:
-                    stop_reason = f"{state.finished} run(s) finished (--max-runs)"
+                if args.max_runs is not None and watch.finished >= args.max_runs:
+                    watch.stop_reason = f"{watch.finished} run(s) finished (--max-runs)"
                     break
-                if args.exit_when_idle and state.idle:
-                    stop_reason = "idle (--exit-when-idle)"
+                if args.exit_when_idle and watch.idle:
+                    watch.stop_reason = "idle (--exit-when-idle)"
                     break
                 with anyio.move_on_after(min(args.poll, 0.05)):
                     await stopping.wait()
@@ -1150,13 +1070,11 @@ async def _worker(args: argparse.Namespace, modules: list[str], names: list[str]
                 log.info(
                     "%s: finishing %d run(s)' steps in flight (up to %gs; send SIGINT again to "
                     "abandon them)",
-                    stop_reason,
+                    watch.stop_reason,
                     runtime.active_runs,
                     args.shutdown_grace,
                 )
         tg.cancel_scope.cancel()
-    handed = f"; handed back {state.handed_back} run(s) in progress" if state.handed_back else ""
-    log.info("worker stopped: %s%s", stop_reason or "cancelled", handed)
     return EXIT_OK
 
 

@@ -47,6 +47,7 @@ class EngineRuntime(abc.ABC):
             "inline_wait",
             "store_deadline",
             "shutdown_grace",
+            "instruments",
         }
     )
 

@@ -1,7 +1,9 @@
 """The embedded runtime: ``Runtime`` (client operations and the worker loops that claim, renew and
-quarantine runs), ``RuntimeClient`` (the operations every runtime offers, engines included) with
-the views it answers, the activation that drives one workflow coroutine against its journal, and the
-replayer that re-executes a journal with no side effects.
+quarantine runs, calling its instruments at each event), ``RuntimeClient`` (the operations every
+runtime offers, engines included) with the views it answers, the activation that drives one
+workflow coroutine against its journal, the replayer that re-executes a journal with no side
+effects (and calls no instrument), and ``WorkerLog``, the instrument every Runtime has that logs
+each event of a run once.
 
 May import: ``coro_durable.errors``, ``_core``, ``workflow``, ``journal`` and ``store``; never the
 engine adapters or the CLI. ``coro_durable`` re-exports the public names.
@@ -9,6 +11,7 @@ engine adapters or the CLI. ``coro_durable`` re-exports the public names.
 
 from ._activation import Limits
 from ._client import ExecutingStep, RunHandle, RunInfo, RuntimeClient, WorkerInfo
+from ._log import WorkerLog
 from ._replayer import ReplayReport
 from ._runtime import Runtime
 
@@ -21,4 +24,5 @@ __all__ = [
     "Runtime",
     "RuntimeClient",
     "WorkerInfo",
+    "WorkerLog",
 ]

@@ -19,9 +19,14 @@ count and the absolute time of the next attempt, so a crash during the backoff n
 count nor shortens the wait. Short waits (timers, backoffs under ``inline_wait`` seconds) happen
 in-process while the lease is held; longer ones park the run.
 
+The activation tells its Runtime's instruments (``hooks``, ``_core.hooks``) of each step attempt
+(StepStarted just before the body is called, StepFinished when it ends) and each signal it takes,
+and passes every named fault point (``hooks.fault(AFTER_FEED, ...)``, ``_core.faults``); the
+worker reports the rest of a run's events.
+
 With ``replay_only=True`` the same class re-executes a journal with no side effects: it executes
-nothing, writes nothing, and raises ``ReplayEnd`` where the recorded journal ends (the replayer,
-``_replayer``, turns that into a report).
+nothing, writes nothing, calls no instrument, and raises ``ReplayEnd`` where the recorded journal
+ends (the replayer, ``_replayer``, turns that into a report).
 """
 
 from __future__ import annotations
@@ -39,9 +44,24 @@ from typing import Any, Literal, TypeVar
 
 import anyio
 
-from .._core import codec, faults, planning
+from .._core import codec, planning
 from .._core.clock import SYSTEM_CLOCK, Clock
-from .._core.faults import SimulatedCrash, fault
+from .._core.faults import (
+    AFTER_BODY,
+    AFTER_COMMIT,
+    AFTER_FEED,
+    AFTER_FINISH,
+    AFTER_PENDING,
+    BEFORE_CONSUME,
+    BEFORE_FEED,
+    BEFORE_FINISH,
+    BEFORE_RESULT,
+    BEFORE_STEP,
+    COMMIT_FAIL,
+    INVOKE,
+    SimulatedCrash,
+)
+from .._core.hooks import Hooks, SignalConsumed, StepFinished, StepStarted
 from .._core.planning import Leaf, Node, Planner, exception_info, gather_outcome, rebuild_error
 from ..errors import (
     ConflictError,
@@ -229,9 +249,11 @@ class Activation:
         *,
         replay_only: bool = False,
         worker_id: str = "",
+        hooks: Hooks | None = None,
     ) -> None:
         self.store = store
         self.worker_id = worker_id
+        self.hooks = hooks if hooks is not None else Hooks()  # a replay calls no instrument
         self.run = run
         self.run_id = run.run_id
         self.epoch = run.epoch
@@ -252,7 +274,6 @@ class Activation:
         self.restart_for_cancel = False  # see request_cancel
         self._waits: set[anyio.CancelScope] = set()  # inline timer/backoff waits in progress
         self._in_flight: dict[int, _InFlight] = {}  # seq -> step attempt executing now
-        self._unjournaled: list[JournalEntry] = []  # only ever used by a planted bug (tests)
         # id(error) -> (error, seqs, after) for every error fed to the workflow: the journal
         # entries it came from and the last seq of the effect awaited (see _failure_origin).
         self._fed_errors: dict[int, tuple[BaseException, list[int], int]] = {}
@@ -374,9 +395,7 @@ class Activation:
                     else:
                         yielded = coro.send(send)
                         if send is not None:
-                            fault("X7", self.run_id, self.planner.next_seq)
-                        if self._unjournaled:
-                            await self._flush_unjournaled()
+                            self.hooks.fault(AFTER_FEED, self.run_id, self.planner.next_seq)
                 except StopIteration as stop:
                     return await self._complete(stop.value)
                 except RunCancelledError as exc:
@@ -388,7 +407,7 @@ class Activation:
                     continue
                 try:
                     send = await self._resolve(yielded)
-                    fault("X6", self.run_id, self.planner.next_seq - 1)
+                    self.hooks.fault(BEFORE_FEED, self.run_id, self.planner.next_seq - 1)
                 except SerializationError as exc:  # arguments that cannot be journaled
                     throw = exc
                 except _Park as park:
@@ -465,14 +484,12 @@ class Activation:
         return [], None
 
     async def _finish(self, status: RunStatus, result: str | None, error: str | None) -> None:
-        if self._unjournaled:
-            await self._flush_unjournaled()
-        fault("X8", self.run_id)
+        self.hooks.fault(BEFORE_FINISH, self.run_id)
         self.releasing = True
 
         async def commit() -> None:
             await self.store.finish(self.run_id, self.epoch, status, result, error)
-            fault("X9", self.run_id)
+            self.hooks.fault(AFTER_FINISH, self.run_id)
 
         await store_call(self.limits.store_deadline, commit)
 
@@ -589,7 +606,7 @@ class Activation:
                 self.clock.time(), f"a worker (handed back by {self.worker_id}: shutting down)"
             )
         effect = leaf.effect
-        fault("X1", self.run_id, leaf.seq)
+        self.hooks.fault(BEFORE_STEP, self.run_id, leaf.seq)
         try:
             if isinstance(effect, Call):
                 return await self._run_call(effect, leaf, pending)
@@ -645,35 +662,17 @@ class Activation:
 
     async def _write(self, entry: JournalEntry) -> None:
         """Persist an entry, fenced by our epoch; only then may its outcome be fed."""
-        if (
-            faults.PLANTED
-            and "skip_persist" in faults.PLANTED
-            and entry.kind == "call"
-            and entry.final
-        ):
-            # Planted bug (tests only): the outcome is fed first and journaled after the workflow
-            # moved on, breaking persist-before-proceed. The crash fuzzer must catch this.
-            self._unjournaled.append(entry)
-            self._remember(entry)
-            return
 
         async def commit() -> None:
-            fault("commit.fail", self.run_id, entry.seq)
+            self.hooks.fault(COMMIT_FAIL, self.run_id, entry.seq)
             await self.store.append(self.run_id, self.epoch, [entry])
-            fault("X5", self.run_id, entry.seq)
+            self.hooks.fault(AFTER_COMMIT, self.run_id, entry.seq)
 
         await store_call(self.limits.store_deadline, commit)
         self._remember(entry)
 
     def _remember(self, entry: JournalEntry) -> None:
         self.journal[entry.seq] = entry
-
-    async def _flush_unjournaled(self) -> None:
-        """Journal what the planted ``skip_persist`` bug held back (tests only)."""
-        entries, self._unjournaled = self._unjournaled, []
-        await store_call(
-            self.limits.store_deadline, self.store.append, self.run_id, self.epoch, entries
-        )
 
     def _cancel_pending(self) -> bool:
         return self.cancel_requested and not self.cancel_injected
@@ -766,14 +765,14 @@ class Activation:
                 )
             details = ctx.details
             if failure is None:
-                fault("X3", self.run_id, leaf.seq)
+                self.hooks.fault(AFTER_BODY, self.run_id, leaf.seq)
                 try:
                     text, decoded = codec.roundtrip(
                         value,
                         where=f"result of step {leaf.name} (seq {leaf.seq})",
                         limit=self.limits.max_payload_bytes,
                     )
-                    fault("X4", self.run_id, leaf.seq)
+                    self.hooks.fault(BEFORE_RESULT, self.run_id, leaf.seq)
                 except SerializationError as exc:  # terminal: retrying would not help
                     await self._write(
                         self._entry(
@@ -826,7 +825,7 @@ class Activation:
                 result=_progress_text(details),
             )
             await self._write(pending)
-            fault("X2", self.run_id, leaf.seq)
+            self.hooks.fault(AFTER_PENDING, self.run_id, leaf.seq)
             await self._wait_until(due, f"retry of step {leaf.name}")
 
     async def _attempt(self, effect: Call, flight: _InFlight) -> tuple[Any, BaseException | None]:
@@ -836,17 +835,19 @@ class Activation:
         ``request_cancel`` stop it through that scope. A timed-out attempt fails with
         TimeoutError and its result, if it ever comes, is never journaled."""
         leaf, ctx, seq = flight.leaf, flight.ctx, flight.leaf.seq
-        key = ctx.info.idempotency_key
-        if faults.PLANTED and "reuse_key" in faults.PLANTED:
-            key = f"{self.run_id}:{leaf.name}"  # planted bug (tests only): one key per function
-        key_token, step_token = _current_key.set(key), _current_step.set(ctx)
+        key_token, step_token = _current_key.set(ctx.info.idempotency_key), _current_step.set(ctx)
         workflow_token = _current_workflow.set(None)  # effects cannot be awaited inside a step
         self._in_flight[seq] = flight
         value: Any = None
         failure: BaseException | None = None
         finished = False
+        began: float | None = None  # set when an instrument wants this attempt's StepFinished
         try:
-            fault("invoke", self.run_id, seq)
+            self.hooks.fault(INVOKE, self.run_id, seq)
+            if self.hooks.step_started:
+                self.hooks.emit(self.hooks.step_started, StepStarted(**self._step_fields(ctx)))
+            if self.hooks.step_finished:
+                began = time.monotonic()
             if flight.scope is None:
                 try:
                     value = await _invoke(effect)
@@ -875,11 +876,48 @@ class Activation:
             _current_key.reset(key_token)
             if self._in_flight.get(seq) is flight:
                 del self._in_flight[seq]
+            if began is not None and self.hooks.step_finished:
+                self._step_finished(ctx, began, finished, failure)
         if ctx.timed_out is not None and not finished:
             return None, TimeoutError(ctx.timed_out)
         if not finished and failure is None and not ctx.cancelled:  # pragma: no cover - defensive
             return None, TimeoutError(f"attempt {ctx.info.attempt} of step {leaf.name} was stopped")
         return value, failure
+
+    def _step_fields(self, ctx: StepContext) -> dict[str, Any]:
+        info = ctx.info
+        return {
+            "worker_id": self.worker_id,
+            "run_id": self.run_id,
+            "epoch": self.epoch,
+            "seq": info.seq,
+            "name": info.name,
+            "attempt": info.attempt,
+            "idempotency_key": info.idempotency_key,
+        }
+
+    def _step_finished(
+        self, ctx: StepContext, began: float, finished: bool, failure: BaseException | None
+    ) -> None:
+        """Tell the instruments how an attempt ended (``_attempt`` decides what counts)."""
+        error: str | None = None
+        if ctx.cancelled:
+            error = "RunCancelledError: the run was cancelled during this attempt"
+        elif finished:
+            pass
+        elif failure is not None:
+            error = "{}: {}".format(*exception_info(failure))
+        elif ctx.timed_out is not None:
+            error = f"TimeoutError: {ctx.timed_out}"
+        else:
+            error = "interrupted: the worker stopped (a crash, a lost lease or a shutdown)"
+        event = StepFinished(
+            **self._step_fields(ctx),
+            ok=error is None,
+            error=error,
+            duration=time.monotonic() - began,
+        )
+        self.hooks.emit(self.hooks.step_finished, event)
 
     async def _run_sleep(self, effect: Sleep, leaf: Leaf, pending: JournalEntry | None) -> Outcome:
         if pending is not None and pending.due_at is not None:
@@ -893,7 +931,7 @@ class Activation:
             if due > self.clock.time():
                 pending = self._entry(leaf, "pending", due_at=due)
                 await self._write(pending)
-                fault("X2", self.run_id, leaf.seq)
+                self.hooks.fault(AFTER_PENDING, self.run_id, leaf.seq)
         await self._wait_until(due, f"timer until {_iso(due)}")
         await self._write(
             self._entry(leaf, "ok", pending=pending, result="null", due_at=due, finished=True)
@@ -905,7 +943,7 @@ class Activation:
     ) -> Outcome:
         deadline = pending.due_at if pending is not None else None
         template = self._entry(leaf, "ok", pending=pending, due_at=deadline)
-        fault("X11", self.run_id, leaf.seq)
+        self.hooks.fault(BEFORE_CONSUME, self.run_id, leaf.seq)
         attempts = 0
 
         async def consume() -> JournalEntry | None:
@@ -920,13 +958,22 @@ class Activation:
         got = await store_call(self.limits.store_deadline, consume)
         if got is not None:
             self._remember(got)
+            if self.hooks.signal_consumed:
+                event = SignalConsumed(
+                    worker_id=self.worker_id,
+                    run_id=self.run_id,
+                    epoch=self.epoch,
+                    seq=leaf.seq,
+                    name=effect.signal,
+                )
+                self.hooks.emit(self.hooks.signal_consumed, event)
             return Value(codec.decode(got.result) if got.result else None)
         if pending is None and effect.timeout is not None:
             deadline = self.clock.time() + effect.timeout
             if effect.timeout > 0:
                 pending = self._entry(leaf, "pending", due_at=deadline)
                 await self._write(pending)
-                fault("X2", self.run_id, leaf.seq)
+                self.hooks.fault(AFTER_PENDING, self.run_id, leaf.seq)
         if deadline is not None and deadline <= self.clock.time():
             exc = SignalTimeout(
                 f"no signal {effect.signal!r} arrived for run {self.run_id!r} within "

@@ -22,6 +22,11 @@ Runs that crash their activation (an internal error, a store failure past its de
 process killed mid-run) are retried with backoff; after ``max_crashes`` consecutive crashes
 without progress the run is quarantined with its last error, and ``resume`` releases it after a fix.
 Everything works under asyncio and trio (anyio).
+
+Each event (worker started, idle, stopped; run started, claimed, parked, handed back, finished,
+crashed, quarantined, lease lost; and through the activation each step attempt and signal) is
+reported once, where it happens, to the Runtime's instruments (``_core.hooks``): the ones given
+as ``instruments=[...]``, and first ``WorkerLog`` (``_log``), which logs each run event.
 """
 
 from __future__ import annotations
@@ -48,7 +53,25 @@ import anyio.abc
 
 from .._core import codec
 from .._core.clock import SYSTEM_CLOCK, Clock
-from .._core.faults import SimulatedCrash, fault
+from .._core.faults import CLAIMED, RENEW, SimulatedCrash
+from .._core.hooks import (
+    ActivationEnded,
+    ActivationStarted,
+    Hooks,
+    Instrument,
+    RunClaimed,
+    RunCrashed,
+    RunFinished,
+    RunHandedBack,
+    RunLeaseLost,
+    RunParked,
+    RunQuarantined,
+    RunStarted,
+    WorkerIdle,
+    WorkerStarted,
+    WorkerStopped,
+    installed_now,
+)
 from ..errors import (
     ConfigurationError,
     ConflictError,
@@ -80,8 +103,9 @@ from ..store._protocol import Store, StoreWrapper
 from ..store._registry import default_store_url, engine_class, open_store
 from ..workflow import _registry
 from ..workflow._effects import StepInfo
-from ._activation import Activation, Limits, store_call
+from ._activation import Activation, ActivationEnd, Limits, store_call
 from ._client import RunHandle, RunInfo, WorkerInfo
+from ._log import WorkerLog
 from ._replayer import ReplayReport, replay
 
 __all__ = ["Runtime"]
@@ -173,6 +197,10 @@ class Runtime:
             timestamps are measured in (``coro_durable.testing.FakeClock`` in tests); the store
             keeps time by it too, so only stores on the process's clock (memory, SQLite) take
             one. Default: the store's clock, the system clock.
+        instruments: :class:`~coro_durable.Instrument` objects this Runtime calls at each event
+            of its worker, runs and step attempts, in this order (after its own ``WorkerLog``,
+            which logs each event of a run once, and after any that
+            ``coro_durable.testing.inject`` installed for the block creating the Runtime).
     """
 
     def __new__(cls, store: str | Store | None = None, **options: Any) -> Runtime:
@@ -204,6 +232,7 @@ class Runtime:
         worker_id: str | None = None,
         shutdown_grace: float = 30.0,
         clock: Clock | None = None,
+        instruments: Iterable[Instrument] = (),
     ) -> None:
         if not (lease_ttl > 0 and math.isfinite(lease_ttl)):
             raise ConfigurationError(
@@ -240,6 +269,7 @@ class Runtime:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         for fn in workflows:
             _registry.register_function(fn)
+        self._hooks = Hooks([WorkerLog(), *installed_now(), *instruments])
         self._changed = anyio.Event()
         self._run_changed: dict[str, anyio.Event] = {}  # run_id -> event its result() waits on
         self._active: dict[str, int] = {}  # run_id -> epoch of activations in progress
@@ -255,6 +285,8 @@ class Runtime:
         self._ended = anyio.Event()  # set (and replaced) whenever an activation ends
         self._handed_back = 0  # runs handed back at their next effect by a graceful shutdown
         self._progress_writes: set[str] = set()  # runs whose progress entry is being written
+        self._ends = 0  # activations ended so far (an idle worker saw none end during its claim)
+        self._idle = False  # WorkerIdle was emitted and nothing was claimed since
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -281,6 +313,14 @@ class Runtime:
             self._tg.start_soon(self._worker_loop)
             self._tg.start_soon(self._renew_loop)
             self._tg.start_soon(self._heartbeat_loop)
+            if self._hooks.worker_started:
+                started = WorkerStarted(
+                    worker_id=self.worker_id,
+                    workflows=tuple(sorted(_registry.registered())),
+                    concurrency=self.concurrency,
+                    lease_ttl=self.lease_ttl,
+                )
+                self._hooks.emit(self._hooks.worker_started, started)
         return self
 
     async def __aexit__(
@@ -314,6 +354,13 @@ class Runtime:
                 self._unsubscribe()
                 self._unsubscribe = None
             await self._deregister()
+            if self.worker and self._hooks.worker_stopped:
+                stopped = WorkerStopped(
+                    worker_id=self.worker_id,
+                    handed_back=self._handed_back,
+                    crashed=self._crashed is not None,
+                )
+                self._hooks.emit(self._hooks.worker_stopped, stopped)
             with anyio.CancelScope(shield=True):
                 await self.store.close()
 
@@ -485,6 +532,9 @@ class Runtime:
                 f"started again as {name}({text}). Use another run_id, or the same inputs to get "
                 "the existing run",
             )
+        if self._hooks.run_started:
+            event = RunStarted(run_id=run_id, workflow=name, created=created)
+            self._hooks.emit(self._hooks.run_started, event)
         return RunHandle(self, run_id, created)
 
     async def signal(
@@ -784,6 +834,7 @@ class Runtime:
         while True:
             free = self._claim_limit - len(self._active)
             changed = self._changed
+            ends = self._ends
             claimed: list[RunRecord] = []
             if free > 0:
                 try:
@@ -820,6 +871,13 @@ class Runtime:
                         self._supersede(run)
                     self._active[run.run_id] = run.epoch
                     self._tg.start_soon(self._activate, run)
+                if claimed:
+                    self._idle = False
+                elif not self._active and ends == self._ends and not self._idle:
+                    self._idle = True  # nothing claimed, nothing running, nothing ended meanwhile
+                    if self._hooks.worker_idle:
+                        idle = WorkerIdle(worker_id=self.worker_id)
+                        self._hooks.emit(self._hooks.worker_idle, idle)
             if len(claimed) < free or free <= 0:
                 await self._wait(changed, self.poll_interval)
 
@@ -827,15 +885,15 @@ class Runtime:
         """This worker claimed a run it was still driving: its lease expired before a renewal
         reached the store (a blocked event loop, an overloaded store). The older activation is
         fenced already (its writes are refused); stop it now rather than at its next write."""
-        log.warning(
-            "worker %s: the lease on run %s (fencing token %d) expired before this worker "
-            "renewed it, and the worker claimed the run again (fencing token %d); the older "
-            "activation stops, its steps in flight run again under the same idempotency keys",
-            self.worker_id,
-            run.run_id,
-            self._active[run.run_id],
-            run.epoch,
-        )
+        if self._hooks.run_lease_lost:
+            old = self._active[run.run_id]
+            event = RunLeaseLost(
+                **self._run_fields(run.run_id, old),
+                detected="reclaim",
+                error=None,
+                reclaimed_epoch=run.epoch,
+            )
+            self._hooks.emit(self._hooks.run_lease_lost, event)
         _, scope = self._activations.get(run.run_id, (None, None))
         if scope is not None:
             scope.cancel()
@@ -858,7 +916,7 @@ class Runtime:
             leases = dict(self._active)
             started = time.monotonic()
             try:
-                fault("renew", self.worker_id)
+                self._hooks.fault(RENEW, self.worker_id)
                 held = await self.store.renew(self.worker_id, leases, self.lease_ttl)
             except Exception:
                 log.exception("worker %s: renewing leases failed; will retry", self.worker_id)
@@ -873,13 +931,11 @@ class Runtime:
                 if run_id not in held:
                     del self._active[run_id]  # not ours any more; say so once
                     lost += 1
-                    log.warning(
-                        "worker %s: lease on run %s (fencing token %d) was lost, another worker "
-                        "owns it now; stopping this activation, it writes nothing more",
-                        self.worker_id,
-                        run_id,
-                        epoch,
-                    )
+                    if self._hooks.run_lease_lost:
+                        event = RunLeaseLost(
+                            **self._run_fields(run_id, epoch), detected="renewal", error=None
+                        )
+                        self._hooks.emit(self._hooks.run_lease_lost, event)
                     if scope is not None:
                         scope.cancel()
                 elif held[run_id] and activation is not None:
@@ -946,56 +1002,44 @@ class Runtime:
             )
             self._claim_limit = limit
 
+    def _run_fields(self, run_id: str, epoch: int) -> dict[str, Any]:
+        """The fields every event of this worker about a run carries."""
+        return {"worker_id": self.worker_id, "run_id": run_id, "epoch": epoch}
+
     async def _activate(self, run: RunRecord) -> None:
-        run_id, epoch = run.run_id, run.epoch
+        run_id, epoch, hooks = run.run_id, run.epoch, self._hooks
         scope = anyio.CancelScope()
         self._activations[run_id] = (None, scope)
         restarts = 0
         try:
+            if hooks.run_claimed:
+                claimed = RunClaimed(
+                    **self._run_fields(run_id, epoch), workflow=run.workflow, steps=run.steps
+                )
+                hooks.emit(hooks.run_claimed, claimed)
             while True:
                 activation: Activation | None = None
                 with scope:
-                    # Each event of a run is logged once, here (the CLI worker prints these).
-                    if not restarts:
-                        log.info(
-                            "worker %s: claimed run %s (%s, fencing token %d%s)",
-                            self.worker_id,
-                            run_id,
-                            run.workflow,
-                            epoch,
-                            f", resuming at step {run.steps}" if run.steps else "",
-                        )
-                    fault("X10", run_id)
+                    hooks.fault(CLAIMED, run_id)
                     fn = _registry.lookup(run.workflow)
                     entries = await self._call(self.store.load_journal, run_id)
                     journal = verify_journal(run_id, entries)
                     activation = Activation(
-                        self.store, run, journal, fn, self.limits, worker_id=self.worker_id
+                        self.store,
+                        run,
+                        journal,
+                        fn,
+                        self.limits,
+                        worker_id=self.worker_id,
+                        hooks=hooks,
                     )
                     if restarts:
                         activation.cancel_requested = True
                     if self._draining:
                         activation.drain()
                     self._activations[run_id] = (activation, scope)
-                    end = await activation.execute()
-                    if end.how == "parked" and activation.draining:
-                        self._handed_back += 1
-                        log.info(
-                            "worker %s: run %s handed back after its steps in flight were "
-                            "journaled (shutting down: another worker resumes it now)",
-                            self.worker_id,
-                            run_id,
-                        )
-                    elif end.how == "parked":
-                        until = ""
-                        if end.wake_at is not None:
-                            due = _dt.datetime.fromtimestamp(end.wake_at, _dt.UTC)
-                            until = f" until {due:%Y-%m-%d %H:%M:%SZ}"
-                        detail = f", waiting on {end.waiting_on}{until}"
-                        log.info("worker %s: run %s parked%s", self.worker_id, run_id, detail)
-                    else:
-                        detail = f": {' '.join(end.error.split())[:300]}" if end.error else ""
-                        log.info("worker %s: run %s %s%s", self.worker_id, run_id, end.how, detail)
+                    end = await self._execute(activation, restart=restarts > 0)
+                    self._ended_as(activation, end)
                 still_ours = self._active.get(run_id) == epoch and self._crashed is None
                 if not (scope.cancelled_caught and still_ours):
                     break
@@ -1010,7 +1054,11 @@ class Runtime:
                 break
         except LeaseLost as exc:
             if self._active.get(run_id) == epoch:  # else the renewal has reported it already
-                log.warning("worker %s: %s", self.worker_id, exc)
+                if hooks.run_lease_lost:
+                    lost = RunLeaseLost(
+                        **self._run_fields(run_id, epoch), detected="write", error=str(exc)
+                    )
+                    hooks.emit(hooks.run_lease_lost, lost)
                 self._lease_trouble("a lease was lost mid-run")
         except SimulatedCrash as exc:
             # Fault injection: this "process" dies here. Nothing more is written, no lease is
@@ -1020,43 +1068,21 @@ class Runtime:
             for scope_ in [*self._loop_scopes, *(sc for _, sc in self._activations.values())]:
                 scope_.cancel()
         except (NonDeterminismError, CorruptJournalError, UnknownWorkflowError) as exc:
-            log.error(
-                "worker %s: run %s quarantined: %s; after fixing that, `coro-durable resume %s` "
-                "(or rt.resume) releases it",
-                self.worker_id,
-                run_id,
-                exc,
-                run_id,
-            )
             await self._record_crash(run_id, None, exc)
+            self._quarantined(run_id, epoch, exc, None)
         except Exception as exc:
             crashed = await self._record_crash(run_id, epoch, exc)
             if crashed is not None and crashed.status == RunStatus.QUARANTINED:
-                log.error(
-                    "worker %s: run %s quarantined after %d crashes in a row without progress, "
-                    "the last one: %s: %s; after fixing that, `coro-durable resume %s` (or "
-                    "rt.resume) releases it",
-                    self.worker_id,
-                    run_id,
-                    crashed.crash_count,
-                    type(exc).__name__,
-                    exc,
-                    run_id,
-                    exc_info=exc,
+                self._quarantined(run_id, epoch, exc, crashed.crash_count)
+            elif hooks.run_crashed:
+                event = RunCrashed(
+                    **self._run_fields(run_id, epoch),
+                    error=f"{type(exc).__name__}: {exc}",
+                    crash_count=crashed.crash_count if crashed is not None else None,
+                    max_crashes=self.max_crashes,
+                    exception=exc,
                 )
-            else:
-                count = ""
-                if crashed is not None:
-                    count = (
-                        f"crash {crashed.crash_count} in a row, quarantined at {self.max_crashes}; "
-                    )
-                log.error(
-                    "worker %s: run %s crashed its activation (%sretried with backoff)",
-                    self.worker_id,
-                    run_id,
-                    count,
-                    exc_info=exc,
-                )
+                hooks.emit(hooks.run_crashed, event)
         except anyio.get_cancelled_exc_class():
             if self._crashed is not None:
                 raise  # a crashed process hands nothing back
@@ -1071,10 +1097,65 @@ class Runtime:
                 del self._active[run_id]
             if self._activations.get(run_id, (None, None))[1] is scope:
                 del self._activations[run_id]
+            self._ends += 1
             ended, self._ended = self._ended, anyio.Event()
             ended.set()
             self._wake_run(run_id)
             self._on_store_change()
+
+    async def _execute(self, activation: Activation, *, restart: bool) -> ActivationEnd:
+        """Run ``activation`` between its ActivationStarted and ActivationEnded events."""
+        hooks, fields = self._hooks, self._run_fields(activation.run_id, activation.epoch)
+        if hooks.activation_started:
+            event = ActivationStarted(
+                **fields,
+                workflow=activation.run.workflow,
+                replaying=sum(1 for seq in activation.journal if seq >= 0),
+                restart=restart,
+            )
+            hooks.emit(hooks.activation_started, event)
+        end: ActivationEnd | None = None
+        try:
+            end = await activation.execute()
+            return end
+        finally:
+            if hooks.activation_ended:
+                how = end.how if end is not None else "interrupted"
+                hooks.emit(hooks.activation_ended, ActivationEnded(**fields, how=how))
+
+    def _ended_as(self, activation: Activation, end: ActivationEnd) -> None:
+        """The run event for how an activation ended: parked, handed back or finished."""
+        hooks, run_id, epoch = self._hooks, activation.run_id, activation.epoch
+        if end.how == "parked" and activation.draining:
+            self._handed_back += 1
+            if hooks.run_handed_back:
+                back = RunHandedBack(**self._run_fields(run_id, epoch), drained=True)
+                hooks.emit(hooks.run_handed_back, back)
+        elif end.how == "parked":
+            if hooks.run_parked:
+                parked = RunParked(
+                    **self._run_fields(run_id, epoch),
+                    waiting_on=end.waiting_on,
+                    wake_at=end.wake_at,
+                )
+                hooks.emit(hooks.run_parked, parked)
+        elif hooks.run_finished:
+            finished = RunFinished(
+                **self._run_fields(run_id, epoch), status=end.how, error=end.error
+            )
+            hooks.emit(hooks.run_finished, finished)
+
+    def _quarantined(
+        self, run_id: str, epoch: int, exc: Exception, crash_count: int | None
+    ) -> None:
+        if self._hooks.run_quarantined:
+            event = RunQuarantined(
+                **self._run_fields(run_id, epoch),
+                error=f"{type(exc).__name__}: {exc}",
+                crash_count=crash_count,
+                exception=exc,
+            )
+            self._hooks.emit(self._hooks.run_quarantined, event)
 
     async def _hand_back(self, run_id: str, epoch: int) -> None:
         """Release a run this worker stops driving, due now, so another worker resumes it at once
@@ -1085,11 +1166,9 @@ class Runtime:
                     run_id, epoch, self.clock.time(), f"a worker (handed back by {self.worker_id})"
                 )
                 self._handed_back += 1
-                log.info(
-                    "worker %s: run %s handed back (lease released: another worker resumes it now)",
-                    self.worker_id,
-                    run_id,
-                )
+                if self._hooks.run_handed_back:
+                    back = RunHandedBack(**self._run_fields(run_id, epoch), drained=False)
+                    self._hooks.emit(self._hooks.run_handed_back, back)
             except (Exception, LeaseLost) as exc:
                 log.warning(
                     "worker %s: could not hand run %s back (%s); another worker takes it "

@@ -76,7 +76,6 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 import anyio
 import anyio.to_thread
 
-from .._core import faults
 from .._core.clock import SYSTEM_CLOCK, Clock
 from ..errors import (
     ConfigurationError,
@@ -217,7 +216,7 @@ _SQL_GET_ENTRY = "SELECT status, checksum, kind, name FROM journal WHERE run_id 
 # The fencing read: the run's token and status, and what the fenced writes need besides.
 _SQL_FENCE = "SELECT epoch, status, cancel_requested, crash_count, steps FROM runs WHERE run_id = ?"
 # Fenced writes in one statement: the common case (the lease is ours). When they match no row,
-# ``_fenced`` tells lease lost from unknown run (and the planted no_fencing bug still writes).
+# ``_fenced`` tells lease lost from unknown run.
 _FENCE_CLAUSE = " AND epoch = ? AND status = 'running'"
 # An append resets crash_count only when it writes a final entry (the first parameter, 1 or 0).
 _RESET_CRASHES = "crash_count = CASE WHEN ? THEN 0 ELSE crash_count END"
@@ -677,7 +676,7 @@ class SqliteStore:
         row = conn.execute(_SQL_FENCE, (run_id,)).fetchone()
         if row is None:
             raise RunNotFoundError(run_id)
-        stale = row[0] != epoch and "no_fencing" not in faults.PLANTED  # planted bug, tests
+        stale = row[0] != epoch
         if stale or row[1] != RunStatus.RUNNING.value:
             raise LeaseLost(run_id, epoch, f"current token is {row[0]}, status {row[1]}")
         return tuple(row)

@@ -1,9 +1,11 @@
 """coro_durable.testing: prove that your workflows survive crashes (fault injection, crash fuzz).
 
-The runtime calls a named hook at every boundary of a step's life (the crash points of the
-project's fault model, X1 to X11); normally nothing listens and the hooks cost one global lookup.
-This module installs listeners that fail there, the way a process dies or a database connection
-drops, and checks what exactly-once means afterwards.
+The runtime passes a named fault point at every boundary of a step's life (the crash points of
+the project's fault model, X1 to X11) to the instruments of its Runtime (``coro_durable.Instrument``,
+hook ``fault_point``); with none listening that costs one list check. This module's instruments
+fail there, the way a process dies or a database connection drops, and check what exactly-once
+means afterwards. They belong to the Runtimes they are given to, so two fuzzes (or a fuzzed and a
+healthy Runtime) can run in one process at once.
 
 * :func:`crash_fuzz` (and :func:`crash_fuzz_async`) runs your workflow once with no faults, then
   once per crash point per effect, then random multi-crash schedules, restarting a fresh worker
@@ -18,21 +20,24 @@ drops, and checks what exactly-once means afterwards.
                               check=lambda result: payments.assert_charged_once("order-1"))
           assert report.ok, report.summary()
 
-* :class:`Fault`, :class:`FaultPlan` and :func:`inject` put individual faults where you want them:
-  ``with inject(Fault("X4", seq=1)):`` crashes the worker after step 1 ran and before its result
-  was journaled; a fresh ``Runtime`` on the same store resumes the run.
-* :class:`Trace` and :class:`TracingStore` record the order of claims, journal commits, step
-  invocations and feeds across workers, and flag the orders that break the contract: a step
-  invoked after its outcome was journaled, a step invoked again after the workflow was fed its
-  outcome, an outcome fed before it was journaled, a write accepted from a worker whose lease a
-  newer claim had superseded.
+* :class:`Fault`, :class:`FaultPlan` and :func:`inject` put individual faults where you want them.
+  A plan is an instrument: ``Runtime(url, instruments=[FaultPlan(Fault("X4", seq=1))])`` crashes
+  that worker after step 1 ran and before its result was journaled; a fresh ``Runtime`` on the
+  same store resumes the run. ``with inject(Fault("X4", seq=1)):`` gives the plan to every
+  Runtime created in the block instead.
+* :class:`Trace` (an instrument on every worker) and :class:`TracingStore` (their stores) record
+  the order of claims, journal commits, step invocations and feeds across workers, and flag the
+  orders that break the contract: a step invoked after its outcome was journaled, a step invoked
+  again after the workflow was fed its outcome, an outcome fed before it was journaled, a write
+  accepted from a worker whose lease a newer claim had superseded.
 * :class:`FakeClock` (a :class:`Clock`) controls time: ``cd.Runtime("memory://", clock=clock)``,
   then ``clock.advance(86400)`` makes a one-day timer due at once; timers, signal timeouts, retry
   backoff and ``cd.now()`` follow it, leases and polls keep real time.
 * :func:`corrupt_row` tampers with a stored journal row (memory, SQLite, PostgreSQL, Redis stores)
   to test that a corrupt journal quarantines the run instead of replaying a wrong value.
 
-The crash points (``POINTS``); a hook passes the run id and the effect's seq where it has one:
+The crash points (``POINTS``; the runtime's code names them, e.g. ``AFTER_FEED`` for X7, in
+``coro_durable._core.faults``); a point passes the run id and the effect's seq where it has one:
 
 ============ ==============================================================================
 X1           before a step (or any effect) starts executing
@@ -55,8 +60,11 @@ renew        a lease renewal is lost (a ``StoreError``; the run id is the worker
 A crash fault raises :class:`~coro_durable._core.faults.SimulatedCrash`: that Runtime's worker stops
 as a killed process would (nothing more is written, its lease is not handed back; the code around
 its ``async with`` keeps running, sees ``rt._crashed`` set, and should close it), and a fresh
-Runtime resumes the run once the lease expires, so keep ``lease_ttl`` small in tests. Faults are
-process-wide: run one fuzz at a time.
+Runtime resumes the run once the lease expires, so keep ``lease_ttl`` small in tests.
+
+Planted bugs (``coro_durable.testing._planted``: a store that acknowledges before it writes, a
+store without fencing, an instrument that reuses idempotency keys) are how our own tests prove
+that the fuzzer finds what it claims to; nothing in the runtime or the stores knows of them.
 """
 
 from __future__ import annotations

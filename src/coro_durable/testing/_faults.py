@@ -1,4 +1,10 @@
-"""Fault injection at the named crash points: Fault, FaultPlan, inject, no_faults."""
+"""Fault injection at the named crash points: Fault, FaultPlan (an instrument), inject, no_faults.
+
+A :class:`FaultPlan` is an :class:`~coro_durable.Instrument` whose ``fault_point`` hook raises
+where one of its faults matches. Give it to the Runtimes it is for (``Runtime(...,
+instruments=[plan])``: other Runtimes in the process never see it), or install it for a block
+with :func:`inject`, which every Runtime created in that block (in its context) picks up.
+"""
 
 from __future__ import annotations
 
@@ -12,39 +18,61 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from ._trace import Trace
 
-from .._core import faults as _hooks
-from .._core.faults import SimulatedCrash
+from .._core.faults import (
+    AFTER_BODY,
+    AFTER_COMMIT,
+    AFTER_FEED,
+    AFTER_FINISH,
+    AFTER_PENDING,
+    BEFORE_CONSUME,
+    BEFORE_FEED,
+    BEFORE_FINISH,
+    BEFORE_RESULT,
+    BEFORE_STEP,
+    CLAIMED,
+    COMMIT_FAIL,
+    INVOKE,
+    POINTS,
+    RENEW,
+    SimulatedCrash,
+)
+from .._core.hooks import FaultPoint, Instrument, installed
 from ..errors import ConfigurationError, StoreError
 
-POINTS: tuple[str, ...] = (
-    "X1",
-    "invoke",
-    "X2",
-    "X3",
-    "X4",
-    "commit.fail",
-    "X5",
-    "X6",
-    "X7",
-    "X8",
-    "X9",
-    "X10",
-    "X11",
-    "renew",
-)
+__all__ = [
+    "CRASH_POINTS",
+    "ERROR_POINTS",
+    "POINTS",
+    "Fault",
+    "FaultPlan",
+    "Fired",
+    "inject",
+    "no_faults",
+]
+
 #: Points where a fault is a process crash by default.
-CRASH_POINTS: tuple[str, ...] = ("X1", "X2", "X3", "X4", "X6", "X7", "X8", "X10", "X11")
+CRASH_POINTS: tuple[str, ...] = (
+    BEFORE_STEP,
+    AFTER_PENDING,
+    AFTER_BODY,
+    BEFORE_RESULT,
+    BEFORE_FEED,
+    AFTER_FEED,
+    BEFORE_FINISH,
+    CLAIMED,
+    BEFORE_CONSUME,
+)
 #: Points where a fault is a store error by default: a commit that fails, or that lands while the
 #: caller sees an error (the runtime must retry it and recognise its own write), or a lost renewal.
-ERROR_POINTS: tuple[str, ...] = ("commit.fail", "X5", "X9", "renew")
+ERROR_POINTS: tuple[str, ...] = (COMMIT_FAIL, AFTER_COMMIT, AFTER_FINISH, RENEW)
 
-_NOT_FUZZED = ("invoke", "renew")  # observation / lease points, not enumerated per effect
+_NOT_FUZZED = (INVOKE, RENEW)  # observation / lease points, not enumerated per effect
 
 # Hooks fired while this is set are ignored by every injector of this module (replays, checks).
 _PAUSED: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "coro_durable_no_faults", default=False
 )
-# (worker, run_id, epoch) of the activation running in this context, set by TracingStore.
+# (worker, run_id, epoch) of the activation running in this context, set by a Trace.
 _ACTIVATION: contextvars.ContextVar[tuple[str, str, int] | None] = contextvars.ContextVar(
     "coro_durable_activation", default=None
 )
@@ -95,7 +123,7 @@ class Fault:
             raise ConfigurationError("Fault.nth and Fault.times count hits from 1")
         if self.action not in ("auto", "crash", "error"):
             raise ConfigurationError(f"Fault.action is auto, crash or error, not {self.action!r}")
-        if self.point == "renew" and self.action == "crash":
+        if self.point == RENEW and self.action == "crash":
             raise ConfigurationError(
                 "a renew fault is a lost renewal (action='error'); to kill the worker, crash it "
                 "at a step's point"
@@ -111,7 +139,7 @@ class Fault:
     def __str__(self) -> str:
         where = [f"seq {self.seq}"] if self.seq is not None else []
         if self.run_id is not None:
-            where.append(f"{'worker' if self.point == 'renew' else 'run'} {self.run_id}")
+            where.append(f"{'worker' if self.point == RENEW else 'run'} {self.run_id}")
         if self.nth > 1:
             where.append(f"{_ordinal(self.nth)} hit")
         if self.times != 1:
@@ -131,10 +159,10 @@ class Fired:
 
 
 _ERROR_TEXT = {
-    "commit.fail": "the commit failed before it reached the store",
-    "X5": "the commit landed but its acknowledgement was lost",
-    "X9": "the run's result was committed but the acknowledgement was lost",
-    "renew": "the lease renewal was lost",
+    COMMIT_FAIL: "the commit failed before it reached the store",
+    AFTER_COMMIT: "the commit landed but its acknowledgement was lost",
+    AFTER_FINISH: "the run's result was committed but the acknowledgement was lost",
+    RENEW: "the lease renewal was lost",
 }
 
 
@@ -145,11 +173,13 @@ class _Armed:
     fired: int = 0
 
 
-class FaultPlan:
-    """An injector: fires its faults on matching hits and records every hit it sees.
+class FaultPlan(Instrument):
+    """An instrument that fires its faults on matching hits and records every hit it sees.
 
-    Install it with :func:`inject`. ``runs`` limits it to those run ids (a live set may be passed
-    and grown); ``renew`` hits, whose run_id is a worker id, always pass. Thread-safe.
+    Pass it to a Runtime (``instruments=[plan]``) or install it with :func:`inject`; calling the
+    plan (``plan(point, run_id, seq)``) is one hit. ``runs`` limits it to those run ids (a live
+    set may be passed and grown); ``renew`` hits, whose run_id is a worker id, always pass.
+    Thread-safe.
     """
 
     def __init__(self, *faults: Fault, runs: set[str] | frozenset[str] | None = None) -> None:
@@ -184,10 +214,13 @@ class FaultPlan:
     def errors(self) -> int:
         return sum(1 for f in self.fired if f.kind == "error")
 
+    def fault_point(self, event: FaultPoint) -> None:
+        self(event.point, event.run_id, event.seq)
+
     def __call__(self, point: str, run_id: str, seq: int | None) -> None:
         if _PAUSED.get():
             return
-        if self.runs is not None and point != "renew" and run_id not in self.runs:
+        if self.runs is not None and point != RENEW and run_id not in self.runs:
             return
         fire: Fired | None = None
         with self._lock:
@@ -212,32 +245,37 @@ class FaultPlan:
         raise StoreError(f"injected fault at {point}: {_ERROR_TEXT.get(point, 'store error')}")
 
 
+class _Injector(Instrument):
+    """A plain function ``(point, run_id, seq)`` as an instrument's fault hook."""
+
+    def __init__(self, fn: Callable[[str, str, int | None], None]) -> None:
+        self.fn = fn
+
+    def __repr__(self) -> str:
+        return f"_Injector({self.fn!r})"
+
+    def fault_point(self, event: FaultPoint) -> None:
+        self.fn(event.point, event.run_id, event.seq)
+
+
 @contextlib.contextmanager
 def inject(
     *faults: Fault | FaultPlan | Trace | Callable[[str, str, int | None], None],
 ) -> Iterator[FaultPlan]:
     """Install faults for a block: ``with inject(Fault("X4", seq=1)) as plan: ...``.
 
-    Accepts :class:`Fault` objects (gathered into a new :class:`FaultPlan`), or one plan,
-    trace or injector function. Injectors already installed keep running after the new one
-    (so a :class:`Trace` outside and a plan inside both see every hit; a crash raised by the
-    inner one hides that hit from the outer one). Yields the plan (a new empty one when given
-    a trace or function)."""
+    Every Runtime created in the block (in its context: the tasks it starts, not an event loop
+    in another thread) gets them as an instrument. Accepts :class:`Fault` objects (gathered
+    into a new :class:`FaultPlan`), or one plan, trace or injector function ``(point, run_id,
+    seq)``. Those installed by an outer block come after (so a :class:`Trace` outside and a plan
+    inside both see every hit; a crash raised by the inner one hides that hit from the outer
+    one). Yields the plan (a new empty one when given a trace or function)."""
     loose = [f for f in faults if isinstance(f, Fault)]
     others = [f for f in faults if not isinstance(f, Fault)]
     if others and (loose or len(others) > 1):
         raise ConfigurationError("inject() takes Fault objects, or a single plan/trace/injector")
     plan = others[0] if others and isinstance(others[0], FaultPlan) else FaultPlan(*loose)
-    hook: Callable[[str, str, int | None], None] = others[0] if others else plan
-    previous = _hooks._injector
-
-    def chained(point: str, run_id: str, seq: int | None) -> None:
-        hook(point, run_id, seq)
-        if previous is not None:
-            previous(point, run_id, seq)
-
-    _hooks.set_injector(chained if previous is not None else hook)
-    try:
+    given = others[0] if others else plan
+    instrument = given if isinstance(given, Instrument) else _Injector(given)
+    with installed(instrument):
         yield plan
-    finally:
-        _hooks.set_injector(previous)

@@ -26,7 +26,7 @@ from ..store._protocol import Store
 from ..store._registry import open_store
 from ..store._sqlite import SqliteStore
 from ..workflow import _registry
-from ._faults import _NOT_FUZZED, CRASH_POINTS, POINTS, Fault, FaultPlan, inject, no_faults
+from ._faults import _NOT_FUZZED, CRASH_POINTS, POINTS, Fault, FaultPlan, no_faults
 from ._trace import Trace, Violation
 
 # ---- crash fuzz ------------------------------------------------------------------------------------
@@ -92,7 +92,10 @@ _OPTIONS = {
     "shrink": "shrink failing multi-fault schedules (default True)",
     "max_runs": "stop after this many runs (default: no limit)",
     "stop_after": "stop after this many violations (default: no limit)",
-    "runtime": "other Runtime options, e.g. {'inline_wait': 0.05}",
+    "runtime": "other Runtime options of the workers, e.g. {'inline_wait': 0.05} (instruments "
+    "given here run after the fuzzer's own)",
+    "wrap_store": "a function applied to each worker's store, outside the fuzzer's tracing "
+    "wrapper: what the worker talks to (latency, or a store misbehaving on purpose)",
 }
 
 
@@ -113,6 +116,7 @@ class _Options:
     max_runs: int | None = None
     stop_after: int | None = None
     runtime: dict[str, Any] = field(default_factory=dict)
+    wrap_store: Callable[[Store], Store] | None = None
 
     @classmethod
     def parse(cls, options: Mapping[str, Any]) -> _Options:
@@ -229,18 +233,17 @@ class _Fuzzer:
         deadline = time.monotonic() + self.opts.timeout
         self.report.runs += 1
         try:
-            with inject(trace), inject(plan):
-                async with Runtime(
-                    trace.store(self.new_store(), "client"),
-                    worker=False,
-                    poll_interval=self.opts.poll_interval,
-                ) as client:
-                    await client.start(self.workflow, *self.args, run_id=run_id, **self.opts.kwargs)
-                    async with anyio.create_task_group() as tg:
-                        for slot in range(self._slots(ex)):
-                            tg.start_soon(self._worker_slot, slot, ex)
-                        ex.run = await self._await_end(client, ex, deadline)
-                        tg.cancel_scope.cancel()
+            async with Runtime(
+                trace.store(self.new_store(), "client"),
+                worker=False,
+                poll_interval=self.opts.poll_interval,
+            ) as client:
+                await client.start(self.workflow, *self.args, run_id=run_id, **self.opts.kwargs)
+                async with anyio.create_task_group() as tg:
+                    for slot in range(self._slots(ex)):
+                        tg.start_soon(self._worker_slot, slot, ex)
+                    ex.run = await self._await_end(client, ex, deadline)
+                    tg.cancel_scope.cancel()
         except Exception as exc:  # the fuzzer reports, it does not raise
             ex.violations.append(
                 Violation(
@@ -273,11 +276,18 @@ class _Fuzzer:
             options = {"max_crashes": 1_000_000, **self.opts.runtime}
             if self._stalls(ex):
                 options["concurrency"] = 1
+            # This worker's plan and trace, given to it alone: fuzzers running at once in one
+            # process (or other Runtimes beside this one) never see each other's faults.
+            instruments = [ex.plan, ex.trace, *options.pop("instruments", ())]
+            store: Store = ex.trace.store(self.new_store(), name)
+            if self.opts.wrap_store is not None:
+                store = self.opts.wrap_store(store)
             rt = Runtime(
-                ex.trace.store(self.new_store(), name),
+                store,
                 worker_id=name,
                 lease_ttl=ex.lease_ttl,
                 poll_interval=self.opts.poll_interval,
+                instruments=instruments,
                 **options,
             )
             async with rt:
@@ -574,8 +584,9 @@ def crash_fuzz(
     ``backend="trio"`` runs it under trio. Steps should act deterministically given ``setup()``.
     The other options: ``kwargs``, ``signals``, ``seed``, ``schedules``, ``max_faults``,
     ``points``, ``lose_lease``, ``workers``, ``lease_ttl``, ``poll_interval``, ``timeout``,
-    ``shrink``, ``max_runs``, ``stop_after``, ``runtime``; from async code use
-    :func:`crash_fuzz_async`.
+    ``shrink``, ``max_runs``, ``stop_after``, ``runtime``, ``wrap_store``; from async code use
+    :func:`crash_fuzz_async`. Each simulated worker gets the fuzz's fault plan and trace as its
+    own instruments, so fuzzes may run at once in one process.
     """
     backend = options.pop("backend", "asyncio")
     opts = _Options.parse(options)

@@ -1,5 +1,11 @@
 """The trace: claims, journal commits, invocations and feeds across workers, and the orders
-that break the contract (Trace, TracingStore, Invocation, Violation)."""
+that break the contract (Trace, TracingStore, Invocation, Violation).
+
+A :class:`Trace` learns from two sides. As an instrument of every worker's Runtime it sees what
+the runtime does: which activation (worker, fencing token) runs where, each step invocation, each
+outcome fed to the workflow (the X6 point). Through :class:`TracingStore`, the store each worker
+is given, it sees what the store accepted: claims, loads, commits, and fenced writes from an
+epoch that a newer claim had superseded (the store's fencing broken)."""
 
 from __future__ import annotations
 
@@ -9,6 +15,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from .._core.faults import BEFORE_FEED
+from .._core.hooks import ActivationStarted, FaultPoint, Instrument, StepStarted
 from ..journal._records import JournalEntry, RunRecord, RunStatus
 from ..store._protocol import Store, StoreWrapper
 from ._faults import _ACTIVATION, _PAUSED, Fault
@@ -19,13 +27,13 @@ from ._faults import _ACTIVATION, _PAUSED, Fault
 @dataclass(frozen=True, slots=True)
 class Invocation:
     """One call of a step's body: the trace's clock, the run, seq and the activation's worker
-    and fencing token (None when it could not be attributed)."""
+    and fencing token."""
 
     order: int
     run_id: str
     seq: int
-    worker: str | None
-    epoch: int | None
+    worker: str
+    epoch: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,13 +86,13 @@ class Violation:
         return " | ".join(parts)
 
 
-class Trace:
+class Trace(Instrument):
     """An ordered record of claims, journal commits, step invocations and feeds, checked as it
     grows.
 
-    Install it as an injector (``with inject(trace):``) so it sees the ``invoke`` and ``X6``
-    hooks, and give every worker's Runtime a store from :meth:`store` so it sees claims and
-    commits. ``runs`` restricts it to those run ids (a set that may grow). It appends to
+    Give it to every worker's Runtime as an instrument (``instruments=[trace]``, or install it
+    with ``inject(trace)``) so it sees activations, step invocations and feeds, and give every
+    worker's Runtime a store from :meth:`store` so it sees claims and commits. ``runs`` restricts it to those run ids (a set that may grow). It appends to
     ``violations`` when a current activation (one whose claim no newer claim superseded)
     invokes a step after its outcome was journaled or after the workflow was fed it, when one
     activation invokes a step twice without a journaled failed attempt in between, when an
@@ -100,7 +108,6 @@ class Trace:
         self._pending: dict[tuple[str, int], list[tuple[int, int]]] = defaultdict(list)
         self.fed: dict[str, int] = {}  # run -> highest seq whose outcome the workflow was fed
         self.invocations: dict[tuple[str, int], list[Invocation]] = defaultdict(list)
-        self._claims: dict[tuple[str, str], int] = {}  # (worker, run) -> epoch of its last claim
         self._epochs: dict[str, int] = {}  # run -> highest epoch claimed so far
         self.claims = 0
         self.commits = 0
@@ -122,10 +129,9 @@ class Trace:
 
     # -- events from the store wrapper ------------------------------------------------------------
 
-    def _claimed(self, worker: str, runs: Sequence[RunRecord]) -> None:
+    def _claimed(self, runs: Sequence[RunRecord]) -> None:
         with self._lock:
             for run in runs:
-                self._claims[(worker, run.run_id)] = run.epoch
                 self._epochs[run.run_id] = max(self._epochs.get(run.run_id, 0), run.epoch)
                 self.claims += 1
 
@@ -169,10 +175,6 @@ class Trace:
                 if entry.final:
                     self.final.setdefault((run_id, entry.seq), order)
 
-    def _epoch_of(self, worker: str, run_id: str) -> int | None:
-        with self._lock:
-            return self._claims.get((worker, run_id))
-
     def stale_here(self, run_id: str) -> bool:
         """Whether the activation running in this context (task or step thread) works on
         ``run_id`` under an epoch that a newer claim has superseded: a worker that lost its
@@ -184,27 +186,31 @@ class Trace:
         with self._lock:
             return activation[2] < self._epochs.get(run_id, 0)
 
-    # -- events from the runtime's hooks ----------------------------------------------------------
+    # -- events from the runtime (the instrument's hooks) ----------------------------------------
 
-    def __call__(self, point: str, run_id: str, seq: int | None) -> None:
-        if _PAUSED.get() or seq is None or not self._watching(run_id):
+    def activation_started(self, event: ActivationStarted) -> None:
+        # Hooks run in the activation's task: what it does from here on (its step tasks and
+        # threads too) belongs to this activation, which stale_here() reads.
+        if not _PAUSED.get():
+            _ACTIVATION.set((event.worker_id, event.run_id, event.epoch))
+
+    def step_started(self, event: StepStarted) -> None:
+        if not _PAUSED.get() and self._watching(event.run_id):
+            self._invoked(event.run_id, event.seq, event.worker_id, event.epoch)
+
+    def fault_point(self, event: FaultPoint) -> None:
+        if event.point != BEFORE_FEED or event.seq is None or _PAUSED.get():
             return
-        if point == "invoke":
-            self._invoked(run_id, seq)
-        elif point == "X6":
-            self._fed(run_id, seq)
+        if self._watching(event.run_id):
+            self._fed(event.run_id, event.seq)
 
-    def _invoked(self, run_id: str, seq: int) -> None:
-        activation = _ACTIVATION.get()
-        worker = epoch = None
-        if activation is not None and activation[1] == run_id:
-            worker, epoch = activation[0], activation[2]
-        who = f"worker {worker}, epoch {epoch}" if worker else "an unattributed activation"
+    def _invoked(self, run_id: str, seq: int, worker: str, epoch: int) -> None:
+        who = f"worker {worker}, epoch {epoch}"
         with self._lock:
             order = next(self._clock)
             key = (run_id, seq)
             # A superseded activation read its journal before the newer one recorded the step.
-            stale = epoch is not None and epoch < self._epochs.get(run_id, 0)
+            stale = epoch < self._epochs.get(run_id, 0)
             recorded = self.final.get(key)
             if recorded is not None and recorded < order and not stale:
                 self._flag(
@@ -225,24 +231,20 @@ class Trace:
                     f"had been fed the outcomes up to seq {fed}: a step ran again that was not "
                     "in flight at a crash (resume, never restart)",
                 )
-            if epoch is not None:
-                mine = [i for i in self.invocations[key] if i.worker == worker and i.epoch == epoch]
-                if mine and not any(
-                    mine[-1].order < at < order and e == epoch for at, e in self._pending[key]
-                ):
-                    self._flag(
-                        "reinvoked-in-activation",
-                        run_id,
-                        seq,
-                        f"step seq {seq} of run {run_id!r} was invoked twice by one activation "
-                        f"({who}) without its failed attempt being journaled in between",
-                    )
+            mine = [i for i in self.invocations[key] if i.worker == worker and i.epoch == epoch]
+            if mine and not any(
+                mine[-1].order < at < order and e == epoch for at, e in self._pending[key]
+            ):
+                self._flag(
+                    "reinvoked-in-activation",
+                    run_id,
+                    seq,
+                    f"step seq {seq} of run {run_id!r} was invoked twice by one activation "
+                    f"({who}) without its failed attempt being journaled in between",
+                )
             self.invocations[key].append(Invocation(order, run_id, seq, worker, epoch))
 
     def _fed(self, run_id: str, seq: int) -> None:
-        activation = _ACTIVATION.get()
-        if activation is None or activation[1] != run_id:
-            return  # a replay or an inspection, not an activation executing the run
         with self._lock:
             missing = [i for i in range(seq + 1) if (run_id, i) not in self.final]
             if missing:
@@ -273,14 +275,8 @@ class TracingStore(StoreWrapper):
         return f"TracingStore({self.inner!r}, worker={self.worker!r})"
 
     async def load_journal(self, run_id: str) -> list[JournalEntry]:
-        # An activation loads its journal right after its claim: from here on, hooks in this
-        # task (and the tasks and threads it starts) belong to that activation. Its epoch is
-        # read before the load: a slow load can let this worker claim the run again meanwhile.
-        epoch = None if _PAUSED.get() else self.trace._epoch_of(self.worker, run_id)
         entries = await self.inner.load_journal(run_id)
         self.trace._loaded(run_id, entries)
-        if epoch is not None:
-            _ACTIVATION.set((self.worker, run_id, epoch))
         return entries
 
     async def append(self, run_id: str, epoch: int, entries: Sequence[JournalEntry]) -> None:
@@ -311,7 +307,7 @@ class TracingStore(StoreWrapper):
         runs = await self.inner.claim(
             worker, limit=limit, lease_ttl=lease_ttl, workflows=workflows, max_crashes=max_crashes
         )
-        self.trace._claimed(self.worker, runs)
+        self.trace._claimed(runs)
         return runs
 
     async def park(
