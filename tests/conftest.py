@@ -15,6 +15,9 @@ import pytest
 
 import coro_durable as cd
 
+# Projects that our tests run in a pytest of their own (tests/test_conformance_kit.py).
+collect_ignore = ["fixtures"]
+
 
 def _plugin_installed(scheme: str) -> bool:
     group = importlib.metadata.entry_points(group="coro_durable.stores")

@@ -41,6 +41,7 @@ from coro_durable.testing import (
     FaultPlan,
     Trace,
     no_faults,
+    wait_for_status,
 )
 from coro_durable.testing._planted import Planted
 
@@ -290,11 +291,7 @@ class CrashFuzz(RuleBasedStateMachine):
             info = await self.client.describe(run_id)
             history = await self.client.history(run_id)
             replayed = await self.client.replay(run_id)
-            ref = await self.reference.describe(f"ref-{run_id}")
-            with anyio.fail_after(30):
-                while ref.status not in model.FINAL:
-                    await anyio.sleep(0.01)
-                    ref = await self.reference.describe(f"ref-{run_id}")
+            ref = await wait_for_status(self.reference, f"ref-{run_id}", *model.FINAL, timeout=30)
         problems = model.check_finished_run(
             run_id, self.runs[run_id].ops, info, history, self.world
         )

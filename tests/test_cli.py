@@ -24,7 +24,7 @@ import pytest
 import coro_durable as cd
 from coro_durable.cli import _main as _cli
 from coro_durable.cli._main import main
-from coro_durable.testing import Fault, corrupt_row, inject
+from coro_durable.testing import Fault, corrupt_row, inject, wait_for_status
 
 CLI = [sys.executable, "-m", "coro_durable"]
 
@@ -1033,7 +1033,8 @@ def worker_process(url: str, app: str, cwd: Path, *options: str, **env: str) -> 
     return done.stderr
 
 
-def wait_for_status(cli: Cli, run_id: str, status: str) -> None:
+def wait_until_shown(cli: Cli, run_id: str, status: str) -> None:
+    """Poll `coro-durable show --json` until it reports ``status`` (bounded)."""
     deadline = time.monotonic() + 20
     while show_json(cli, run_id)["run"]["status"] != status:
         assert time.monotonic() < deadline, show_json(cli, run_id)["run"]
@@ -1078,7 +1079,7 @@ def test_worker_logs_each_event_once(cli: Cli, url: str, events_app: str, tmp_pa
         cwd=tmp_path,
     )
     try:
-        wait_for_status(cli, "ev-slow", "running")
+        wait_until_shown(cli, "ev-slow", "running")
         proc.send_signal(signal.SIGTERM)
         _, third = proc.communicate(timeout=15)
     finally:
@@ -1118,7 +1119,7 @@ def test_worker_logs_a_lost_lease_once(cli: Cli, url: str, events_app: str, tmp_
         cwd=tmp_path,
     )
     try:
-        wait_for_status(cli, "ev-lease", "running")
+        wait_until_shown(cli, "ev-lease", "running")
         time.sleep(1.2)  # its 1 s lease runs out while the step blocks its event loop
         taker = worker_process(url, events_app, tmp_path, "--lease-ttl", "10")
         _, stale_log = stale.communicate(timeout=30)
@@ -1148,9 +1149,8 @@ async def test_runtime_logs_each_crash_and_the_quarantine_once(
     ):
         async with cd.Runtime(store, max_crashes=2, poll_interval=0.02, lease_ttl=5) as rt:
             await rt.start(log_poisoned, run_id="poison")
+            await wait_for_status(rt, "poison", cd.RunStatus.QUARANTINED, timeout=20)
             with anyio.fail_after(20):
-                while (await rt.describe("poison")).status != cd.RunStatus.QUARANTINED:
-                    await anyio.sleep(0.02)
                 while rt.active_runs:
                     await anyio.sleep(0.01)
     log = "\n".join(r.getMessage() for r in caplog.records)

@@ -16,7 +16,7 @@ import pytest
 import coro_durable as cd
 from conftest import STORES, pg_test_url, redis_test_url
 from coro_durable.errors import ConfigurationError
-from coro_durable.testing import FakeClock
+from coro_durable.testing import FakeClock, wait_for_status
 
 pytestmark = pytest.mark.anyio
 
@@ -90,13 +90,6 @@ def local_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], 
     return make
 
 
-async def _status(rt: cd.Runtime, run_id: str, status: cd.RunStatus) -> cd.RunInfo:
-    with anyio.fail_after(10):
-        while (info := await rt.describe(run_id)).status != status:
-            await anyio.sleep(0.01)
-    return info
-
-
 async def test_a_one_day_timer_fires_when_the_clock_is_advanced(
     local_store: Callable[[], cd.Store],
 ) -> None:
@@ -107,7 +100,7 @@ async def test_a_one_day_timer_fires_when_the_clock_is_advanced(
     started = time.monotonic()
     async with cd.Runtime(local_store(), clock=clock, poll_interval=5.0) as rt:
         handle = await rt.start(reminder, run_id="remind")
-        info = await _status(rt, "remind", cd.RunStatus.WAITING)
+        info = await wait_for_status(rt, "remind", cd.RunStatus.WAITING)
         assert info.wake_at == START + dt.timedelta(days=1)
         clock.advance(DAY - 1)
         await anyio.sleep(0.2)
@@ -135,8 +128,8 @@ async def test_a_signal_timeout_and_a_retry_backoff_follow_the_clock(
     async with cd.Runtime(local_store(), clock=clock) as rt:
         waiting = await rt.start(approval, run_id="approve")
         retried = await rt.start(backoff, run_id="backoff")
-        await _status(rt, "approve", cd.RunStatus.WAITING)
-        await _status(rt, "backoff", cd.RunStatus.WAITING)
+        await wait_for_status(rt, "approve", cd.RunStatus.WAITING)
+        await wait_for_status(rt, "backoff", cd.RunStatus.WAITING)
         assert ATTEMPTS == [1]
         clock.advance(600)
         assert await retried.result(timeout=3) == "ok"
@@ -154,7 +147,7 @@ async def test_a_short_in_process_wait_also_follows_the_clock(
     clock = FakeClock(START)
     async with cd.Runtime(local_store(), clock=clock) as rt:
         handle = await rt.start(short_sleep)
-        await _status(rt, handle.run_id, cd.RunStatus.RUNNING)
+        await wait_for_status(rt, handle.run_id, cd.RunStatus.RUNNING)
         await anyio.sleep(0.8)  # longer than the sleep, in real time
         assert (await handle.describe()).status == cd.RunStatus.RUNNING
         clock.advance(0.5)
@@ -170,7 +163,7 @@ async def test_a_jump_of_the_clock_never_takes_a_run_from_its_live_worker(
     clock = FakeClock(START)
     async with cd.Runtime(local_store(), clock=clock, lease_ttl=0.3, poll_interval=0.01) as rt:
         handle = await rt.start(held)
-        await _status(rt, handle.run_id, cd.RunStatus.RUNNING)
+        await wait_for_status(rt, handle.run_id, cd.RunStatus.RUNNING)
         clock.advance(DAY)
         await anyio.sleep(0.5)  # more than a lease: renewals carry on in real time
         GATE[0].set()

@@ -29,6 +29,7 @@ from coro_durable.testing import (
     crash_fuzzer,  # noqa: F401 - the pytest fixture, used by a test below
     inject,
     no_faults,
+    wait_for_status,
 )
 
 CALLS: Counter[str] = Counter()  # physical calls per idempotency key
@@ -407,9 +408,7 @@ async def test_a_poisoned_run_is_quarantined_and_resumes_after_the_fix(
     with inject(trace), inject(Fault("X4", seq=0, run_id="poison", times=None)) as plan:
         async with cluster(trace, max_crashes=3) as client:
             await client.start(three_steps, run_id="poison")
-            with anyio.fail_after(20):
-                while (await client.describe("poison")).status != cd.RunStatus.QUARANTINED:
-                    await anyio.sleep(0.02)
+            await wait_for_status(client, "poison", cd.RunStatus.QUARANTINED, timeout=20)
             await client.start(three_steps, run_id="healthy")
             assert await client.result("healthy", timeout=20) == ["did a", "did b", "did c"]
             info = await client.describe("poison")

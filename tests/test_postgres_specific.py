@@ -34,6 +34,7 @@ from coro_durable.errors import (
     StoreUnavailableError,
 )
 from coro_durable.journal._records import JournalEntry, RunRecord, WorkerRecord
+from coro_durable.testing import wait_for_status
 from group_commit_common import Write, batch_after_one, claimed
 from group_commit_common import entry as gc_entry
 
@@ -566,8 +567,7 @@ async def test_notify_wakes_a_slow_polling_worker_at_once() -> None:
 
         await anyio.sleep(0.3)
         handle = await client.start(waits_for_go)
-        while (await client.describe(handle.run_id)).status != "waiting":
-            await anyio.sleep(0.02)
+        await wait_for_status(client, handle.run_id, "waiting")
         await anyio.sleep(0.3)
         started = time.monotonic()
         await client.signal(handle.run_id, "go", {"ok": True})

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import coro_durable as cd
+from coro_durable.testing import wait_for_status
 
 INVOKED: Counter[str] = Counter()
 
@@ -78,8 +79,7 @@ def test_generated_workflows_match_direct_execution(
         async with cd.Runtime("memory://", poll_interval=0.01) as rt:
             handle = await rt.start(generated, plan)
             if len(plan) > 1:  # signal once the run is parked, so it replays from its journal
-                while (await handle.describe()).status != cd.RunStatus.WAITING:
-                    await anyio.sleep(0.001)
+                await wait_for_status(rt, handle.run_id, cd.RunStatus.WAITING, timeout=30)
                 await rt.signal(handle.run_id, "mid", "go")
             result: list[Any] = await handle.result(timeout=30)
             return result

@@ -35,6 +35,7 @@ from coro_durable.errors import (
     StoreUnavailableError,
 )
 from coro_durable.journal._records import JournalEntry, RunRecord, RunStatus, WorkerRecord
+from coro_durable.testing import wait_for_status
 from group_commit_common import Write, batch_after_one, claimed, record_batches
 from group_commit_common import entry as gc_entry
 
@@ -485,9 +486,7 @@ async def test_parked_timer_wakes_a_worker_when_due() -> None:
     async with cd.Runtime(redis_test_url(), poll_interval=10.0, inline_wait=0.1) as rt:
         started = time.monotonic()
         handle = await rt.start(nap, 1.5)
-        with anyio.fail_after(10):
-            while (await handle.describe()).status != RunStatus.WAITING:
-                await anyio.sleep(0.02)
+        await wait_for_status(rt, handle.run_id, RunStatus.WAITING)
         assert await handle.result(timeout=8) == "rested"
         assert 1.4 <= time.monotonic() - started < 3.0
 

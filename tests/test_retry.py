@@ -21,6 +21,7 @@ import pytest
 
 import coro_durable as cd
 from coro_durable import errors
+from coro_durable.testing import wait_for_status
 
 pytestmark = pytest.mark.anyio
 
@@ -136,13 +137,6 @@ async def retry_buggy(x: int) -> int:
     return a
 
 
-async def wait_status(rt: cd.Runtime, run_id: str, status: cd.RunStatus) -> cd.RunInfo:
-    with anyio.fail_after(10):
-        while (info := await rt.describe(run_id)).status != status:
-            await anyio.sleep(0.01)
-    return info
-
-
 def notes(history: list[cd.JournalEntry]) -> list[cd.JournalEntry]:
     return [e for e in history if e.seq < 0]
 
@@ -241,13 +235,13 @@ async def test_retry_of_a_run_cancelled_while_waiting_on_a_signal(runtime: Any) 
     (the cancelled await is reopened, the step before it is kept) and completes when signalled."""
     async with runtime() as rt:
         await rt.start(retry_approval, 7, run_id="ra")
-        await wait_status(rt, "ra", cd.RunStatus.WAITING)
+        await wait_for_status(rt, "ra", cd.RunStatus.WAITING)
         await rt.cancel("ra")
         with pytest.raises(cd.RunCancelledError):
             await rt.result("ra", timeout=10)
         info = await rt.retry("ra")
         assert info.status == cd.RunStatus.PENDING
-        await wait_status(rt, "ra", cd.RunStatus.WAITING)
+        await wait_for_status(rt, "ra", cd.RunStatus.WAITING)
         await rt.signal("ra", "approval", "yes")
         assert await rt.result("ra", timeout=10) == [8, "yes"]
         history = await rt.history("ra")
@@ -330,7 +324,7 @@ async def test_retry_refuses_runs_that_are_not_failed_or_cancelled(runtime: Any)
         with pytest.raises(errors.RunError, match="'done' is completed; only failed or cancelled"):
             await rt.retry("done")
         await rt.start(retry_approval, 1, run_id="waits")
-        await wait_status(rt, "waits", cd.RunStatus.WAITING)
+        await wait_for_status(rt, "waits", cd.RunStatus.WAITING)
         with pytest.raises(errors.RunError, match="is waiting; only failed or cancelled"):
             await rt.retry("waits")
         with pytest.raises(errors.RunNotFoundError):

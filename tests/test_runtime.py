@@ -15,6 +15,7 @@ import pytest
 
 import coro_durable as cd
 from coro_durable import errors
+from coro_durable.testing import wait_for_status
 
 pytestmark = pytest.mark.anyio
 
@@ -332,9 +333,7 @@ async def test_crash_during_backoff_keeps_the_attempt_count(runtime: Any) -> Non
     from that count instead of starting over."""
     async with runtime(inline_wait=0.1) as rt:
         handle = await rt.start(backoff_parks, run_id="bp")
-        with anyio.fail_after(10):
-            while (await rt.describe("bp")).status != cd.RunStatus.WAITING:
-                await anyio.sleep(0.01)
+        await wait_for_status(rt, "bp", cd.RunStatus.WAITING)
         (entry,) = await rt.history("bp")
         assert entry.status == "pending" and entry.attempts == 1 and entry.due_at
     assert CALLS["bp"] == 1
@@ -399,9 +398,7 @@ async def test_long_sleep_parks_the_run_holding_nothing(runtime: Any) -> None:
     """A sleep longer than inline_wait parks the run: waiting, no owner, wake time set."""
     async with runtime(inline_wait=0.05) as rt:
         handle = await rt.start(sleeper, 0.4, run_id="nap")
-        with anyio.fail_after(5):
-            while (info := await rt.describe("nap")).status != cd.RunStatus.WAITING:
-                await anyio.sleep(0.01)
+        info = await wait_for_status(rt, "nap", cd.RunStatus.WAITING, timeout=5)
         assert info.owner is None and info.wake_at is not None
         assert info.waiting_on is not None and "timer" in info.waiting_on
         assert await handle.result(timeout=10) == "slept"
@@ -420,9 +417,7 @@ async def test_signal_wakes_a_waiting_run(runtime: Any) -> None:
     """await_signal returns the payload of a signal sent while the run waits."""
     async with runtime() as rt:
         handle = await rt.start(approval, None, run_id="appr")
-        with anyio.fail_after(5):
-            while (info := await rt.describe("appr")).status != cd.RunStatus.WAITING:
-                await anyio.sleep(0.01)
+        info = await wait_for_status(rt, "appr", cd.RunStatus.WAITING, timeout=5)
         assert info.waiting_on == "signal 'approval'"
         await rt.signal("appr", "approval", {"ok": True, "by": "editor"})
         assert await handle.result(timeout=10) == {
@@ -469,9 +464,7 @@ async def test_now_uuid_random_are_journaled_and_replayed(runtime: Any) -> None:
     """now/uuid4/random return recorded values when the run is replayed after a park."""
     async with runtime() as rt:
         handle = await rt.start(randomness, run_id="rand")
-        with anyio.fail_after(5):
-            while (await rt.describe("rand")).status != cd.RunStatus.WAITING:
-                await anyio.sleep(0.01)
+        await wait_for_status(rt, "rand", cd.RunStatus.WAITING, timeout=5)
         recorded = [e.value for e in await rt.history("rand")]
         await rt.signal("rand", "go")
         u, r, t = await handle.result(timeout=10)
@@ -519,9 +512,7 @@ async def test_cancel_a_waiting_run(runtime: Any) -> None:
     """cancel raises RunCancelledError at the pending await; cleanup effects still run."""
     async with runtime() as rt:
         handle = await rt.start(cancellable_run, run_id="cx")
-        with anyio.fail_after(5):
-            while (await rt.describe("cx")).status != cd.RunStatus.WAITING:
-                await anyio.sleep(0.01)
+        await wait_for_status(rt, "cx", cd.RunStatus.WAITING, timeout=5)
         await rt.cancel("cx")
         with pytest.raises(cd.RunCancelledError):
             await handle.result(timeout=10)
@@ -561,9 +552,7 @@ async def test_describe_and_list_runs(runtime: Any) -> None:
     async with runtime() as rt:
         await (await rt.start(arithmetic, 1, run_id="l1")).result(timeout=10)
         await rt.start(approval, None, run_id="l2")
-        with anyio.fail_after(5):
-            while (await rt.describe("l2")).status != cd.RunStatus.WAITING:
-                await anyio.sleep(0.01)
+        await wait_for_status(rt, "l2", cd.RunStatus.WAITING, timeout=5)
         info = await rt.describe("l1")
         assert (info.status, info.step, info.inputs, info.result) == (
             cd.RunStatus.COMPLETED,
@@ -590,9 +579,7 @@ async def test_resume_after_restart_does_not_rerun_completed_steps(runtime: Any)
     """A run parked on a signal resumes in a new Runtime without re-running its steps."""
     async with runtime() as rt:
         await rt.start(approval, None, run_id="restart")
-        with anyio.fail_after(5):
-            while (await rt.describe("restart")).status != cd.RunStatus.WAITING:
-                await anyio.sleep(0.01)
+        await wait_for_status(rt, "restart", cd.RunStatus.WAITING, timeout=5)
     assert CALLS["add"] == 1
     async with runtime() as rt2:
         await rt2.signal("restart", "approval", "go")
@@ -651,9 +638,7 @@ async def test_changed_code_raises_non_determinism_and_writes_nothing(
     both effects, quarantines the run, and leaves its journal unchanged; the old code resumes it."""
     async with runtime() as rt:
         handle = await rt.start(evolving_v1, run_id="evo")
-        with anyio.fail_after(5):
-            while (await rt.describe("evo")).status != cd.RunStatus.WAITING:
-                await anyio.sleep(0.01)
+        await wait_for_status(rt, "evo", cd.RunStatus.WAITING, timeout=5)
         before = await rt.history("evo")
         cd.workflow(name="evolving")(changed)  # "deploy" the changed code
         try:
@@ -677,9 +662,7 @@ async def test_replay_of_changed_code_reports_the_divergence_directly(runtime: A
     """Runtime.replay raises nothing: it reports the first divergence and writes nothing."""
     async with runtime() as rt:
         await rt.start(evolving_v1, run_id="evo2")
-        with anyio.fail_after(5):
-            while (await rt.describe("evo2")).status != cd.RunStatus.WAITING:
-                await anyio.sleep(0.01)
+        await wait_for_status(rt, "evo2", cd.RunStatus.WAITING, timeout=5)
         report = await rt.replay("evo2")
         assert report.matched and "seq 1, next effect signal(go)" in report.detail
         cd.workflow(name="evolving")(_v2_kind)
@@ -877,9 +860,7 @@ async def test_result_waits_for_its_own_run_not_for_every_store_change() -> None
             got.append(await slow.result(timeout=30))
 
         async with anyio.create_task_group() as tg:
-            with anyio.fail_after(30):
-                while (await rt.describe("slow")).status != cd.RunStatus.RUNNING:
-                    await anyio.sleep(0.005)
+            await wait_for_status(rt, "slow", cd.RunStatus.RUNNING, timeout=30)
             tg.start_soon(wait_slow)
             await anyio.sleep(0.05)
             reads_before = store.reads["slow"]

@@ -1,7 +1,9 @@
 """The store protocol: everything the runtime persists goes through these methods.
 
 Every backend (memory, SQLite here; Postgres and Redis as plugins) implements :class:`Store` and
-passes the same conformance suite (tests/test_store_conformance.py). The rules a backend keeps:
+passes the same conformance suite, ``coro_durable.testing.conformance``: a third-party store runs
+it from its own tests by subclassing ``StoreConformance`` (ours do in
+tests/test_store_conformance.py). The rules a backend keeps:
 
 * **Fencing.** ``claim`` bumps a run's ``epoch`` (its fencing token) and gives the worker a lease.
   Every write a worker makes for a run (``append``, ``consume_signal``, ``park``, ``finish``,

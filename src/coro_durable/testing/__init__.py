@@ -1,4 +1,4 @@
-"""coro_durable.testing: prove that your workflows survive crashes (fault injection, crash fuzz).
+"""coro_durable.testing: prove that your workflows survive crashes and your store keeps the rules.
 
 The runtime passes a named fault point at every boundary of a step's life (the crash points of
 the project's fault model, X1 to X11) to the instruments of its Runtime (``coro_durable.Instrument``,
@@ -35,6 +35,17 @@ healthy Runtime) can run in one process at once.
   backoff and ``cd.now()`` follow it, leases and polls keep real time.
 * :func:`corrupt_row` tampers with a stored journal row (memory, SQLite, PostgreSQL, Redis stores)
   to test that a corrupt journal quarantines the run instead of replaying a wrong value.
+* :func:`wait_for_status` waits until a run reaches one of some statuses (woken by the store's
+  change notifications on an embedded ``Runtime``, polling any other ``cd.RuntimeClient``) and
+  returns its ``RunInfo``; on timeout a ``ResultTimeoutError`` names the run, the statuses wanted
+  and the last one seen::
+
+      await rt.start(approval_flow, run_id="r-1")
+      info = await wait_for_status(rt, "r-1", "waiting")   # parked on its signal now
+* ``coro_durable.testing.conformance`` (imported on its own: it needs pytest and Hypothesis) is
+  the store conformance suite for a third-party store: subclass ``StoreConformance`` in your
+  tests and define ``make_store``; every rule of the store protocol, and a Hypothesis comparison
+  with ``MemoryStore``, runs on your store under asyncio and trio.
 
 The crash points (``POINTS``; the runtime's code names them, e.g. ``AFTER_FEED`` for X7, in
 ``coro_durable._core.faults``); a point passes the run id and the effect's seq where it has one:
@@ -65,6 +76,9 @@ Runtime resumes the run once the lease expires, so keep ``lease_ttl`` small in t
 Planted bugs (``coro_durable.testing._planted``: a store that acknowledges before it writes, a
 store without fencing, an instrument that reuses idempotency keys) are how our own tests prove
 that the fuzzer finds what it claims to; nothing in the runtime or the stores knows of them.
+
+May import: ``coro_durable.errors``, ``_core``, ``workflow``, ``journal``, ``store`` and
+``runtime``; never the engine SPI or the CLI. Only ``conformance`` needs pytest and Hypothesis.
 """
 
 from __future__ import annotations
@@ -78,6 +92,7 @@ from ._corrupt import corrupt_row
 from ._faults import CRASH_POINTS, ERROR_POINTS, POINTS, Fault, FaultPlan, Fired, inject, no_faults
 from ._fuzz import CrashFuzzReport, crash_fuzz, crash_fuzz_async
 from ._trace import Invocation, Trace, TracingStore, Violation
+from ._wait import wait_for_status
 
 __all__ = [
     "POINTS",
@@ -92,6 +107,7 @@ __all__ = [
     "TracingStore",
     "Invocation",
     "corrupt_row",
+    "wait_for_status",
     "crash_fuzz",
     "crash_fuzz_async",
     "CrashFuzzReport",
