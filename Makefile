@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: setup demo test lint typecheck pytest services crashfuzz bench bench-quick bench-deps clean
+.PHONY: setup demo test lint typecheck pytest services crashfuzz bench bench-quick bench-compare bench-deps clean
 
 PLUGINS = backends/postgres backends/redis adapters/temporal adapters/inngest adapters/restate
 INSTALL = -e '.[dev]' -e backends/postgres -e backends/redis -e 'adapters/temporal[test]' -e 'adapters/inngest[test]' -e 'adapters/restate[test]'
@@ -47,6 +47,14 @@ bench: bench-deps services           ## the whole benchmark table, ours vs peers
 
 bench-quick: bench-deps services     ## every target once at tiny sizes (a smoke run; figures mean nothing)
 	$(BIN)/python -m benchmarks --quick
+
+ifneq ($(filter bench-compare,$(MAKECMDGOALS)),)
+ifndef BASE
+$(error usage: make bench-compare BASE=<git ref to compare with, e.g. main or 11e0516>)
+endif
+endif
+bench-compare: bench-deps services   ## ours vs an earlier commit, side by side: make bench-compare BASE=<ref>
+	$(BIN)/python -m benchmarks --baseline-ref $(BASE) --only ours,raw
 
 clean:
 	rm -rf $(VENV) .coro_durable build dist src/*.egg-info

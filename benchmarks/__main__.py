@@ -8,7 +8,9 @@ Runs, in one go and on the same servers:
 - our adapters (Temporal; Restate once ``coro_durable_restate`` is installed; any ``--target``);
 - the peers: DBOS on the same PostgreSQL and on SQLite, Temporal (activities and local
   activities) on the same dev server, Restate;
-- the physical limit: one INSERT+COMMIT on the same PostgreSQL, SQLite and Redis.
+- the physical limit: one INSERT+COMMIT on the same PostgreSQL, SQLite and Redis;
+- with ``--baseline DIR`` or ``--baseline-ref REF``: every target of ours again as "base ...",
+  on the baseline checkout's code, right after ours in the same rounds (see ``_baseline``).
 
 W1 and W2 run in ``--rounds`` rounds, every target once per round in the same order (A B A B),
 each measurement in a fresh process; a figure is the median over rounds and an ours/peer ratio
@@ -37,8 +39,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from benchmarks import _report, _servers
-from benchmarks._common import RESULTS_DIR, run_child
+from benchmarks import _baseline, _report, _servers
+from benchmarks._baseline import Checkout
+from benchmarks._common import RESULTS_DIR, ROOT, run_child
 
 STORES = ("memory", "sqlite", "postgres", "redis")
 LOOPS = ("asyncio", "trio")
@@ -48,10 +51,10 @@ CHILD_TIMEOUT = 1800.0
 
 @dataclass
 class Target:
-    """Something measured: ours on a store/adapter, a peer, or a raw write."""
+    """Something measured: ours on a store/adapter, a peer, a raw write, or ours on the baseline."""
 
-    name: str  # e.g. "ours sqlite asyncio", "DBOS postgres", "raw postgres"
-    group: str  # ours | adapter | peer | raw
+    name: str  # e.g. "ours sqlite asyncio", "DBOS postgres", "raw postgres", "base sqlite asyncio"
+    group: str  # ours | adapter | peer | raw | base
     backing: str  # the storage or server it writes to: memory, sqlite, postgres, redis, ...
     module: str  # benchmarks.<module>.run(spec) measures it
     spec: dict[str, Any]
@@ -59,6 +62,23 @@ class Target:
     fresh: Callable[[], tuple[dict[str, Any], Callable[[], None]]] | None = None
     loop: str = "asyncio"
     extra: dict[str, Any] = field(default_factory=dict)
+    code: Checkout | None = None  # the checkout whose code the child runs (None: this one)
+    base: Target | None = None  # the same target on the baseline's code, measured right after
+
+    def on_baseline(self, baseline: Checkout) -> Target:
+        """This target of ours as "base ...": the same workloads on the baseline's code."""
+        return Target(
+            self.name.replace("ours", "base", 1),
+            "base",
+            self.backing,
+            self.module,
+            self.spec,
+            self.workloads,
+            self.fresh,
+            self.loop,
+            {**self.extra, "baseline_of": self.name},
+            baseline,
+        )
 
     def spec_for(self, workload: str) -> tuple[dict[str, Any], Callable[[], None]]:
         spec, cleanup = self.fresh() if self.fresh else ({}, lambda: None)
@@ -107,19 +127,28 @@ def _unlink_db(path: Path) -> None:
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
-def _probe(url: str) -> bool:
-    """Does ``url`` open (used to detect store options such as group_commit)?"""
-    result = run_child("_workloads", {"workload": "probe", "url": url}, 120)
+def _probe(url: str, code: Checkout | None, baseline: Checkout | None) -> bool:
+    """Does ``url`` open on ``code`` (None: ours)? Detects store options such as group_commit."""
+    result = run_child("_workloads", {"workload": "probe", "url": url}, 120, _env(code))
+    _baseline.verify(f"probe {url}", result, code, baseline)
     return "error" not in result
+
+
+def _env(code: Checkout | None) -> dict[str, str] | None:
+    return code.env() if code is not None else None
 
 
 # == what to measure =================================================================================
 
 
 def build_targets(
-    args: argparse.Namespace, res: Resources, servers: dict[str, dict[str, str]]
+    args: argparse.Namespace,
+    res: Resources,
+    servers: dict[str, dict[str, str]],
+    baseline: Checkout | None = None,
 ) -> tuple[list[Target], list[Target]]:
-    """The interleaved targets (W1/W2, raw) and the once-only ones (W3/W4)."""
+    """The interleaved targets (W1/W2, raw) and the once-only ones (W3/W4); with a baseline,
+    each target of ours carries its twin on the baseline's code (``Target.base``)."""
     groups, quick = set(args.only), args.quick
     common = {"quick": quick, "sync": args.sync_steps}
     rounds: list[Target] = []
@@ -132,54 +161,69 @@ def build_targets(
 
         return fresh
 
+    def with_base(target: Target, baseline_has_it: bool = True) -> Target:
+        if baseline is not None and baseline_has_it:
+            target.base = target.on_baseline(baseline)
+        return target
+
     if "ours" in groups:
         for store in args.stores:
             for loop in args.loops:
                 rounds.append(
-                    Target(
-                        f"ours {store} {loop}",
-                        "ours",
-                        store,
-                        "_workloads",
-                        dict(common),
-                        ("w1", "w2"),
-                        ours(store, loop),
-                        loop,
+                    with_base(
+                        Target(
+                            f"ours {store} {loop}",
+                            "ours",
+                            store,
+                            "_workloads",
+                            dict(common),
+                            ("w1", "w2"),
+                            ours(store, loop),
+                            loop,
+                        )
                     )
                 )
             if store == "memory" or "w2" not in args.workloads:
                 continue
             probe_url, cleanup = res.store_url(store, group_commit="1")
-            supported = _probe(probe_url)
+            supported = _probe(probe_url, None, baseline)
+            base_supported = baseline is not None and _probe(probe_url, baseline, baseline)
             cleanup()
             if not supported:
                 print(f"  {store}: no group_commit option; W2 runs without it", file=sys.stderr)
                 continue
+            if baseline is not None and not base_supported:
+                print(f"  {store}: the baseline has no group_commit option", file=sys.stderr)
             for loop in args.loops:
                 for value in ("0", "1"):
                     rounds.append(
-                        Target(
-                            f"ours {store} {loop} gc={value}",
-                            "ours",
-                            store,
-                            "_workloads",
-                            dict(common),
-                            ("w2",),
-                            ours(store, loop, group_commit=value),
-                            loop,
-                            {"group_commit": value},
+                        with_base(
+                            Target(
+                                f"ours {store} {loop} gc={value}",
+                                "ours",
+                                store,
+                                "_workloads",
+                                dict(common),
+                                ("w2",),
+                                ours(store, loop, group_commit=value),
+                                loop,
+                                {"group_commit": value},
+                            ),
+                            base_supported,
                         )
                     )
         for store in args.stores:
             once.append(
-                Target(
-                    f"ours {store} asyncio",
-                    "ours",
-                    store,
-                    "_workloads",
-                    {**common, "w3_runs": args.w3_runs},
-                    ("w3", "w4"),
-                    ours(store, "asyncio"),
+                with_base(
+                    Target(
+                        f"ours {store} asyncio",
+                        "ours",
+                        store,
+                        "_workloads",
+                        {**common, "w3_runs": args.w3_runs},
+                        ("w3", "w4"),
+                        ours(store, "asyncio"),
+                    )
                 )
             )
 
@@ -288,10 +332,10 @@ def build_targets(
 # == running =========================================================================================
 
 
-def measure(target: Target, workload: str) -> dict[str, Any]:
+def measure(target: Target, workload: str, baseline: Checkout | None) -> dict[str, Any]:
     spec, cleanup = target.spec_for(workload)
     try:
-        result = run_child(target.module, spec, CHILD_TIMEOUT)
+        result = run_child(target.module, spec, CHILD_TIMEOUT, _env(target.code))
     finally:
         try:
             cleanup()
@@ -299,7 +343,21 @@ def measure(target: Target, workload: str) -> dict[str, Any]:
             print(f"  cleanup after {target.name} {workload} failed: {exc}", file=sys.stderr)
     line = _report.progress_line(target.name, workload, result)
     print(f"  {line}", file=sys.stderr, flush=True)
+    _baseline.verify(target.name, result, target.code, baseline)
     return result
+
+
+def measure_all(
+    targets: list[Target], workloads: set[str], round_: int, baseline: Checkout | None
+) -> list[dict[str, Any]]:
+    """Each target's workloads (of ``workloads``), each right before its base twin if any."""
+    done = []
+    for target in targets:
+        for workload in target.workloads:
+            if workload in workloads:
+                for t in (target, *([target.base] if target.base else [])):
+                    done.append(_record(t, workload, round_, measure(t, workload, baseline)))
+    return done
 
 
 def run_all(args: argparse.Namespace) -> dict[str, Any]:
@@ -310,6 +368,15 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     groups = set(args.only)
     load_before = os.getloadavg()
     with ExitStack() as stack:
+        baseline = None
+        if args.baseline_ref:
+            path = stack.enter_context(_baseline.worktree(ROOT, args.baseline_ref))
+            baseline = _baseline.open_checkout(path, args.baseline_ref)
+        elif args.baseline:
+            baseline = _baseline.open_checkout(Path(args.baseline))
+        if baseline is not None:
+            dirty = " (with uncommitted changes)" if baseline.dirty else ""
+            print(f"baseline: {baseline.commit} in {baseline.root}{dirty}", file=sys.stderr)
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cd-bench-")))
         servers: dict[str, dict[str, str]] = {}
         if groups & {"adapters", "temporal"}:
@@ -329,19 +396,14 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         res = Resources(args.pg, redis_url, redis_volatile, tmp)
         print(f"servers: {json.dumps(servers)}", file=sys.stderr)
 
-        rounds_targets, once_targets = build_targets(args, res, servers)
+        rounds_targets, once_targets = build_targets(args, res, servers, baseline)
         measurements: list[dict[str, Any]] = []
         for r in range(1, args.rounds + 1):
             print(f"round {r}/{args.rounds}", file=sys.stderr)
-            for target in rounds_targets:
-                for workload in target.workloads:
-                    if workload in args.workloads or workload == "raw":
-                        measurements.append(_record(target, workload, r, measure(target, workload)))
+            wanted = {*args.workloads, "raw"}
+            measurements += measure_all(rounds_targets, wanted, r, baseline)
         print("once: W3 and W4", file=sys.stderr)
-        for target in once_targets:
-            for workload in target.workloads:
-                if workload in args.workloads:
-                    measurements.append(_record(target, workload, 1, measure(target, workload)))
+        measurements += measure_all(once_targets, set(args.workloads), 1, baseline)
         if args.profile:
             _profile(args, res)
 
@@ -355,6 +417,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         "versions": _report.versions(servers),
         "servers": servers,
         "measurements": measurements,
+        **({"baseline": baseline.describe()} if baseline is not None else {}),
     }
 
 
@@ -451,6 +514,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "benchmarks/results/scratch for --quick or a subset)",
     )
     parser.add_argument("--no-chart", action="store_true", help="skip the PNG (no matplotlib)")
+    base = parser.add_mutually_exclusive_group()
+    base.add_argument(
+        "--baseline",
+        default=None,
+        metavar="DIR",
+        help="also measure every target of ours on the code of the checkout DIR, side by side",
+    )
+    base.add_argument(
+        "--baseline-ref",
+        default=None,
+        metavar="REF",
+        help="the same, on a worktree of REF that the harness makes (git worktree add --detach) "
+        "and removes at the end",
+    )
     parser.add_argument(
         "--from",
         dest="from_json",
@@ -466,6 +543,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.w3_runs = args.w3_runs or (200 if args.quick else 10_000)
     args.w3_adapter_runs = args.w3_adapter_runs or (20 if args.quick else 1_000)
     args.redis_given = args.redis is not None
+    if (args.baseline or args.baseline_ref) and "ours" not in args.only:
+        parser.error("--baseline and --baseline-ref compare our targets: add ours to --only")
     args.redis = args.redis or os.environ.get("CORO_DURABLE_TEST_REDIS", "redis://127.0.0.1:6379/0")
     partial = (
         args.quick
@@ -473,8 +552,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         or set(args.stores) != set(STORES)
         or set(args.loops) != set(LOOPS)
         or set(args.workloads) != {"w1", "w2", "w3", "w4"}
+        or bool(args.baseline or args.baseline_ref)
     )
-    # only a whole run replaces the published results; anything else goes to scratch/ (ignored)
+    # only a whole run without a baseline replaces the published results; anything else goes
+    # to scratch/ (git-ignored)
     args.out = args.out or str(RESULTS_DIR / "scratch" if partial else RESULTS_DIR)
     return args
 
@@ -489,7 +570,11 @@ def main(argv: list[str] | None = None) -> int:
         results = json.loads(Path(args.from_json).read_text())
         out = Path(args.out if "--out" in args.command else Path(args.from_json).parent)
     else:
-        results = run_all(args)
+        try:
+            results = run_all(args)
+        except _baseline.BaselineError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tables = _report.tables(results)

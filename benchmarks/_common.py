@@ -79,14 +79,21 @@ def rss_mb() -> float:
         return math.nan
 
 
-def run_child(module: str, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """Run ``benchmarks.<module>.run(spec)`` in a fresh interpreter; its result, or an error."""
+def run_child(
+    module: str, spec: dict[str, Any], timeout: float, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Run ``benchmarks.<module>.run(spec)`` in a fresh interpreter; its result, or an error.
+
+    ``env``: the child's environment (default: this process's); a baseline's child gets one
+    whose PYTHONPATH starts with the baseline's source folders.
+    """
     command = [sys.executable, "-m", "benchmarks._child", module, json.dumps(spec)]
     began = time.perf_counter()
     try:
         proc = subprocess.run(
             command,
             cwd=ROOT,
+            env=env,
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -1,12 +1,15 @@
 """What a benchmark run shows: the printed table, its markdown twin, the PNG chart, the machine.
 
-Figures over rounds are medians of the per-round figures; an ours/peer (or ours/raw) ratio is the
-median of the per-round ratios, each round's pair measured back to back (A B A B), so the
-machine's drift between rounds cancels out.
+Figures over rounds are medians of the per-round figures; an ours/peer (or ours/raw, ours/base)
+ratio is the median of the per-round ratios, each round's pair measured back to back (A B A B),
+so the machine's drift between rounds cancels out. The "base" targets of a baseline run (ours on
+an earlier checkout's code) appear only in the "ours vs baseline" section, so without a baseline
+every table is what it was.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 import platform
@@ -190,7 +193,7 @@ def tables(results: dict[str, Any]) -> Tables:
     # 1. W1 and W2 for every target
     rows = []
     for m in _targets(results):
-        if m["group"] == "raw" or m["workload"] in ("w3", "w4"):
+        if m["group"] in ("raw", "base") or m["workload"] in ("w3", "w4"):
             continue
         name = m["target"]
         w1, w2 = by.get((name, "w1"), []), by.get((name, "w2"), [])
@@ -290,7 +293,7 @@ def tables(results: dict[str, Any]) -> Tables:
     rows = []
     for m in _targets(results):
         w3 = by.get((m["target"], "w3"), [])
-        if not w3:
+        if not w3 or m["group"] == "base":
             continue
         r = w3[0]["result"]
         if "error" in r:
@@ -329,7 +332,7 @@ def tables(results: dict[str, Any]) -> Tables:
     rows = []
     for m in _targets(results):
         w4 = by.get((m["target"], "w4"), [])
-        if not w4:
+        if not w4 or m["group"] == "base":
             continue
         r = w4[0]["result"]
         if "error" in r:
@@ -354,10 +357,59 @@ def tables(results: dict[str, Any]) -> Tables:
             )
         )
 
+    if "baseline" in results:
+        parts.append(_baseline_section(results, by))
+
     header_text, header_md = _describe(results)
     text = "\n\n".join([header_text, *(p[0] for p in parts)])
     markdown = "\n\n".join([header_md, *(p[1] for p in parts)]) + "\n"
     return Tables(text, markdown)
+
+
+# the ours-vs-baseline section: (workload, result key, label, decimals, higher is better)
+BASELINE_FIGURES = (
+    ("w1", "median_us", "W1 us/step (median)", 0, False),
+    ("w2", "steps_per_s", "W2 steps/s", 0, True),
+    ("w3", "park_s", "W3 start+park s", 1, False),
+    ("w3", "complete_s", "W3 wake->done s", 1, False),
+    ("w3", "peak_rss_mb", "W3 peak RSS MB", 0, False),
+    ("w4", "overhead_median_ms", "W4 overhead median ms", 1, False),
+)
+
+
+def _ratio_of(key: str, a: dict[str, Any], b: dict[str, Any]) -> float:
+    return float(a[key] / b[key])
+
+
+def _baseline_section(results: dict[str, Any], by: dict[Any, list[Measurement]]) -> tuple[str, str]:
+    """Each target of ours beside its base twin: both figures and the median ours/base ratio."""
+    rows = []
+    for base in _targets(results, "base"):
+        ours = base["baseline_of"]
+        for workload, key, label, digits, higher in BASELINE_FIGURES:
+            a, b = by.get((ours, workload), []), by.get((base["target"], workload), [])
+            if not a and not b:
+                continue
+            ratio = _paired(a, b, functools.partial(_ratio_of, key))
+            rows.append(
+                [
+                    ours.removeprefix("ours "),
+                    label,
+                    _fmt(_med(a, key), digits) if _ok(a) else _error(a),
+                    _fmt(_med(b, key), digits) if _ok(b) else _error(b),
+                    _fmt(ratio, 2),
+                    ">1" if higher else "<1",
+                ]
+            )
+    commit = results["baseline"]["commit"][:10]
+    return _render(
+        f"ours vs baseline {commit}: every target of ours again on the baseline's code, side by side",
+        ["target", "figure", "ours", "base", "ours/base", "ours better if"],
+        rows,
+        "ours/base is the median of per-round ratios (ours, then base, back to back in each round;"
+        " W3 and W4 run once). Throughput: >1 = ours faster; times and RSS: <1 = ours faster"
+        " (smaller).",
+    )
 
 
 def _describe(results: dict[str, Any]) -> tuple[str, str]:
@@ -385,6 +437,11 @@ def _describe(results: dict[str, Any]) -> tuple[str, str]:
         f"Versions: {version_line}",
         f"Settings: {'; '.join(settings)}",
     ]
+    if "baseline" in results:
+        base = results["baseline"]
+        ref = f" ({base['ref']})" if base.get("ref") else ""
+        dirty = ", with uncommitted changes" if base.get("dirty") else ""
+        lines.append(f"Baseline: {base['commit']}{ref} in {base['dir']}{dirty}")
     return "\n".join(lines), "\n".join(f"- {line}" for line in lines)
 
 
@@ -403,7 +460,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
     by = _by(results)
     bars: list[tuple[str, float, str]] = []
     for m in _targets(results):
-        if m["group"] == "raw" or "group_commit" in m:  # the group-commit variants: in the table
+        if m["group"] in ("raw", "base") or "group_commit" in m:  # these: in the tables only
             continue
         value = _med(by.get((m["target"], "w2"), []), "steps_per_s")
         if value:

@@ -16,6 +16,11 @@ or an adapter (temporal://, restate://, ...). Run by the harness in a child proc
 ``spec`` keys: ``workload`` (w1..w4, or ``probe``: only open the URL), ``url``, ``backend`` (asyncio|trio), ``quick``, ``sync``
 (W1/W2 with sync steps, one thread hop each), ``w3_runs``, ``profile`` (a path: run the measured
 part under pyinstrument and write its text report there).
+
+A baseline run (``--baseline``) runs this module on an earlier checkout's ``coro_durable`` too,
+so it uses only public API that earlier versions have (``cd.workflow``, ``cd.call``,
+``cd.gather``, ``cd.await_signal``, ``cd.Runtime`` and its client calls, ``cd.RunStatus``,
+``errors.ConfigurationError``; all present at 11e0516).
 """
 
 from __future__ import annotations
