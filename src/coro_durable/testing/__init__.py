@@ -29,7 +29,8 @@ drops, and checks what exactly-once means afterwards.
 * :class:`FakeClock` (a :class:`Clock`) controls time: ``cd.Runtime("memory://", clock=clock)``,
   then ``clock.advance(86400)`` makes a one-day timer due at once; timers, signal timeouts, retry
   backoff and ``cd.now()`` follow it, leases and polls keep real time.
-* :func:`corrupt_row` tampers with a stored journal row (memory, SQLite, PostgreSQL, Redis stores)
+* :func:`corrupt_row` tampers with a stored journal row (its result or meta) through the store's
+  ``corrupt_entry`` testing hook (memory, SQLite, PostgreSQL, Redis stores)
   to test that a corrupt journal quarantines the run instead of replaying a wrong value.
 
 The crash points (``POINTS``); a hook passes the run id and the effect's seq where it has one:
