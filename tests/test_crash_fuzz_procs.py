@@ -110,7 +110,12 @@ class Cluster:
                 [sys.executable, str(APP), self.store, str(self.sink)],
                 stdout=subprocess.DEVNULL,
                 stderr=log,
-                env={**os.environ, "PYTHONPATH": str(APP.parent)},
+                env={
+                    **os.environ,
+                    "PYTHONPATH": os.pathsep.join(
+                        [str(APP.parent), os.environ.get("PYTHONPATH", "")]
+                    ),
+                },
             )
         self.procs[proc.pid] = proc
         self.born[proc.pid] = time.monotonic()

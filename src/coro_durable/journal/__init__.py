@@ -1,10 +1,12 @@
 """The journal's records: runs (``RunRecord``), journal entries (``JournalEntry``) with their
-checksums and verification, worker records, run statuses, and the one run_id rule.
+checksums and verification, worker records, run statuses, the one run_id rule, and the records'
+``meta`` map with its one JSON encoding (``Meta``, ``encode_meta``, ``decode_meta``).
 
 May import: ``coro_durable.errors`` and ``coro_durable._core``. Stores, the runtime and the engine
 SPI import it. The store SPI (``coro_durable.store``) re-exports what a backend needs.
 """
 
+from ._meta import EMPTY_META, Meta, decode_meta, encode_meta, freeze_meta
 from ._records import (
     CANCELLED_ERROR,
     MAX_RUN_ID_LENGTH,
@@ -21,6 +23,11 @@ from ._records import (
 )
 
 __all__ = [
+    "EMPTY_META",
+    "Meta",
+    "decode_meta",
+    "encode_meta",
+    "freeze_meta",
     "CANCELLED_ERROR",
     "MAX_RUN_ID_LENGTH",
     "RETRYABLE",

@@ -29,6 +29,11 @@ UTF-8, so some stores could not hold it).
 Payloads (inputs, results, signal payloads) are stored as JSON text written by ``_core.codec``; stores
 never interpret them. Every entry carries a checksum over its meaningful fields, verified when the
 journal is loaded, so a torn or tampered row is detected instead of replayed with a wrong value.
+
+Runs and entries also carry ``meta`` (``journal._meta``): a read-only JSON object, empty by
+default, that every store persists and returns, so a later feature can add a field without a
+migration per store. An entry's checksum covers its meta when the meta is not empty, and is
+exactly what it was before meta existed when it is.
 """
 
 from __future__ import annotations
@@ -38,11 +43,13 @@ import enum
 import hashlib
 import json
 import unicodedata
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from .._core import codec
 from ..errors import ConfigurationError, ConflictError, CorruptJournalError, RunError
+from ._meta import empty_meta, encode_meta, freeze_meta
 
 __all__ = [
     "CANCELLED_ERROR",
@@ -160,6 +167,10 @@ class RunRecord:
     steps: int = 0  # number of journal entries with seq >= 0 (audit notes are not counted)
     created_at: float = 0.0
     updated_at: float = 0.0
+    meta: Mapping[str, Any] = field(default_factory=empty_meta)  # read-only JSON object
+
+    def __post_init__(self) -> None:
+        self.meta = freeze_meta(self.meta)
 
     def copy(self) -> RunRecord:
         return dataclasses.replace(self)
@@ -201,6 +212,11 @@ class JournalEntry:
     finished_at: float | None = None
     due_at: float | None = None  # absolute time a timer, deadline or backoff ends
     checksum: str = ""
+    # A read-only JSON object (journal._meta); not hashed, so entries stay hashable.
+    meta: Mapping[str, Any] = field(default_factory=empty_meta, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "meta", freeze_meta(self.meta))
 
     # ---- checksums -----------------------------------------------------------------------------
 
@@ -210,6 +226,8 @@ class JournalEntry:
             f"{self.args}\x1f{self.result}\x1f{self.error}\x1f{self.attempts}\x1f{self.key}\x1f"
             f"{self.due_at!r}"
         )
+        if self.meta:  # an empty meta keeps the checksum entries had before meta existed
+            material += f"\x1f{encode_meta(self.meta)}"
         return hashlib.blake2b(material.encode(), digest_size=8).hexdigest()
 
     def sealed(self) -> JournalEntry:

@@ -9,7 +9,10 @@
   commit while answering each on its own.
 * The records a store persists (``RunRecord``, ``JournalEntry``, ``WorkerRecord``, ``RunStatus``,
   ``TERMINAL``) and the rules every store applies to them (``check_run_id``, ``retry_conflict``,
-  ``retry_refused``, ``CANCELLED_ERROR``).
+  ``retry_refused``, ``CANCELLED_ERROR``); the records' ``meta`` (``Meta``) and its one JSON
+  encoding, ``encode_meta`` to store it and ``decode_meta`` to read it back.
+* ``CorruptibleStore``: the optional testing hook ``corrupt_entry`` a store implements so that
+  ``coro_durable.testing.corrupt_row`` can tamper with its journal rows.
 * The built-in stores, ``MemoryStore`` (``memory://``) and ``SqliteStore`` (``sqlite:///path``),
   and ``open_store(url)``, which also finds plugins registered in the ``coro_durable.stores``
   entry-point group (``STORE_GROUP``; engine adapters use ``ENGINE_GROUP``, ``engine_class``).
@@ -19,6 +22,7 @@ runtime, the engine SPI or the CLI. A backend plugin imports this module, ``coro
 ``coro_durable.errors`` only.
 """
 
+from ..journal._meta import Meta, decode_meta, encode_meta
 from ..journal._records import (
     CANCELLED_ERROR,
     MAX_RUN_ID_LENGTH,
@@ -36,7 +40,7 @@ from ._groupcommit import GroupCommit, GroupCommitOptions
 from ._groupcommit import parse_option as parse_group_option
 from ._listeners import Listener, ListenerSet
 from ._memory import MemoryStore
-from ._protocol import Store, StoreWrapper
+from ._protocol import CorruptibleStore, Store, StoreWrapper
 from ._registry import (
     DEFAULT_STORE_URL,
     ENGINE_GROUP,
@@ -56,12 +60,14 @@ __all__ = [
     "GROUP_COMMIT_OPTIONS",
     "MAX_RUN_ID_LENGTH",
     "TERMINAL",
+    "CorruptibleStore",
     "GroupCommit",
     "GroupCommitOptions",
     "JournalEntry",
     "Listener",
     "ListenerSet",
     "MemoryStore",
+    "Meta",
     "RunRecord",
     "RunStatus",
     "SqliteStore",
@@ -69,7 +75,9 @@ __all__ = [
     "StoreWrapper",
     "WorkerRecord",
     "check_run_id",
+    "decode_meta",
     "default_store_url",
+    "encode_meta",
     "engine_class",
     "open_store",
     "parse_group_option",

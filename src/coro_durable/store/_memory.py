@@ -1,8 +1,9 @@
 """MemoryStore: the store protocol in plain dicts, for tests and the reference for other backends.
 
-Nothing survives the process. Every method runs without awaiting in its critical section, under a
-threading lock, so each operation is atomic even when several event loops share the store (as the
-Hypothesis tests do). It is the oracle the conformance suite compares the other stores against.
+Nothing survives the process, so there is no schema: no version, nothing to migrate (records,
+``meta`` included, are kept as the objects they are). Every method runs without awaiting in its
+critical section, under a threading lock, so each operation is atomic even when several event
+loops share the store (as the Hypothesis tests do). It is the oracle the conformance suite compares the other stores against.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import dataclasses
 import itertools
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .._core.clock import SYSTEM_CLOCK, Clock
 from ..errors import ConflictError, LeaseLost, RunNotFoundError
@@ -395,3 +397,25 @@ class MemoryStore:
     async def remove_worker(self, worker_id: str) -> None:
         with self._lock:
             self._workers.pop(worker_id, None)
+
+    # -- testing hook (CorruptibleStore) ----------------------------------------------------------
+
+    async def corrupt_entry(
+        self,
+        run_id: str,
+        seq: int,
+        *,
+        result: str | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Overwrite entry ``seq``'s result and/or meta, keeping its checksum (for tests)."""
+        changes: dict[str, Any] = {}
+        if result is not None:
+            changes["result"] = result
+        if meta is not None:
+            changes["meta"] = meta
+        with self._lock:
+            journal = self._journals.get(run_id, {})
+            if seq not in journal:
+                raise LookupError(f"run {run_id!r} has no journal entry at seq {seq}")
+            journal[seq] = dataclasses.replace(journal[seq], **changes)  # checksum kept

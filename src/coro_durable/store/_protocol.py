@@ -51,6 +51,16 @@ tests/test_store_conformance.py). The rules a backend keeps:
   seq is already taken by an identical entry means our own earlier call landed (its
   acknowledgement was lost): answer the run as it is. Taken by another entry: ConflictError (the
   run was retried concurrently). ``steps`` counts only entries with seq >= 0.
+* **Meta.** ``RunRecord.meta`` and ``JournalEntry.meta`` are stored as given and returned equal
+  (``create_run`` keeps the run's, ``append``, ``consume_signal`` and ``retry_run`` each
+  entry's); ``encode_meta`` is the text to store, ``decode_meta`` reads it back (and reads a row
+  written before meta existed as empty). An entry's checksum covers its meta, so a store must
+  not change it.
+* **Schema versions.** ``open`` upgrades an existing database to the store's current schema IN
+  PLACE, once, however many processes open it at the same moment (a lock or one transaction),
+  and refuses, with a PermanentStoreError naming both versions, a database written by a newer
+  version than it knows. Upgrade every worker together: a worker of the older version still
+  running after the upgrade is not guaranteed to read or write the new schema.
 * Times are ``time.time()`` floats from the store's clock. A store that keeps time by the
   process's clock (memory, SQLite) has a ``clock`` attribute (a ``coro_durable.testing.Clock``)
   that a ``Runtime(clock=...)`` sets: due times (``wake_at``) and timestamps come from
@@ -73,13 +83,13 @@ database). The runtime retries transient errors (and plain StoreErrors) up to it
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from ..journal._records import JournalEntry, RunRecord, RunStatus, WorkerRecord
 from ._listeners import Listener
 
-__all__ = ["Listener", "Store", "StoreWrapper"]
+__all__ = ["CorruptibleStore", "Listener", "Store", "StoreWrapper"]
 
 
 class Store(Protocol):
@@ -203,6 +213,26 @@ class Store(Protocol):
 
     async def remove_worker(self, worker_id: str) -> None:
         """Delete the worker's registration (it is closing); a no-op if there is none."""
+
+
+class CorruptibleStore(Protocol):
+    """A store with the testing hook ``coro_durable.testing.corrupt_row`` calls (optional).
+
+    Not part of the runtime's contract: the runtime never calls it. The memory, SQLite,
+    PostgreSQL and Redis stores implement it; a third-party store that does lets its users test
+    that a torn journal row quarantines the run."""
+
+    async def corrupt_entry(
+        self,
+        run_id: str,
+        seq: int,
+        *,
+        result: str | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Overwrite the stored ``result`` (JSON text) and/or ``meta`` of journal entry ``seq``
+        of ``run_id`` (those given), keeping its checksum, as a torn write or a hand edit would.
+        Raises LookupError when the run has no entry at ``seq``."""
 
 
 class StoreWrapper:

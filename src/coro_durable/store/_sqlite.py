@@ -46,9 +46,12 @@ Listeners registered with ``subscribe`` are called on the event loop after the w
 hear about writes made through *this* store object only (other processes are found by polling).
 
 Schema. ``PRAGMA user_version`` records the schema version; ``_MIGRATIONS`` lists the steps to
-reach the current one. ``open()`` applies the missing steps in one ``BEGIN IMMEDIATE``
-transaction, so two processes opening a fresh file at once migrate it exactly once. A file written
-by a newer coro_durable is refused rather than misread.
+reach the current one (1: the tables, 2: the worker registry, 3: the ``meta`` columns of runs and
+journal, ``'{}'`` for the rows already there). ``open()`` applies the missing steps to the file in
+place, in one ``BEGIN IMMEDIATE`` transaction, so two processes opening an old or fresh file at
+once migrate it exactly once. A file written by a newer coro_durable is refused rather than
+misread. Rows are read by column name (``sqlite3.Row``) and written with named parameters, so a
+column added later is one change, not a renumbering.
 
 Errors. Every ``sqlite3`` exception is translated into the ``coro_durable.errors.StoreError`` tree
 at one boundary (``_translate``, by SQLite's primary result code); none leaks. Failures retrying
@@ -68,7 +71,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
@@ -88,6 +91,7 @@ from ..errors import (
     StoreUnavailableError,
     TransientStoreError,
 )
+from ..journal._meta import decode_meta, encode_meta
 from ..journal._records import (
     CANCELLED_ERROR,
     RETRYABLE,
@@ -113,7 +117,8 @@ T = TypeVar("T")
 #
 # Times are REAL (time.time() floats). ``journal.due_at`` deliberately has no declared type: its
 # repr() is part of the entry checksum, and a REAL column would turn an int 5 into 5.0 on the way
-# back. RunStatus is stored as its string value, booleans as 0/1.
+# back. RunStatus is stored as its string value, booleans as 0/1, ``meta`` as the text of
+# ``encode_meta`` ('{}' when empty).
 
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 1: initial schema
@@ -183,6 +188,11 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             expires_at REAL NOT NULL
         )""",
     ),
+    # 3: the records' meta (a JSON object; rows written before it have none: '{}')
+    (
+        "ALTER TABLE runs ADD COLUMN meta TEXT NOT NULL DEFAULT '{}'",
+        "ALTER TABLE journal ADD COLUMN meta TEXT NOT NULL DEFAULT '{}'",
+    ),
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -190,27 +200,28 @@ SCHEMA_VERSION = len(_MIGRATIONS)
 _RUN_COLUMNS = (
     "run_id", "workflow", "input", "status", "epoch", "owner", "lease_expires", "wake_at",
     "waiting_on", "cancel_requested", "result", "error", "crash_count", "last_error", "steps",
-    "created_at", "updated_at",
+    "created_at", "updated_at", "meta",
 )  # fmt: skip
 _ENTRY_COLUMNS = (
     "seq", "kind", "name", "digest", "status", "args", "result", "error", "attempts", "key",
-    "started_at", "finished_at", "due_at", "checksum",
+    "started_at", "finished_at", "due_at", "checksum", "meta",
 )  # fmt: skip
 
 _SELECT_RUN = f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs"
 _SQL_GET_RUN = f"{_SELECT_RUN} WHERE run_id = ?"
 _SQL_INSERT_RUN = (
-    f"INSERT INTO runs ({', '.join(_RUN_COLUMNS)}) VALUES ({', '.join('?' * len(_RUN_COLUMNS))}) "
-    "ON CONFLICT (run_id) DO NOTHING"
+    f"INSERT INTO runs ({', '.join(_RUN_COLUMNS)}) "
+    f"VALUES ({', '.join(f':{c}' for c in _RUN_COLUMNS)}) ON CONFLICT (run_id) DO NOTHING"
 )
 _SQL_LOAD_JOURNAL = f"SELECT {', '.join(_ENTRY_COLUMNS)} FROM journal WHERE run_id = ? ORDER BY seq"
 _SQL_INSERT_ENTRY = (
     f"INSERT INTO journal (run_id, {', '.join(_ENTRY_COLUMNS)}) "
-    f"VALUES (?, {', '.join('?' * len(_ENTRY_COLUMNS))}) ON CONFLICT (run_id, seq) DO NOTHING"
+    f"VALUES (:run_id, {', '.join(f':{c}' for c in _ENTRY_COLUMNS)}) "
+    "ON CONFLICT (run_id, seq) DO NOTHING"
 )
 _SQL_REPLACE_ENTRY = (
-    f"UPDATE journal SET {', '.join(f'{c} = ?' for c in _ENTRY_COLUMNS[1:])} "
-    "WHERE run_id = ? AND seq = ?"
+    f"UPDATE journal SET {', '.join(f'{c} = :{c}' for c in _ENTRY_COLUMNS if c != 'seq')} "
+    "WHERE run_id = :run_id AND seq = :seq"
 )
 _SQL_GET_ENTRY = "SELECT status, checksum, kind, name FROM journal WHERE run_id = ? AND seq = ?"
 # The fencing read: the run's token and status, and what the fenced writes need besides.
@@ -341,37 +352,49 @@ def _parse_url(url: str) -> tuple[str, str, int, bool, GroupCommitOptions]:
     return path, synchronous, busy_timeout, read_only, group
 
 
-def _run_from_row(row: Sequence[Any]) -> RunRecord:
-    values = list(row)
+def _run_from_row(row: sqlite3.Row) -> RunRecord:
+    fields = {column: row[column] for column in _RUN_COLUMNS}
+    where = f"run {fields['run_id']!r}"
     try:
-        values[3] = RunStatus(values[3])
+        fields["status"] = RunStatus(fields["status"])
     except ValueError:
         raise CorruptJournalError(
-            f"run {values[0]!r}: stored status {values[3]!r} is not a run status; the row was "
+            f"{where}: stored status {fields['status']!r} is not a run status; the row was "
             "modified outside coro_durable"
         ) from None
-    values[9] = bool(values[9])
-    return RunRecord(*values)
+    fields["cancel_requested"] = bool(fields["cancel_requested"])
+    fields["meta"] = decode_meta(fields["meta"], where)
+    return RunRecord(**fields)
 
 
-def _worker_from_row(row: Sequence[Any]) -> WorkerRecord:
+def _entry_from_row(run_id: str, row: sqlite3.Row) -> JournalEntry:
+    fields = {column: row[column] for column in _ENTRY_COLUMNS}
+    fields["meta"] = decode_meta(fields["meta"], f"run {run_id!r} journal seq {fields['seq']}")
+    return JournalEntry(**fields)
+
+
+def _worker_from_row(row: sqlite3.Row) -> WorkerRecord:
+    fields = {column: row[column] for column in _WORKER_COLUMNS}
     try:
-        workflows = json.loads(row[3])
+        workflows = json.loads(fields["workflows"])
         if not isinstance(workflows, list) or not all(isinstance(w, str) for w in workflows):
             raise ValueError("not a list of names")
     except ValueError:
         raise CorruptJournalError(
-            f"worker {row[0]!r}: stored workflows {row[3]!r} are not a JSON list of names; the "
-            "row was modified outside coro_durable"
+            f"worker {fields['worker_id']!r}: stored workflows {fields['workflows']!r} are not a "
+            "JSON list of names; the row was modified outside coro_durable"
         ) from None
-    return WorkerRecord(row[0], row[1], int(row[2]), tuple(workflows), *row[4:7])
+    fields["workflows"] = tuple(workflows)
+    fields["pid"] = int(fields["pid"])
+    return WorkerRecord(**fields)
 
 
-def _entry_params(run_id: str, e: JournalEntry) -> tuple[Any, ...]:
-    return (
-        run_id, e.seq, e.kind, e.name, e.digest, e.status, e.args, e.result, e.error, e.attempts,
-        e.key, e.started_at, e.finished_at, e.due_at, e.checksum,
-    )  # fmt: skip
+def _entry_params(run_id: str, entry: JournalEntry) -> dict[str, Any]:
+    """The named parameters of the journal statements for ``entry`` of ``run_id``."""
+    params = {column: getattr(entry, column) for column in _ENTRY_COLUMNS}
+    params["meta"] = encode_meta(entry.meta)
+    params["run_id"] = run_id
+    return params
 
 
 class SqliteStore:
@@ -437,6 +460,7 @@ class SqliteStore:
             cached_statements=256,
             uri=self.read_only,
         )
+        conn.row_factory = sqlite3.Row  # every row is read by column name
         try:
             conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout}")
             if not self.read_only:  # a read-only connection reads any journal mode
@@ -454,7 +478,7 @@ class SqliteStore:
         give_up = time.monotonic() + self.busy_timeout / 1000
         while True:
             try:
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()["journal_mode"]
                 break
             except sqlite3.OperationalError as exc:
                 if _primary_code(exc) not in (_SQLITE_BUSY, _SQLITE_LOCKED):
@@ -469,11 +493,12 @@ class SqliteStore:
             )
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
-        if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+        if conn.execute("PRAGMA user_version").fetchone()["user_version"] == SCHEMA_VERSION:
             return
         conn.execute("BEGIN IMMEDIATE")
         try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]  # re-read under the lock
+            # re-read under the lock: another connection may have migrated it meanwhile
+            version = conn.execute("PRAGMA user_version").fetchone()["user_version"]
             if version > SCHEMA_VERSION:
                 raise PermanentStoreError(
                     f"SQLite store {self.path} has schema version {version}, newer than this "
@@ -671,15 +696,16 @@ class SqliteStore:
     # -- helpers (run inside a transaction) ---------------------------------------------------------
 
     @staticmethod
-    def _fenced(conn: sqlite3.Connection, run_id: str, epoch: int) -> tuple[Any, ...]:
-        """(epoch, status, cancel_requested, crash_count, steps) of a run we hold, or raise."""
-        row = conn.execute(_SQL_FENCE, (run_id,)).fetchone()
+    def _fenced(conn: sqlite3.Connection, run_id: str, epoch: int) -> sqlite3.Row:
+        """epoch, status, cancel_requested, crash_count and steps of a run we hold, or raise."""
+        row: sqlite3.Row | None = conn.execute(_SQL_FENCE, (run_id,)).fetchone()
         if row is None:
             raise RunNotFoundError(run_id)
-        stale = row[0] != epoch
-        if stale or row[1] != RunStatus.RUNNING.value:
-            raise LeaseLost(run_id, epoch, f"current token is {row[0]}, status {row[1]}")
-        return tuple(row)
+        if row["epoch"] != epoch or row["status"] != RunStatus.RUNNING.value:
+            raise LeaseLost(
+                run_id, epoch, f"current token is {row['epoch']}, status {row['status']}"
+            )
+        return row
 
     @staticmethod
     def _get(conn: sqlite3.Connection, run_id: str) -> RunRecord:
@@ -698,14 +724,14 @@ class SqliteStore:
                 steps += 1  # the common case: a new seq, one statement
                 continue
             existing = conn.execute(_SQL_GET_ENTRY, (run_id, entry.seq)).fetchone()
-            if existing[0] != "pending":
-                if existing[1] == entry.checksum:
+            if existing["status"] != "pending":
+                if existing["checksum"] == entry.checksum:
                     continue  # our own earlier write, acknowledgement lost
                 raise ConflictError(
                     f"run {run_id!r}: seq {entry.seq} already holds a final "
-                    f"{existing[2]}({existing[3]}) entry"
+                    f"{existing['kind']}({existing['name']}) entry"
                 )
-            conn.execute(_SQL_REPLACE_ENTRY, (*params[2:], run_id, entry.seq))
+            conn.execute(_SQL_REPLACE_ENTRY, params)
         final = any(entry.final for entry in entries)
         conn.execute(_SQL_APPENDED, (steps, final, self.clock.time(), run_id))
 
@@ -719,9 +745,10 @@ class SqliteStore:
             stored.created_at = stored.updated_at = self.clock.time()
             stored.status = RunStatus.PENDING
             stored.wake_at = stored.created_at
-            params = [getattr(stored, c) for c in _RUN_COLUMNS]
-            params[3] = stored.status.value
-            params[9] = int(stored.cancel_requested)
+            params = {column: getattr(stored, column) for column in _RUN_COLUMNS}
+            params["status"] = stored.status.value
+            params["cancel_requested"] = int(stored.cancel_requested)
+            params["meta"] = encode_meta(stored.meta)
             if conn.execute(_SQL_INSERT_RUN, params).rowcount == 0:
                 return self._get(conn, run.run_id), False
             return stored, True
@@ -769,7 +796,9 @@ class SqliteStore:
 
     async def load_journal(self, run_id: str) -> list[JournalEntry]:
         def op(conn: sqlite3.Connection) -> list[JournalEntry]:
-            return [JournalEntry(*row) for row in conn.execute(_SQL_LOAD_JOURNAL, (run_id,))]
+            return [
+                _entry_from_row(run_id, row) for row in conn.execute(_SQL_LOAD_JOURNAL, (run_id,))
+            ]
 
         return await self._read(op)
 
@@ -786,7 +815,7 @@ class SqliteStore:
                     return
                 conn.execute(_SQL_UNBUMP, (run_id,))  # the seq is taken: the general path
             fence = self._fenced(conn, run_id, epoch)
-            self._append_in(conn, run_id, fence[4], entries)
+            self._append_in(conn, run_id, fence["steps"], entries)
 
         await self._write(op, again=True)
 
@@ -798,9 +827,9 @@ class SqliteStore:
             row = conn.execute(_SQL_OLDEST_SIGNAL, (run_id, name)).fetchone()
             if row is None:
                 return None
-            final = entry.with_result(row[1], self.clock.time())
-            self._append_in(conn, run_id, fence[4], [final])
-            conn.execute("UPDATE signals SET consumed = 1 WHERE id = ?", (row[0],))
+            final = entry.with_result(row["payload"], self.clock.time())
+            self._append_in(conn, run_id, fence["steps"], [final])
+            conn.execute("UPDATE signals SET consumed = 1 WHERE id = ?", (row["id"],))
             return final
 
         return await self._write(op)
@@ -836,16 +865,15 @@ class SqliteStore:
                 # have `limit` runs or run out; `seen` skips rows already handled.
                 want = limit - len(claimed) + len(seen)
                 rows = conn.execute(candidates_sql, (*names, now, live, want)).fetchall()
-                for run_id, status, crash_count, owner in rows:
+                for row in rows:
+                    run_id, crash_count = row["run_id"], row["crash_count"]
                     if run_id in seen or len(claimed) >= limit:
                         continue
                     seen.add(run_id)
-                    if status == RunStatus.RUNNING.value:
+                    if row["status"] == RunStatus.RUNNING.value:
                         # Its worker died or stalled: the takeover counts as a crash.
                         crash_count += 1
-                        last_error = (
-                            f"worker {owner} lost its lease (crashed or stalled) while running"
-                        )
+                        last_error = f"worker {row['owner']} lost its lease (crashed or stalled) while running"
                         if crash_count >= max_crashes:
                             conn.execute(
                                 "UPDATE runs SET status = ?, crash_count = ?, last_error = ?, "
@@ -887,7 +915,7 @@ class SqliteStore:
                         "UPDATE runs SET lease_expires = ? WHERE run_id = ?",
                         (now + lease_ttl, run_id),
                     )
-                    held[run_id] = bool(row[0])
+                    held[run_id] = bool(row["cancel_requested"])
             return held
 
         return await self._write(op)
@@ -903,7 +931,8 @@ class SqliteStore:
                 return
             fence = self._fenced(conn, run_id, epoch)
             wake = wake_at
-            if fence[2] or conn.execute(_SQL_HAS_SIGNAL, (run_id,)).fetchone() is not None:
+            cancelled = fence["cancel_requested"]
+            if cancelled or conn.execute(_SQL_HAS_SIGNAL, (run_id,)).fetchone() is not None:
                 wake = now  # a signal or a cancel request is already here: no lost wake-up
             conn.execute(
                 "UPDATE runs SET status = 'waiting', wake_at = ?, waiting_on = ?, owner = NULL, "
@@ -936,7 +965,7 @@ class SqliteStore:
             if epoch is None:
                 crash_count = self._get(conn, run_id).crash_count + 1
             else:
-                crash_count = self._fenced(conn, run_id, epoch)[3] + 1
+                crash_count = self._fenced(conn, run_id, epoch)["crash_count"] + 1
             if epoch is None or crash_count >= max_crashes:
                 status, wake = RunStatus.QUARANTINED.value, None
             else:
@@ -980,7 +1009,7 @@ class SqliteStore:
             run = self._get(conn, run_id)
             taken = conn.execute(_SQL_GET_ENTRY, (run_id, note.seq)).fetchone()
             if taken is not None:
-                if taken[1] == note.checksum:
+                if taken["checksum"] == note.checksum:
                     return run  # our own earlier call, acknowledgement lost
                 raise retry_conflict(run_id, note.seq)
             if run.status not in RETRYABLE:
@@ -1015,7 +1044,7 @@ class SqliteStore:
             ).rowcount
             if not inserted:
                 return False
-            if run[0] == RunStatus.WAITING.value:
+            if run["status"] == RunStatus.WAITING.value:
                 conn.execute(
                     "UPDATE runs SET wake_at = ? WHERE run_id = ?", (self.clock.time(), run_id)
                 )
@@ -1068,7 +1097,7 @@ class SqliteStore:
                 "SELECT started_at, expires_at FROM workers WHERE worker_id = ?",
                 (worker.worker_id,),
             ).fetchone()
-            started = row[0] if row is not None and row[1] > now else now
+            started = row["started_at"] if row is not None and row["expires_at"] > now else now
             stored = WorkerRecord(
                 worker.worker_id,
                 worker.host,
@@ -1098,6 +1127,39 @@ class SqliteStore:
             conn.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))
 
         await self._write(op)
+
+    # -- testing hook (CorruptibleStore) ------------------------------------------------------------
+
+    async def corrupt_entry(
+        self,
+        run_id: str,
+        seq: int,
+        *,
+        result: str | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Overwrite entry ``seq``'s result and/or meta, keeping its checksum (for tests). Uses a
+        connection of its own, so it works on a store that is not open."""
+        changes: dict[str, Any] = {}
+        if result is not None:
+            changes["result"] = result
+        if meta is not None:
+            changes["meta"] = json.dumps(dict(meta))
+        sql = (
+            f"UPDATE journal SET {', '.join(f'{c} = :{c}' for c in changes)} "
+            "WHERE run_id = :run_id AND seq = :seq"
+        )
+
+        def corrupt() -> int:
+            conn = sqlite3.connect(self.path, timeout=30)
+            try:
+                with conn:
+                    return conn.execute(sql, {**changes, "run_id": run_id, "seq": seq}).rowcount
+            finally:
+                conn.close()
+
+        if changes and not await anyio.to_thread.run_sync(corrupt):
+            raise LookupError(f"run {run_id!r} has no journal entry at seq {seq}")
 
     # -- diagnostics ----------------------------------------------------------------------------------
 

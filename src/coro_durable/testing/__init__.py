@@ -33,7 +33,8 @@ healthy Runtime) can run in one process at once.
 * :class:`FakeClock` (a :class:`Clock`) controls time: ``cd.Runtime("memory://", clock=clock)``,
   then ``clock.advance(86400)`` makes a one-day timer due at once; timers, signal timeouts, retry
   backoff and ``cd.now()`` follow it, leases and polls keep real time.
-* :func:`corrupt_row` tampers with a stored journal row (memory, SQLite, PostgreSQL, Redis stores)
+* :func:`corrupt_row` tampers with a stored journal row (its result or meta) through the store's
+  ``corrupt_entry`` testing hook (memory, SQLite, PostgreSQL, Redis stores)
   to test that a corrupt journal quarantines the run instead of replaying a wrong value.
 * :func:`wait_for_status` waits until a run reaches one of some statuses (woken by the store's
   change notifications on an embedded ``Runtime``, polling any other ``cd.RuntimeClient``) and

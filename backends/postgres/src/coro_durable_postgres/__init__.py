@@ -67,9 +67,12 @@ How it works (details in the module docstrings of ``_sql`` and ``_driver``):
   the database server's clock (``clock_timestamp()``), never the workers' clocks. Timer due times
   (``wake_at``) come from the worker that parked the run; a worker whose clock is off by *d*
   wakes its timers *d* early or late, never decides ownership with it.
-* **Versioned schema.** ``schema_version`` records the applied migrations; ``open()`` applies the
-  missing ones in one transaction under ``pg_advisory_xact_lock``, so processes starting together
-  migrate once. A schema newer than the installed package is refused.
+* **Versioned schema.** ``schema_version`` records the applied migrations (1 the tables, 2 group
+  commit, 3 the crash-count rule, 4 the worker registry, 5 the records' ``meta``: ``jsonb`` on
+  runs, ``json`` on journal entries, whose checksum covers the exact text); ``open()`` applies
+  the missing ones to an existing schema in place, in one transaction under
+  ``pg_advisory_xact_lock``, so processes starting together migrate once. A schema newer than
+  the installed package is refused. Rows are read by column name (psycopg's ``dict_row``).
 * **Wake-ups.** Creating a run, delivering a signal, requesting a cancel, parking, finishing and
   resuming send ``NOTIFY`` on the channel ``<schema>.wake`` in the same statement. ``watch()``,
   run by every open Runtime, LISTENs on a dedicated connection and calls the store's listeners;

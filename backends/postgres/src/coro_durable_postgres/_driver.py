@@ -14,7 +14,9 @@ With both, a started statement is finished even when its caller is cancelled (th
 every statement is short): interrupting it would cost the connection and could not undo a commit
 anyway. Only a statement with no answer for ``STATEMENT_DEADLINE`` seconds is abandoned (async).
 
-Every connection is in autocommit mode: each statement is its own transaction. Errors are
+Every connection is in autocommit mode: each statement is its own transaction. Rows come back as
+dicts keyed by the statement's column names (psycopg's ``dict_row``), which the store reads them
+by. Errors are
 translated at one boundary, :func:`translate` (with :func:`connection_refusal` for a connection
 attempt); no psycopg exception leaves this package. What a retry can fix (connection refused,
 lost or timed out, the server starting up or shutting down, a serialization failure or deadlock,
@@ -39,6 +41,7 @@ import anyio.to_thread
 import psycopg
 import psycopg.errors
 import psycopg_pool
+from psycopg.rows import dict_row
 
 from coro_durable.errors import (
     ConflictError,
@@ -63,11 +66,16 @@ __all__ = [
 log = logging.getLogger("coro_durable.postgres")
 
 Params = Mapping[str, Any] | Sequence[Any] | None
-Row = tuple[Any, ...]
+#: A result row: column name -> value.
+Row = dict[str, Any]
 
 
 def connect_kwargs(options: Options) -> dict[str, Any]:
-    return {"autocommit": True, "prepare_threshold": options.prepare_threshold}
+    return {
+        "autocommit": True,
+        "prepare_threshold": options.prepare_threshold,
+        "row_factory": dict_row,  # rows are read by column name
+    }
 
 
 #: A statement that gets no answer for this long is abandoned (its connection closed): the

@@ -34,6 +34,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "RUN_COLUMNS",
     "ENTRY_COLUMNS",
+    "ENTRY_TYPES",
     "WORKER_COLUMNS",
     "Statements",
 ]
@@ -43,6 +44,10 @@ __all__ = [
 # Times are double precision seconds since the epoch. ``journal.due_at`` is text (the repr of the
 # number): its repr is part of the entry checksum, and a float column would turn 5 into 5.0.
 # ``runs.rowid`` breaks ties between runs created in the same microsecond (claim order).
+# ``meta`` (migration 5) is the records' JSON object: ``jsonb`` for runs (queryable, indexable;
+# it returns numbers in its own form, 1e16 as the equal integer 10000000000000000); ``json`` for
+# journal entries, which keeps the text as written, since an entry's checksum covers its meta.
+# Every statement names its result columns; the store reads rows by those names (dict rows).
 
 #: SQLSTATE raised by ``append()`` when a seq already holds a different final entry.
 SQLSTATE_CONFLICT = "CDCNF"
@@ -50,18 +55,18 @@ SQLSTATE_CONFLICT = "CDCNF"
 RUN_COLUMNS = (
     "run_id", "workflow", "input", "status", "epoch", "owner", "lease_expires", "wake_at",
     "waiting_on", "cancel_requested", "result", "error", "crash_count", "last_error", "steps",
-    "created_at", "updated_at",
+    "created_at", "updated_at", "meta",
 )  # fmt: skip
-ENTRY_COLUMNS = (
-    "seq", "kind", "name", "digest", "status", "args", "result", "error", "attempts", "key",
-    "started_at", "finished_at", "due_at", "checksum",
-)  # fmt: skip
+#: The journal's columns (but run_id) and the SQL types the append functions take them as.
+ENTRY_TYPES = {
+    "seq": "int", "kind": "text", "name": "text", "digest": "text", "status": "text",
+    "args": "text", "result": "text", "error": "text", "attempts": "int", "key": "text",
+    "started_at": "float8", "finished_at": "float8", "due_at": "text", "checksum": "text",
+    "meta": "json",
+}  # fmt: skip
+ENTRY_COLUMNS = tuple(ENTRY_TYPES)
 WORKER_COLUMNS = (
     "worker_id", "host", "pid", "workflows", "started_at", "last_seen", "expires_at",
-)  # fmt: skip
-_ENTRY_TYPES = (
-    "int", "text", "text", "text", "text", "text", "text", "text", "int", "text",
-    "float8", "float8", "text", "text",
 )  # fmt: skip
 
 
@@ -134,10 +139,10 @@ BEGIN
     WHERE run_id = p_run_id;
     RETURN NULL;
 END $$""",
-    PARAMS=", ".join(f"p_{c} {t}[]" for c, t in zip(ENTRY_COLUMNS, _ENTRY_TYPES, strict=True)),
+    PARAMS=", ".join(f"p_{c} {t}[]" for c, t in ENTRY_TYPES.items()),
     ARRAYS=", ".join(f"p_{c}" for c in ENTRY_COLUMNS),
     NAMES=", ".join(ENTRY_COLUMNS),
-    SET=", ".join(f"{c} = i.{c}" for c in ENTRY_COLUMNS[1:]),
+    SET=", ".join(f"{c} = i.{c}" for c in ENTRY_COLUMNS if c != "seq"),
     CONFLICT=SQLSTATE_CONFLICT,
 )
 
@@ -186,10 +191,10 @@ BEGIN
     WHERE run_id = p_run_id;
     RETURN NULL;
 END $$""",
-    PARAMS=", ".join(f"p_{c} {t}" for c, t in zip(ENTRY_COLUMNS, _ENTRY_TYPES, strict=True)),
+    PARAMS=", ".join(f"p_{c} {t}" for c, t in ENTRY_TYPES.items()),
     NAMES=", ".join(ENTRY_COLUMNS),
     VALUES=", ".join(f"p_{c}" for c in ENTRY_COLUMNS),
-    SET=", ".join(f"{c} = p_{c}" for c in ENTRY_COLUMNS[1:]),
+    SET=", ".join(f"{c} = p_{c}" for c in ENTRY_COLUMNS if c != "seq"),
     CONFLICT=SQLSTATE_CONFLICT,
 )
 
@@ -213,7 +218,7 @@ _ITEM_COLUMNS = ", ".join(
         "op text",
         "run_id text",
         "epoch bigint",
-        *(f"{c} {t}" for c, t in zip(ENTRY_COLUMNS, _ENTRY_TYPES, strict=True)),
+        *(f"{c} {t}" for c, t in ENTRY_TYPES.items()),
         "wake_at float8",
         "waiting_on text",
     ]
@@ -330,8 +335,12 @@ BEGIN
 END $$""",
     ITEMS=_ITEM_COLUMNS,
     NAMES=", ".join(ENTRY_COLUMNS),
-    SET=", ".join(f"{c} = v.{c}" for c in ENTRY_COLUMNS[1:]),
+    SET=", ".join(f"{c} = v.{c}" for c in ENTRY_COLUMNS if c != "seq"),
 )
+
+# The entry arguments of the append functions before migration 5 (every column but meta).
+_V4_SCALARS = ", ".join(t for c, t in ENTRY_TYPES.items() if c != "meta")
+_V4_ARRAYS = ", ".join(f"{t}[]" for c, t in ENTRY_TYPES.items() if c != "meta")
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 1: initial schema
@@ -409,6 +418,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             expires_at double precision NOT NULL
         )""",
     ),
+    # 5: the records' meta ('{}' for the rows already there); the append functions take it, so
+    # the old ones (one argument fewer) are dropped, not left beside them as overloads
+    (
+        "ALTER TABLE {s}.runs ADD COLUMN IF NOT EXISTS meta jsonb NOT NULL DEFAULT '{}'",
+        "ALTER TABLE {s}.journal ADD COLUMN IF NOT EXISTS meta json NOT NULL DEFAULT '{}'",
+        f"DROP FUNCTION IF EXISTS {{s}}.append(text, bigint, {_V4_ARRAYS}, boolean[], bigint)",
+        f"DROP FUNCTION IF EXISTS {{s}}.append_entry(text, bigint, {_V4_SCALARS})",
+        _APPEND_FUNCTION,
+        _APPEND_ENTRY_FUNCTION,
+        _WRITE_BATCH_FUNCTION,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -444,7 +464,7 @@ class Statements:
             "CREATE TABLE IF NOT EXISTS {s}.schema_version ("
             "version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
         )
-        self.version = q("SELECT coalesce(max(version), 0) FROM {s}.schema_version")
+        self.version = q("SELECT coalesce(max(version), 0) AS version FROM {s}.schema_version")
         self.insert_version = q("INSERT INTO {s}.schema_version (version) VALUES (%s)")
 
         cols = _cols()
@@ -454,12 +474,12 @@ ins AS (
     INSERT INTO {{s}}.runs ({cols})
     SELECT %(run_id)s, %(workflow)s, %(input)s, 'pending', %(epoch)s, %(owner)s,
         %(lease_expires)s::float8, c.t, %(waiting_on)s, %(cancel_requested)s, %(result)s,
-        %(error)s, %(crash_count)s, %(last_error)s, %(steps)s, c.t, c.t
+        %(error)s, %(crash_count)s, %(last_error)s, %(steps)s, c.t, c.t, %(meta)s::jsonb
     FROM clock c
     ON CONFLICT (run_id) DO NOTHING
     RETURNING {cols}
 )
-SELECT true, {cols}, {_notify()}::text FROM ins
+SELECT true AS created, {cols}, {_notify()}::text AS notified FROM ins
 UNION ALL
 SELECT false, {cols}, NULL FROM {{s}}.runs
 WHERE run_id = %(run_id)s AND NOT EXISTS (SELECT 1 FROM ins)"""
@@ -469,28 +489,25 @@ WHERE run_id = %(run_id)s AND NOT EXISTS (SELECT 1 FROM ins)"""
         self.load_journal = q(
             f"SELECT {', '.join(ENTRY_COLUMNS)} FROM {{s}}.journal WHERE run_id = %s ORDER BY seq"
         )
-        casts = ", ".join(
-            f"%({c})s::{t}[]" for c, t in zip(ENTRY_COLUMNS, _ENTRY_TYPES, strict=True)
-        )
+        # The append functions answer NULL once written, else why not (see their text).
+        casts = ", ".join(f"%({c})s::{t}[]" for c, t in ENTRY_TYPES.items())
         self.append = q(
             f"SELECT {{s}}.append(%(run_id)s, %(epoch)s, {casts}, %(uniform)s::boolean[], "
-            "%(signal)s::bigint)"
+            "%(signal)s::bigint) AS outcome"
         )
         # The common case, one entry: scalar parameters (cheaper to send than 15 arrays).
-        singles = ", ".join(
-            f"ARRAY[%({c})s::{t}]" for c, t in zip(ENTRY_COLUMNS, _ENTRY_TYPES, strict=True)
-        )
+        singles = ", ".join(f"ARRAY[%({c})s::{t}]" for c, t in ENTRY_TYPES.items())
         self.append_one = q(
             f"SELECT {{s}}.append(%(run_id)s, %(epoch)s, {singles}, ARRAY[true], "
-            "%(signal)s::bigint)"
+            "%(signal)s::bigint) AS outcome"
         )
-        self.write_batch = q("SELECT {s}.write_batch(%s::json, %s, %s, %s)")
-        scalars = ", ".join(
-            f"%({c})s::{t}" for c, t in zip(ENTRY_COLUMNS, _ENTRY_TYPES, strict=True)
+        self.write_batch = q("SELECT {s}.write_batch(%s::json, %s, %s, %s) AS outcomes")
+        scalars = ", ".join(f"%({c})s::{t}" for c, t in ENTRY_TYPES.items())
+        self.append_entry = q(
+            f"SELECT {{s}}.append_entry(%(run_id)s, %(epoch)s, {scalars}) AS outcome"
         )
-        self.append_entry = q(f"SELECT {{s}}.append_entry(%(run_id)s, %(epoch)s, {scalars})")
         self.oldest_signal = q(
-            """SELECT r.epoch, r.status, s.id, s.payload FROM {s}.runs r
+            """SELECT r.epoch, r.status, s.id AS signal, s.payload FROM {s}.runs r
 LEFT JOIN LATERAL (
     SELECT id, payload FROM {s}.signals
     WHERE run_id = r.run_id AND name = %(name)s AND NOT consumed ORDER BY id LIMIT 1
@@ -558,10 +575,10 @@ upd AS (
     WHERE r.run_id = %(run_id)s AND r.epoch = %(epoch)s AND r.status = 'running'
     RETURNING r.wake_at, c.t AS now
 )
-SELECT (SELECT count(*) FROM upd)::int,
-    CASE WHEN NOT EXISTS (SELECT 1 FROM upd) THEN {_current()} END,
+SELECT (SELECT count(*) FROM upd)::int AS updated,
+    CASE WHEN NOT EXISTS (SELECT 1 FROM upd) THEN {_current()} END AS current,
     (SELECT {_notify("greatest(wake_at - now, 0)::text")} FROM upd
-     WHERE wake_at IS NOT NULL)::text"""
+     WHERE wake_at IS NOT NULL)::text AS notified"""
         )
         self.finish = q(
             f"""WITH {_CLOCK},
@@ -572,9 +589,9 @@ upd AS (
     WHERE r.run_id = %(run_id)s AND r.epoch = %(epoch)s AND r.status = 'running'
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM upd)::int,
-    CASE WHEN NOT EXISTS (SELECT 1 FROM upd) THEN {_current()} END,
-    (SELECT {_notify()} FROM upd)::text"""
+SELECT (SELECT count(*) FROM upd)::int AS updated,
+    CASE WHEN NOT EXISTS (SELECT 1 FROM upd) THEN {_current()} END AS current,
+    (SELECT {_notify()} FROM upd)::text AS notified"""
         )
         final = "(%(quarantine)s OR r.crash_count + 1 >= %(max_crashes)s)"
         self.record_crash = q(
@@ -590,8 +607,9 @@ upd AS (
       AND (%(quarantine)s OR (r.epoch = %(epoch)s AND r.status = 'running'))
     RETURNING {_cols("r.")}, c.t AS now
 )
-SELECT {cols}, NULL,
+SELECT {cols}, NULL AS current,
     {_notify("CASE WHEN wake_at IS NULL THEN '' ELSE greatest(wake_at - now, 0)::text END")}::text
+    AS notified
 FROM upd
 UNION ALL
 SELECT {", ".join("NULL" for _ in RUN_COLUMNS)}, {_current()}, NULL
@@ -605,7 +623,7 @@ upd AS (
     WHERE r.run_id = %(run_id)s AND r.status = 'quarantined'
     RETURNING {_cols("r.")}
 )
-SELECT {cols}, {_notify()}::text FROM upd
+SELECT {cols}, {_notify()}::text AS notified FROM upd
 UNION ALL
 SELECT {cols}, NULL FROM {{s}}.runs
 WHERE run_id = %(run_id)s AND NOT EXISTS (SELECT 1 FROM upd)"""
@@ -615,9 +633,7 @@ WHERE run_id = %(run_id)s AND NOT EXISTS (SELECT 1 FROM upd)"""
         # snapshot of it is current. Answers one row: whether it retried, the run, and the
         # checksum of an entry already at the note's seq (an earlier call of ours, or a
         # concurrent retry), which makes it do nothing.
-        note_values = ", ".join(
-            f"%(note_{c})s::{t}" for c, t in zip(ENTRY_COLUMNS, _ENTRY_TYPES, strict=True)
-        )
+        note_values = ", ".join(f"%(note_{c})s::{t}" for c, t in ENTRY_TYPES.items())
         self.retry_run = q(
             f"""WITH {_CLOCK},
 run AS MATERIALIZED (
@@ -652,7 +668,7 @@ upd AS (
       AND (SELECT count(*) FROM ins) = 1
     RETURNING {_cols("r.")}
 )
-SELECT true, {cols}, NULL, {_notify()}::text FROM upd
+SELECT true AS retried, {cols}, NULL AS taken, {_notify()}::text AS notified FROM upd
 UNION ALL
 SELECT false, {cols}, (SELECT checksum FROM taken), NULL FROM run
 WHERE NOT EXISTS (SELECT 1 FROM upd)"""
@@ -673,8 +689,8 @@ upd AS (
     WHERE r.run_id = %(run_id)s AND EXISTS (SELECT 1 FROM ins)
     RETURNING 1
 )
-SELECT EXISTS (SELECT 1 FROM run), EXISTS (SELECT 1 FROM upd),
-    (SELECT {_notify()} FROM upd)::text"""
+SELECT EXISTS (SELECT 1 FROM run) AS found, EXISTS (SELECT 1 FROM upd) AS delivered,
+    (SELECT {_notify()} FROM upd)::text AS notified"""
         )
         now_cancel = "(r.status = 'quarantined' OR (r.status = 'pending' AND r.steps = 0))"
         done = "r.status IN ('completed', 'failed', 'cancelled')"
@@ -693,7 +709,7 @@ upd AS (
     WHERE r.run_id = %(run_id)s
     RETURNING {_cols("r.")}
 )
-SELECT {cols}, {_notify()}::text FROM upd"""
+SELECT {cols}, {_notify()}::text AS notified FROM upd"""
         )
         # The worker registry. A heartbeat deletes the other workers' expired registrations
         # (skipping rows another heartbeat holds, so two of them never wait on each other) and
@@ -734,5 +750,5 @@ SELECT least(
      WHERE status IN ('pending', 'waiting') AND wake_at > (SELECT t FROM clock)),
     (SELECT min(lease_expires) FROM {{s}}.runs
      WHERE status = 'running' AND lease_expires > (SELECT t FROM clock))
-) - (SELECT t FROM clock)"""
+) - (SELECT t FROM clock) AS seconds"""
         )

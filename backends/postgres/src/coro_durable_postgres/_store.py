@@ -7,13 +7,14 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import anyio.to_thread
 import psycopg
+from psycopg.rows import dict_row
 
 from coro_durable.errors import (
     ConfigurationError,
@@ -35,6 +36,8 @@ from coro_durable.store import (
     RunStatus,
     WorkerRecord,
     check_run_id,
+    decode_meta,
+    encode_meta,
     retry_conflict,
     retry_refused,
 )
@@ -48,7 +51,14 @@ from ._driver import (
     make_driver,
     translate,
 )
-from ._sql import ENTRY_COLUMNS, RUN_COLUMNS, SCHEMA_VERSION, Statements
+from ._sql import (
+    ENTRY_COLUMNS,
+    ENTRY_TYPES,
+    RUN_COLUMNS,
+    SCHEMA_VERSION,
+    WORKER_COLUMNS,
+    Statements,
+)
 from ._url import Options, parse_url
 
 __all__ = ["PostgresStore"]
@@ -64,23 +74,25 @@ _MIN_SERVER_VERSION = 120000
 BATCH_BYTES = 1 << 20
 
 
-def _run_from_row(row: Sequence[Any]) -> RunRecord:
-    values = list(row[: len(RUN_COLUMNS)])
+def _run_from_row(row: Row) -> RunRecord:
+    fields = {column: row[column] for column in RUN_COLUMNS}
+    where = f"run {fields['run_id']!r}"
     try:
-        values[3] = RunStatus(values[3])
+        fields["status"] = RunStatus(fields["status"])
     except ValueError:
         raise CorruptJournalError(
-            f"run {values[0]!r}: stored status {values[3]!r} is not a run status; the row was "
+            f"{where}: stored status {fields['status']!r} is not a run status; the row was "
             "modified outside coro_durable"
         ) from None
-    return RunRecord(*values)
+    fields["meta"] = decode_meta(fields["meta"], where)
+    return RunRecord(**fields)
 
 
-def _worker_from_row(row: Sequence[Any]) -> WorkerRecord:
-    worker_id, host, pid, workflows, started_at, last_seen, expires_at = row
-    return WorkerRecord(
-        worker_id, host, int(pid), tuple(workflows), started_at, last_seen, expires_at
-    )
+def _worker_from_row(row: Row) -> WorkerRecord:
+    fields = {column: row[column] for column in WORKER_COLUMNS}
+    fields["pid"] = int(fields["pid"])
+    fields["workflows"] = tuple(fields["workflows"])
+    return WorkerRecord(**fields)
 
 
 def _due_at(text: str | None) -> float | None:
@@ -98,10 +110,11 @@ def _due_at(text: str | None) -> float | None:
         ) from None
 
 
-def _entry_from_row(row: Sequence[Any]) -> JournalEntry:
-    values = list(row)
-    values[12] = _due_at(values[12])
-    return JournalEntry(*values)
+def _entry_from_row(run_id: str, row: Row) -> JournalEntry:
+    fields = {column: row[column] for column in ENTRY_COLUMNS}
+    fields["due_at"] = _due_at(fields["due_at"])
+    fields["meta"] = decode_meta(fields["meta"], f"run {run_id!r} journal seq {fields['seq']}")
+    return JournalEntry(**fields)
 
 
 def _no_nul(what: str, value: str) -> None:
@@ -115,6 +128,7 @@ def _single(entry: JournalEntry) -> dict[str, Any]:
     """Parameters of the one-entry append statement."""
     params = {column: getattr(entry, column) for column in ENTRY_COLUMNS}
     params["due_at"] = None if entry.due_at is None else repr(entry.due_at)
+    params["meta"] = encode_meta(entry.meta)
     return params
 
 
@@ -144,6 +158,7 @@ def _batch(entries: Sequence[JournalEntry]) -> tuple[dict[str, list[Any]], tuple
         columns["uniform"].append(all(e.checksum == group[0].checksum for e in group))
     # One Python type per array (psycopg refuses mixed int/float lists); due_at keeps its repr.
     columns["due_at"] = [None if d is None else repr(d) for d in columns["due_at"]]
+    columns["meta"] = [encode_meta(m) for m in columns["meta"]]
     for column in ("started_at", "finished_at"):
         columns[column] = [None if t is None else float(t) for t in columns[column]]
     for column in ("seq", "attempts"):
@@ -164,9 +179,13 @@ class _Write:
     def item(self) -> str | None:
         """Its JSON object for ``write_batch()``, or None when it must be written alone (an
         append of several entries; text that JSON cannot carry into PostgreSQL)."""
-        if self.op == "append" and len(self.entries) != 1:
+        if self.op != "append":
+            return _batch_item(self.op, self.run_id, self.epoch, self.params)
+        if len(self.entries) != 1:
             return None
-        return _batch_item(self.op, self.run_id, self.epoch, self.params)
+        # write_batch() reads the item's meta as a JSON object (a json column), not as text.
+        fields = {**self.params, "meta": self.entries[0].meta}
+        return _batch_item(self.op, self.run_id, self.epoch, fields)
 
 
 def _batch_item(op: str, run_id: str, epoch: int, fields: dict[str, Any]) -> str | None:
@@ -286,7 +305,7 @@ class PostgresStore:
         Two processes opening a fresh database at once serialise on a transaction-scoped advisory
         lock keyed by the schema name; the second one finds the work done.
         """
-        with psycopg.connect(self.options.dsn, autocommit=True) as conn:
+        with psycopg.connect(self.options.dsn, autocommit=True, row_factory=dict_row) as conn:
             if conn.info.server_version < _MIN_SERVER_VERSION:
                 raise PermanentStoreError(
                     f"PostgreSQL store {self.options.redacted}: server version "
@@ -309,7 +328,7 @@ class PostgresStore:
                             conn.execute(statement)
                         conn.execute(self._sql.insert_version, [number])
             row = conn.execute("SHOW synchronous_commit").fetchone()
-            if row is not None and row[0] == "off":
+            if row is not None and row["synchronous_commit"] == "off":
                 log.warning(
                     "PostgreSQL store %s: synchronous_commit is off, so the last journal entries "
                     "acknowledged before a server crash can be lost (a step may then run again); "
@@ -318,11 +337,13 @@ class PostgresStore:
                 )
 
     def _schema_version(self, conn: psycopg.Connection[Row]) -> int:
-        row = conn.execute("SELECT to_regclass(%s)", [f"{self._quoted}.schema_version"]).fetchone()
-        if row is None or row[0] is None:
+        row = conn.execute(
+            "SELECT to_regclass(%s) AS version_table", [f"{self._quoted}.schema_version"]
+        ).fetchone()
+        if row is None or row["version_table"] is None:
             return 0
         found = conn.execute(self._sql.version).fetchone()
-        version = int(found[0]) if found is not None else 0
+        version = int(found["version"]) if found is not None else 0
         if version > SCHEMA_VERSION:
             raise PermanentStoreError(
                 f"PostgreSQL store {self.options.redacted}: schema {self.schema!r} has version "
@@ -384,13 +405,13 @@ class PostgresStore:
             finally:
                 conn.close()
 
-    async def _listen_connect(self) -> psycopg.Connection[Row]:
+    async def _listen_connect(self) -> psycopg.Connection[Any]:
         """Connect and LISTEN in a worker thread. Cancelling the caller (the Runtime closing)
         does not wait for a slow connection attempt: the thread closes what it opened."""
         lock = threading.Lock()
         state: dict[str, Any] = {"abandoned": False, "conn": None}
 
-        def connect() -> psycopg.Connection[Row]:
+        def connect() -> psycopg.Connection[Any]:
             conn = psycopg.connect(self.options.dsn, autocommit=True)
             try:
                 conn.execute(f'LISTEN "{self.options.channel}"')
@@ -416,12 +437,12 @@ class PostgresStore:
     async def _next_due(self) -> float | None:
         """Monotonic time at which the next parked run falls due or lease expires, if any."""
         rows = await self._fetch(self._sql.next_due)
-        seconds = rows[0][0] if rows else None
+        seconds = rows[0]["seconds"] if rows else None
         if seconds is None:
             return None
         return time.monotonic() + max(0.0, float(seconds)) + 0.005
 
-    async def _listen(self, conn: psycopg.Connection[Row]) -> None:
+    async def _listen(self, conn: psycopg.Connection[Any]) -> None:
         self._listeners.notify()  # whatever happened while we were not listening
         due = await self._next_due()
         synced = time.monotonic()
@@ -479,12 +500,13 @@ class PostgresStore:
         check_run_id(run.run_id)
         _no_nul("workflow name", run.workflow)
         params = {c: getattr(run, c) for c in RUN_COLUMNS}
+        params["meta"] = encode_meta(run.meta)
         params.update(self._note())
         for _ in range(3):
             rows = await self._fetch(self._sql.create_run, params)
             if rows:
-                created = bool(rows[0][0])
-                record = _run_from_row(rows[0][1:])
+                created = bool(rows[0]["created"])
+                record = _run_from_row(rows[0])
                 if created:
                     self._listeners.notify()
                 return record, created
@@ -528,7 +550,8 @@ class PostgresStore:
 
     async def load_journal(self, run_id: str) -> list[JournalEntry]:
         _no_nul("run_id", run_id)
-        return [_entry_from_row(row) for row in await self._fetch(self._sql.load_journal, [run_id])]
+        rows = await self._fetch(self._sql.load_journal, [run_id])
+        return [_entry_from_row(run_id, row) for row in rows]
 
     async def append(self, run_id: str, epoch: int, entries: Sequence[JournalEntry]) -> None:
         """One round trip: the ``append()`` function checks the fence under the run's row lock,
@@ -587,7 +610,7 @@ class PostgresStore:
                 for i, _ in chunk:
                     outcomes[i] = exc
                 continue
-            for (i, _), answer in zip(chunk, rows[0][0], strict=True):
+            for (i, _), answer in zip(chunk, rows[0]["outcomes"], strict=True):
                 if answer is not None:
                     outcomes[i] = self._refused(writes[i], answer)
         for i, write in enumerate(writes):
@@ -610,22 +633,21 @@ class PostgresStore:
         if write.op == "append":
             if len(write.entries) == 1:
                 params = {"run_id": run_id, "epoch": epoch, **write.params}
-                outcome = (await self._fetch(self._sql.append_entry, params))[0][0]
+                outcome = (await self._fetch(self._sql.append_entry, params))[0]["outcome"]
             else:
                 columns, contradiction = _batch(write.entries)
                 if contradiction is not None:
                     await self._raise_contradiction(run_id, epoch, contradiction)
                 params = {"run_id": run_id, "epoch": epoch, "signal": None, **columns}
-                outcome = (await self._fetch(self._sql.append, params))[0][0]
+                outcome = (await self._fetch(self._sql.append, params))[0]["outcome"]
             if outcome is not None:
                 raise self._lost(run_id, epoch, outcome)
             return
         params = {"run_id": run_id, "epoch": epoch, **write.params, **self._note()}
         sql = self._sql.park if write.op == "park" else self._sql.finish
-        rows = await self._fetch(sql, params)
-        updated, current, _ = rows[0]
-        if not updated:
-            raise self._lost(run_id, epoch, current)
+        answer = (await self._fetch(sql, params))[0]
+        if not answer["updated"]:
+            raise self._lost(run_id, epoch, answer["current"])
 
     async def _raise_contradiction(
         self, run_id: str, epoch: int, contradiction: tuple[int, str]
@@ -648,14 +670,14 @@ class PostgresStore:
             rows = await self._fetch(self._sql.oldest_signal, {"run_id": run_id, "name": name})
             if not rows:
                 raise RunNotFoundError(run_id)
-            current_epoch, status, signal, payload = rows[0]
-            if current_epoch != epoch or status != RunStatus.RUNNING.value:
-                raise self._lost(run_id, epoch, f"{current_epoch} {status}")
-            if signal is None:
+            found = rows[0]
+            if found["epoch"] != epoch or found["status"] != RunStatus.RUNNING.value:
+                raise self._lost(run_id, epoch, f"{found['epoch']} {found['status']}")
+            if found["signal"] is None:
                 return None
-            final = entry.with_result(payload, time.time())
-            params = {"run_id": run_id, "epoch": epoch, "signal": signal, **_single(final)}
-            outcome = (await self._fetch(self._sql.append_one, params))[0][0]
+            final = entry.with_result(found["payload"], time.time())
+            params = {"run_id": run_id, "epoch": epoch, "signal": found["signal"], **_single(final)}
+            outcome = (await self._fetch(self._sql.append_one, params))[0]["outcome"]
             if outcome is None:
                 return final
             if outcome != "taken":
@@ -713,7 +735,7 @@ class PostgresStore:
                 "epochs": list(leases.values()),
             },
         )
-        return {run_id: bool(cancel) for run_id, cancel in rows}
+        return {row["run_id"]: bool(row["cancel_requested"]) for row in rows}
 
     async def park(
         self, run_id: str, epoch: int, wake_at: float | None, waiting_on: str | None
@@ -743,8 +765,8 @@ class PostgresStore:
         }
         rows = await self._fetch(self._sql.record_crash, params)
         row = rows[0]
-        if row[0] is None:
-            raise self._lost(run_id, epoch if epoch is not None else -1, row[len(RUN_COLUMNS)])
+        if row["run_id"] is None:
+            raise self._lost(run_id, epoch if epoch is not None else -1, row["current"])
         self._listeners.notify()
         return _run_from_row(row)
 
@@ -769,12 +791,12 @@ class PostgresStore:
         rows = await self._fetch(self._sql.retry_run, params)
         if not rows:
             raise RunNotFoundError(run_id)
-        retried, *values = rows[0]
-        run = _run_from_row(values)
-        if retried:
+        answer = rows[0]
+        run = _run_from_row(answer)
+        if answer["retried"]:
             self._listeners.notify()
             return run
-        taken = values[len(RUN_COLUMNS)]
+        taken = answer["taken"]
         if taken == note.checksum:
             return run  # our own earlier call, acknowledgement lost
         if taken is not None:
@@ -795,8 +817,9 @@ class PostgresStore:
             **self._note(),
         }
         rows = await self._fetch(self._sql.deliver_signal, params)
-        exists, delivered, _ = rows[0]
-        if not exists:
+        answer = rows[0]
+        delivered = answer["delivered"]
+        if not answer["found"]:
             raise RunNotFoundError(run_id)
         if delivered:
             self._listeners.notify()
@@ -835,21 +858,45 @@ class PostgresStore:
         _no_nul("worker id", worker_id)
         await self._fetch(self._sql.remove_worker, [worker_id])
 
+    # -- testing hook (CorruptibleStore) -------------------------------------------------------
+
+    async def corrupt_entry(
+        self,
+        run_id: str,
+        seq: int,
+        *,
+        result: str | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Overwrite entry ``seq``'s result and/or meta, keeping its checksum (for tests). Uses a
+        connection of its own, so it works on a store that is not open."""
+        changes: dict[str, Any] = {}
+        if result is not None:
+            changes["result"] = result
+        if meta is not None:
+            changes["meta"] = json.dumps(dict(meta))
+        sets = ", ".join(f"{c} = %({c})s::{ENTRY_TYPES[c]}" for c in changes)
+        sql = (
+            f"UPDATE {self._quoted}.journal SET {sets} WHERE run_id = %(run_id)s AND seq = %(seq)s"
+        )
+
+        def corrupt() -> int:
+            with psycopg.connect(self.options.dsn, autocommit=True) as conn:
+                return conn.execute(sql, {**changes, "run_id": run_id, "seq": seq}).rowcount
+
+        if changes and not await anyio.to_thread.run_sync(corrupt):
+            raise LookupError(f"run {run_id!r} has no journal entry at seq {seq}")
+
     # -- diagnostics ---------------------------------------------------------------------------
 
     async def settings(self) -> dict[str, Any]:
         """The server's ``synchronous_commit``, ``server_version`` and this schema's version."""
         rows = await self._fetch(
-            "SELECT current_setting('synchronous_commit'), current_setting('server_version'), "
-            f"(SELECT max(version) FROM {self._quoted}.schema_version)"
+            "SELECT current_setting('synchronous_commit') AS synchronous_commit, "
+            "current_setting('server_version') AS server_version, "
+            f"(SELECT max(version) FROM {self._quoted}.schema_version) AS schema_version"
         )
-        sync_commit, server_version, schema_version = rows[0]
-        return {
-            "synchronous_commit": sync_commit,
-            "server_version": server_version,
-            "schema_version": schema_version,
-            "driver": self.driver,
-        }
+        return {**rows[0], "driver": self.driver}
 
 
 def _first_line(exc: BaseException) -> str:

@@ -118,9 +118,12 @@ Key layout (``P`` is the prefix)
 --------------------------------
 ============================  =====  ==========================================================
 ``P meta``                    hash   ``layout``: version of this layout (a newer one is refused)
-``P run:<run_id>``            hash   the RunRecord's fields (a missing field is None), and
-                                     ``notes``: how many audit notes (seq < 0) the journal has
-``P journal:<run_id>``        hash   seq -> ``<status>|<checksum>|<entry as a JSON array>``
+``P meta:upgrade``            str    lock held while a store upgrades an older layout
+``P run:<run_id>``            hash   the RunRecord's fields by name (a missing field is None,
+                                     ``meta`` the text of ``encode_meta``), and ``notes``: how
+                                     many audit notes (seq < 0) the journal has
+``P journal:<run_id>``        hash   seq -> ``<status>|<checksum>|<entry as a JSON object>``:
+                                     the JournalEntry's fields by name, ``meta`` included
 ``P sigq:<run_id>``           list   unconsumed signals, oldest first: ``[signal_id, name, payload]``
 ``P sigids:<run_id>``         set    every signal_id ever delivered (idempotency)
 ``P due:<workflow>``          zset   pending/waiting runs with a wake-up time, by ``wake_at``
@@ -139,6 +142,16 @@ Key layout (``P`` is the prefix)
 A claim reads the ``due`` and ``lease`` sets of the worker's workflows only, so runs of workflows
 nobody serves cost nothing; an expired lease is a crash (``crash_count``) and past
 ``max_crashes`` the run is quarantined instead of claimed.
+
+Layout versions
+---------------
+``open()`` upgrades an older layout in place, once: the first store to take the lock
+``P meta:upgrade`` rewrites what changed, the others wait until ``layout`` says it is done (a
+dead upgrader's lock expires in 30 s; the rewrite is idempotent, so the next store finishes it).
+Version 1 kept journal entries as JSON arrays, read by position; version 2 keeps JSON objects,
+read by field name, with the entry's ``meta`` (the upgrade rewrites every entry; run hashes
+already had named fields). A value still in the version 1 form (written by an older worker that
+was running during the upgrade) is read as such.
 
 Errors
 ------

@@ -30,8 +30,10 @@ from dataclasses import dataclass
 
 __all__ = ["Script", "SCRIPTS", "LAYOUT_VERSION"]
 
-#: Version of the key layout below; stored in ``<prefix>meta``. A store refuses a newer layout.
-LAYOUT_VERSION = 1
+#: Version of the key layout (see the package docstring); stored in ``<prefix>meta``. A store
+#: refuses a newer layout and upgrades an older one at open (``RedisStore._upgrade``).
+#: 1: journal entries are JSON arrays; 2: JSON objects (named fields, ``meta`` among them).
+LAYOUT_VERSION = 2
 
 _PRELUDE = r"""
 if redis.replicate_commands then pcall(redis.replicate_commands) end  -- Redis < 5: effects replication for TIME
@@ -53,11 +55,9 @@ end
 
 local function rk(id) return P .. 'run:' .. id end
 
--- A run as the client reads it: the RunRecord's fields in their order (false for None).
-local FIELDS = {'run_id', 'workflow', 'input', 'status', 'epoch', 'owner', 'lease_expires',
-                'wake_at', 'waiting_on', 'cancel_requested', 'result', 'error', 'crash_count',
-                'last_error', 'steps', 'created_at', 'updated_at'}
-local function row(key) return redis.call('HMGET', key, unpack(FIELDS)) end
+-- A run as the client reads it: its hash, as flat field/value pairs (empty when unknown; a
+-- field that is None is absent). The client picks the fields by name.
+local function row(key) return redis.call('HGETALL', key) end
 local function jk(id) return P .. 'journal:' .. id end
 local function sq(id) return P .. 'sigq:' .. id end
 
@@ -254,7 +254,8 @@ _GET = r"""
 return row(rk(ARGV[2]))
 """
 
-# ARGV: P, index key (after the prefix), start, stop -> JSON [[row...], ...] newest first.
+# ARGV: P, index key (after the prefix), start, stop -> JSON [row, ...] newest first (a run
+# that vanished meanwhile is an empty row).
 # One JSON text rather than nested arrays: thousands of rows decode in C on the client side.
 _LIST = r"""
 local ids = redis.call('ZREVRANGE', P .. ARGV[2], ARGV[3], ARGV[4])
@@ -646,6 +647,41 @@ redis.call('ZREM', P .. 'workers:expiry', ARGV[2])
 return redis.call('HDEL', P .. 'workers', ARGV[2])
 """
 
+# ---- upgrading the layout -------------------------------------------------------------------------
+
+# ARGV: P, run_id, then triples (seq, value as read, value to write) -> how many were written.
+# A value that changed since it was read is left alone (its writer knew the layout it wrote).
+_UPGRADE_ENTRIES = r"""
+local key = jk(ARGV[2])
+local n = 0
+for i = 3, #ARGV, 3 do
+  if redis.call('HGET', key, ARGV[i]) == ARGV[i + 1] then
+    redis.call('HSET', key, ARGV[i], ARGV[i + 2])
+    n = n + 1
+  end
+end
+return n
+"""
+
+# ARGV: P, lock token, opt(layout) -> 1 if we still held the upgrade lock: then the layout (if
+# given: the upgrade is done) is recorded and the lock released
+_UPGRADE_DONE = r"""
+if redis.call('GET', P .. 'meta:upgrade') ~= ARGV[2] then return 0 end
+local layout = opt(ARGV[3])
+if layout then redis.call('HSET', P .. 'meta', 'layout', layout) end
+redis.call('DEL', P .. 'meta:upgrade')
+return 1
+"""
+
+# ARGV: P, lock token, milliseconds -> 1 if the upgrade lock is (still) ours, now extended
+_UPGRADE_LOCK = r"""
+if redis.call('GET', P .. 'meta:upgrade') == ARGV[2] then
+  redis.call('PEXPIRE', P .. 'meta:upgrade', ARGV[3])
+  return 1
+end
+return redis.call('SET', P .. 'meta:upgrade', ARGV[2], 'NX', 'PX', ARGV[3]) and 1 or 0
+"""
+
 SCRIPTS: dict[str, Script] = {
     s.name: s
     for s in (
@@ -669,5 +705,8 @@ SCRIPTS: dict[str, Script] = {
         _script("worker_beat", _WORKER_BEAT),
         _script("workers", _WORKERS),
         _script("worker_remove", _WORKER_REMOVE),
+        _script("upgrade_entries", _UPGRADE_ENTRIES),
+        _script("upgrade_done", _UPGRADE_DONE),
+        _script("upgrade_lock", _UPGRADE_LOCK),
     )
 }

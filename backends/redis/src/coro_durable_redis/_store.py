@@ -4,18 +4,20 @@ layout, durability modes) is the package docstring, in ``coro_durable_redis/__in
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import math
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
+import anyio.to_thread
 import redis
 import redis.exceptions as rex
 
@@ -42,6 +44,8 @@ from coro_durable.store import (
     RunStatus,
     WorkerRecord,
     check_run_id,
+    decode_meta,
+    encode_meta,
     parse_group_option,
     retry_conflict,
     retry_refused,
@@ -72,6 +76,9 @@ _DEFAULT_PREFIX = "coro_durable:"
 
 # The longest a watcher sleeps without asking the server when work next falls due.
 _WATCH_BACKSTOP = 30.0
+
+#: The layout upgrade's lock expires this long after the upgrader last renewed it (ms).
+_UPGRADE_LOCK_MS = 30_000
 
 #: A group commit batch is sent in ``batch`` script calls of at most about this many bytes of
 #: arguments, so a batch of large payloads does not block the server in one long script.
@@ -187,25 +194,48 @@ def _run_fields(run: RunRecord) -> list[bytes]:
             pairs += [_b(name), _b(value)]
     if run.lease_expires is not None:
         pairs += [b"lease_expires", _b(repr(float(run.lease_expires)))]
+    if run.meta:
+        pairs += [b"meta", _b(encode_meta(run.meta))]
     return pairs
 
 
+def _hash(reply: Sequence[Any] | dict[Any, Any]) -> dict[str, str]:
+    """A hash as text, from HGETALL's flat field/value list (a script's reply, or a JSON list of
+    it) or the dict redis-py makes of an HGETALL command's reply."""
+    if isinstance(reply, dict):
+        return {_s(k): _s(v) for k, v in reply.items()}
+    return {_s(reply[i]): _s(reply[i + 1]) for i in range(0, len(reply) - 1, 2)}
+
+
 def _run_from_row(row: Sequence[Any]) -> RunRecord:
-    """A RunRecord from a script's row: the run hash's fields in RunRecord order (see ``row``)."""
-    v: list[Any] = [
-        x if type(x) is str else None if x is None or x is False else _s(x) for x in row
-    ]
+    """A RunRecord from a script's row: the run hash as flat field/value pairs (see ``row``),
+    read by field name; a field that is absent is None (or its default)."""
+    h = _hash(row)
+    where = f"run {h.get('run_id', '?')!r}"
     try:
-        if len(v) != 17 or None in (v[0], v[1], v[2], v[3], v[15], v[16]):
-            raise ValueError("a required field is missing")
         return RunRecord(
-            v[0], v[1], v[2], RunStatus(v[3]), int(v[4] or 0), v[5], _float(v[6]),
-            _float(v[7]), v[8], v[9] == "1", v[10], v[11], int(v[12] or 0), v[13],
-            int(v[14] or 0), float(v[15]), float(v[16]),
-        )  # fmt: skip
-    except (TypeError, ValueError) as exc:
+            run_id=h["run_id"],
+            workflow=h["workflow"],
+            input=h["input"],
+            status=RunStatus(h["status"]),
+            epoch=int(h.get("epoch") or 0),
+            owner=h.get("owner"),
+            lease_expires=_float(h.get("lease_expires")),
+            wake_at=_float(h.get("wake_at")),
+            waiting_on=h.get("waiting_on"),
+            cancel_requested=h.get("cancel_requested") == "1",
+            result=h.get("result"),
+            error=h.get("error"),
+            crash_count=int(h.get("crash_count") or 0),
+            last_error=h.get("last_error"),
+            steps=int(h.get("steps") or 0),
+            created_at=float(h["created_at"]),
+            updated_at=float(h["updated_at"]),
+            meta=decode_meta(h.get("meta"), where),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
         raise CorruptJournalError(
-            f"run {v[0] if v else '?'!r}: its Redis hash is missing or has a malformed field "
+            f"{where}: its Redis hash is missing or has a malformed field "
             f"({type(exc).__name__}: {exc}); it was modified outside coro_durable"
         ) from None
 
@@ -214,30 +244,54 @@ def _float(value: str | None) -> float | None:
     return None if value is None else float(value)
 
 
-def _entry_quad(entry: JournalEntry) -> list[bytes]:
-    """``seq, status, checksum, stored value`` of a journal entry, as the scripts take them."""
+#: A journal entry's stored fields: JournalEntry's, by name (layout 2).
+_ENTRY_FIELDS = tuple(f.name for f in dataclasses.fields(JournalEntry))
+#: Layout 1 stored an entry as a JSON array of these fields, in this order (no meta).
+_V1_ENTRY_FIELDS = (
+    "seq", "kind", "name", "digest", "status", "args", "result", "error", "attempts", "key",
+    "started_at", "finished_at", "due_at", "checksum",
+)  # fmt: skip
+
+
+def _entry_value(entry: JournalEntry) -> str:
+    """The journal hash's value of an entry: ``<status>|<checksum>|<JSON object of its fields>``
+    (the scripts read the status and checksum before the JSON)."""
     if "|" in entry.status or "|" in entry.checksum:
         raise StoreError(
             f"journal entry seq {entry.seq} has a status or checksum containing '|', which the "
             "Redis store cannot frame; entries come from JournalEntry.sealed()"
         )
-    fields = [
-        entry.seq, entry.kind, entry.name, entry.digest, entry.status, entry.args, entry.result,
-        entry.error, entry.attempts, entry.key, entry.started_at, entry.finished_at, entry.due_at,
-        entry.checksum,
-    ]  # fmt: skip
+    fields = {name: getattr(entry, name) for name in _ENTRY_FIELDS}
     body = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
-    value = f"{entry.status}|{entry.checksum}|{body}"
+    return f"{entry.status}|{entry.checksum}|{body}"
+
+
+def _entry_quad(entry: JournalEntry) -> list[bytes]:
+    """``seq, status, checksum, stored value`` of a journal entry, as the scripts take them."""
+    value = _entry_value(entry)
     return [_b(str(int(entry.seq))), _b(entry.status), _b(entry.checksum), _b(value)]
 
 
+def _entry_fields(text: str) -> dict[str, Any]:
+    """The fields of a stored entry by name; a layout-1 entry (a JSON array) is read by its
+    positions. Raises ValueError or IndexError when the value is not an entry."""
+    fields = json.loads(text.split("|", 2)[2])
+    if isinstance(fields, list):  # layout 1 (an older worker may still write it)
+        if len(fields) != len(_V1_ENTRY_FIELDS):
+            raise ValueError(f"not a {len(_V1_ENTRY_FIELDS)}-field entry")
+        return dict(zip(_V1_ENTRY_FIELDS, fields, strict=True))
+    if not isinstance(fields, dict):
+        raise ValueError("not a JSON object")
+    return fields
+
+
 def _entry_from_value(run_id: str, raw: Any) -> JournalEntry:
-    text = _s(raw)
     try:
-        fields = json.loads(text.split("|", 2)[2])
-        if not isinstance(fields, list) or len(fields) != 14:
-            raise ValueError("not a 14-field entry")
-        return JournalEntry(*fields)
+        fields = _entry_fields(_s(raw))
+        where = f"run {run_id!r} journal seq {fields.get('seq')}"
+        known = {name: fields[name] for name in _ENTRY_FIELDS if name in fields}
+        known["meta"] = decode_meta(fields.get("meta"), where)
+        return JournalEntry(**known)
     except (IndexError, ValueError, TypeError) as exc:
         raise CorruptJournalError(
             f"run {run_id!r}: a journal entry in Redis cannot be decoded ({exc}); it was torn or "
@@ -513,17 +567,86 @@ class RedisStore:
     async def _open_once(self) -> None:
         transport = self._transport()
         await self._check_durability(transport)
+        for script in SCRIPTS.values():
+            await transport.command("SCRIPT", "LOAD", script.source)
         meta = _b(self.prefix + "meta")
-        await transport.command("HSETNX", meta, "layout", str(LAYOUT_VERSION))
-        layout = int(_s(await transport.command("HGET", meta, "layout")))
+        await transport.command("HSETNX", meta, "layout", str(LAYOUT_VERSION))  # a fresh prefix
+        while (layout := await self._layout(transport)) < LAYOUT_VERSION:
+            await self._upgrade(transport, layout)
+
+    async def _layout(self, transport: Transport) -> int:
+        """The prefix's key layout version; refuses one newer than this code knows."""
+        layout = int(_s(await transport.command("HGET", _b(self.prefix + "meta"), "layout")))
         if layout > LAYOUT_VERSION:
             raise PermanentStoreError(
                 f"Redis store {self.where} prefix {self.prefix!r} holds key layout version "
                 f"{layout}, newer than this coro_durable_redis understands ({LAYOUT_VERSION}); "
                 "upgrade coro-durable-redis"
             )
-        for script in SCRIPTS.values():
-            await transport.command("SCRIPT", "LOAD", script.source)
+        return layout
+
+    async def _upgrade(self, transport: Transport, layout: int) -> None:
+        """Bring an older key layout to LAYOUT_VERSION, in place, once.
+
+        The upgrade holds the lock key ``P meta:upgrade`` (renewed as it goes, so a dead
+        upgrader's lock expires within ``_UPGRADE_LOCK_MS``); a store that finds it taken waits
+        for the layout to change, then finds the work done. Layout 1 -> 2 rewrites every journal
+        entry from a JSON array to a JSON object of its named fields (runs need nothing: their
+        hashes have named fields already, and a missing ``meta`` reads as empty). Each run's
+        entries are rewritten in one script that skips a value changed meanwhile, so an upgrade
+        that dies halfway is simply done again by the next open.
+        """
+        token = _b(uuid.uuid4().hex)
+
+        async def locked() -> bool:  # take or renew the lock
+            args = self._args(token, _b(str(_UPGRADE_LOCK_MS)))
+            return bool(int(await transport.script(SCRIPTS["upgrade_lock"], args)))
+
+        if not await locked():
+            await anyio.sleep(0.05)  # another store is upgrading: wait for the layout to change
+            return
+        try:
+            if await self._layout(transport) != layout:
+                return  # done by another store just before we took the lock
+            runs = rewritten = 0
+            index = _b(f"{self.prefix}ix:all")  # every run
+            while ids := await transport.command("ZRANGE", index, runs, runs + 499):
+                if not await locked():
+                    return  # our lock expired and another store took over: wait for it
+                for run_id in ids:
+                    rewritten += await self._upgrade_journal(transport, _s(run_id))
+                runs += len(ids)
+            layout_arg = b"=" + _b(str(LAYOUT_VERSION))
+            if int(await transport.script(SCRIPTS["upgrade_done"], self._args(token, layout_arg))):
+                log.info(
+                    "Redis store %s prefix %r: upgraded the key layout from version %d to %d "
+                    "(%d journal entries of %d runs rewritten)",
+                    self.where, self.prefix, layout, LAYOUT_VERSION, rewritten, runs,
+                )  # fmt: skip
+        finally:
+            with anyio.CancelScope(shield=True):
+                await transport.script(SCRIPTS["upgrade_done"], self._args(token, b""))
+
+    async def _upgrade_journal(self, transport: Transport, run_id: str) -> int:
+        """Rewrite the layout-1 entries of one run's journal; how many were rewritten."""
+        flat = await transport.command("HGETALL", _b(f"{self.prefix}journal:{run_id}"))
+        changes: list[Arg] = []
+        for seq, value in _hash(flat).items():
+            try:
+                entry = _entry_from_value(run_id, value)
+            except CorruptJournalError:
+                continue  # left as it is: loading the journal reports it
+            new = _entry_value(entry)
+            if new != value:
+                changes += [_b(seq), _b(value), _b(new)]
+        if not changes:
+            return 0
+        return int(
+            await transport.script(SCRIPTS["upgrade_entries"], self._args(_b(run_id), *changes))
+        )
+
+    def _args(self, *args: Arg) -> list[Arg]:
+        return [_b(self.prefix), *args]
 
     async def _check_durability(self, transport: Transport) -> None:
         settings: dict[str, str] = {}
@@ -665,7 +788,7 @@ class RedisStore:
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         reply = await self._script("get", [_b(run_id)])
-        return _run_from_row(reply) if reply and reply[0] is not None else None
+        return _run_from_row(reply) if reply else None  # an unknown run's hash is empty
 
     async def list_runs(
         self,
@@ -693,7 +816,8 @@ class RedisStore:
             raise CorruptJournalError(
                 f"Redis store {self.where}: unreadable run list ({exc})"
             ) from None
-        return [_run_from_row(row) for row in rows if row and isinstance(row[0], str)]
+        # a run deleted since the index was read has an empty hash (cjson writes it as {})
+        return [_run_from_row(row) for row in rows if isinstance(row, list) and row]
 
     # -- journal ------------------------------------------------------------------------------------
 
@@ -924,6 +1048,38 @@ class RedisStore:
 
     async def remove_worker(self, worker_id: str) -> None:
         await self._script("worker_remove", [_b(worker_id)])
+
+    # -- testing hook (CorruptibleStore) ------------------------------------------------------------
+
+    async def corrupt_entry(
+        self,
+        run_id: str,
+        seq: int,
+        *,
+        result: str | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Overwrite entry ``seq``'s result and/or meta, keeping its checksum (for tests). Uses a
+        client of its own, so it works on a store that is not open."""
+        key = f"{self.prefix}journal:{run_id}"
+
+        def corrupt() -> None:
+            client = redis.Redis.from_url(self._redis_url)
+            try:
+                raw = client.hget(key, str(seq))
+                if raw is None:
+                    raise LookupError(f"run {run_id!r} has no journal entry at seq {seq}")
+                status, checksum, body = _s(raw).split("|", 2)
+                fields = json.loads(body)
+                if result is not None:
+                    fields["result"] = result
+                if meta is not None:
+                    fields["meta"] = dict(meta)
+                client.hset(key, str(seq), f"{status}|{checksum}|{json.dumps(fields)}")
+            finally:
+                client.close()
+
+        await anyio.to_thread.run_sync(corrupt)
 
 
 def _worker_from_value(worker_id: str, value: str) -> WorkerRecord:
