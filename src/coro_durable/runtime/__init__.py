@@ -1,5 +1,6 @@
-"""The embedded runtime: ``Runtime`` (client operations and the worker loops that claim, renew and
-quarantine runs, calling its instruments at each event), ``RuntimeClient`` (the operations every
+"""The embedded runtime: ``Runtime`` (``_runtime``: the client operations and the lifecycle), its
+``Worker`` (``_worker``: the loops that register, claim, renew, supervise and quarantine runs,
+calling the instruments at each event), ``RuntimeClient`` (the operations every
 runtime offers, engines included) with the views it answers, the activation that drives one
 workflow coroutine against its journal, the replayer that re-executes a journal with no side
 effects (and calls no instrument), and ``WorkerLog``, the instrument every Runtime has that logs
