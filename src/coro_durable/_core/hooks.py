@@ -99,7 +99,9 @@ class WorkerStopped:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunStarted:
-    """``start()`` created a run (``created``) or found it started already with those inputs."""
+    """``start()`` created a run (``created``) or found it started already with those inputs.
+    Reported by the client as ``start()`` returns: a worker (this Runtime's too) may have claimed
+    the run, and reported that, in the moment between the store's commit and the return."""
 
     run_id: str
     workflow: str
