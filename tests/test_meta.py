@@ -217,3 +217,21 @@ async def test_a_run_whose_entry_meta_was_tampered_with_is_quarantined(store: St
         await rt.signal("tampered", "go", True)
         with pytest.raises(RunQuarantinedError, match="checksum"):
             await rt.result("tampered", timeout=10)
+
+
+def test_an_entry_created_in_one_step_has_the_checksum_verification_expects() -> None:
+    """JournalEntry.create (the runtime's one-construction path) gives the same entry, checksum
+    included, as building the entry and sealing it; verification accepts it."""
+    fields: dict[str, Any] = {
+        "args": '["x"]',
+        "result": '{"ok": 1}',
+        "attempts": 2,
+        "key": "r:3",
+        "started_at": 1.5,
+        "finished_at": 2.5,
+        "due_at": 9.25,
+    }
+    made = cd.JournalEntry.create(3, "call", "step", "d1g", "ok", **fields)
+    sealed = cd.JournalEntry(3, "call", "step", "d1g", "ok", **fields).sealed()
+    assert made == sealed and made.checksum == sealed.checksum == made.compute_checksum()
+    assert made.meta == {}

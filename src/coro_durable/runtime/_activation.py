@@ -644,12 +644,12 @@ class Activation:
         now = self.clock.time()
         if pending is not None:
             started_at = pending.started_at
-        return JournalEntry(
-            seq=leaf.seq,
-            kind=leaf.effect.kind,
-            name=leaf.name,
-            digest=leaf.digest,
-            status=status,
+        return JournalEntry.create(
+            leaf.seq,
+            leaf.effect.kind,
+            leaf.name,
+            leaf.digest,
+            status,
             args=leaf.args,
             result=result,
             error=error,
@@ -658,7 +658,7 @@ class Activation:
             started_at=started_at or now,
             finished_at=now if finished else None,
             due_at=due_at,
-        ).sealed()
+        )
 
     async def _write(self, entry: JournalEntry) -> None:
         """Persist an entry, fenced by our epoch; only then may its outcome be fed."""
