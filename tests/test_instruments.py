@@ -124,6 +124,12 @@ async def two_steps() -> str:
     return await cd.call(step, "b")
 
 
+def _finished(seen: Recorder) -> int:
+    """The index of the first RunFinished event seen (the end of the list if none yet)."""
+    kinds = [type(e).__name__ for e in seen.events]
+    return kinds.index("RunFinished") if "RunFinished" in kinds else len(kinds)
+
+
 async def test_a_runs_events_come_in_order(make_store: Callable[[], cd.Store]) -> None:
     """start() reports the run; the worker claims it, starts the activation, runs each step's
     attempt between StepStarted and StepFinished, ends the activation and finishes the run,
@@ -135,6 +141,9 @@ async def test_a_runs_events_come_in_order(make_store: Callable[[], cd.Store]) -
         await rt.start(two_steps, run_id="order")
         assert await rt.result("order", timeout=10) == "did b"
         await rt.start(two_steps, run_id="order")  # started again: found, not created
+        with anyio.fail_after(10):  # the worker's next look at the store finds nothing to do
+            while "WorkerIdle" not in [type(e).__name__ for e in seen.events][_finished(seen) :]:
+                await anyio.sleep(0.01)
     kinds = seen.kinds("order")
     first = kinds.index("RunStarted")
     assert kinds[first + 1 :].count("RunStarted") == 1, kinds
