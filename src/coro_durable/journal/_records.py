@@ -194,6 +194,30 @@ class WorkerRecord:
     expires_at: float = 0.0
 
 
+def _checksum(
+    seq: int,
+    kind: str,
+    name: str,
+    digest: str,
+    status: str,
+    args: str | None,
+    result: str | None,
+    error: str | None,
+    attempts: int,
+    key: str,
+    due_at: float | None,
+    meta: Mapping[str, Any] | None,
+) -> str:
+    """The one checksum formula of a journal entry (``JournalEntry.compute_checksum``)."""
+    material = (
+        f"{seq}\x1f{kind}\x1f{name}\x1f{digest}\x1f{status}\x1f{args}\x1f{result}\x1f"
+        f"{error}\x1f{attempts}\x1f{key}\x1f{due_at!r}"
+    )
+    if meta:  # an empty meta keeps the checksum entries had before meta existed
+        material += f"\x1f{encode_meta(meta)}"
+    return hashlib.blake2b(material.encode(), digest_size=8).hexdigest()
+
+
 @dataclass(frozen=True, slots=True)
 class JournalEntry:
     """One effect/result pair of a run's journal."""
@@ -239,25 +263,29 @@ class JournalEntry:
         due_at: float | None = None,
     ) -> JournalEntry:
         """A new entry (empty meta) with its checksum, built once: the runtime's hot path."""
-        material = (
-            f"{seq}\x1f{kind}\x1f{name}\x1f{digest}\x1f{status}\x1f{args}\x1f{result}\x1f"
-            f"{error}\x1f{attempts}\x1f{key}\x1f{due_at!r}"
+        checksum = _checksum(
+            seq, kind, name, digest, status, args, result, error, attempts, key, due_at, None
         )
-        checksum = hashlib.blake2b(material.encode(), digest_size=8).hexdigest()
         return cls(
             seq, kind, name, digest, status, args, result, error, attempts, key, started_at,
             finished_at, due_at, checksum,
         )  # fmt: skip
 
     def compute_checksum(self) -> str:
-        material = (
-            f"{self.seq}\x1f{self.kind}\x1f{self.name}\x1f{self.digest}\x1f{self.status}\x1f"
-            f"{self.args}\x1f{self.result}\x1f{self.error}\x1f{self.attempts}\x1f{self.key}\x1f"
-            f"{self.due_at!r}"
+        return _checksum(
+            self.seq,
+            self.kind,
+            self.name,
+            self.digest,
+            self.status,
+            self.args,
+            self.result,
+            self.error,
+            self.attempts,
+            self.key,
+            self.due_at,
+            self.meta,
         )
-        if self.meta:  # an empty meta keeps the checksum entries had before meta existed
-            material += f"\x1f{encode_meta(self.meta)}"
-        return hashlib.blake2b(material.encode(), digest_size=8).hexdigest()
 
     def sealed(self) -> JournalEntry:
         """This entry with its checksum filled in."""
