@@ -17,6 +17,7 @@ import anyio.lowlevel
 
 from coro_durable.errors import LeaseLost
 from coro_durable.journal._records import JournalEntry, RunRecord
+from coro_durable.store import ClaimRequest
 
 Write = Callable[[], Awaitable[Any]]
 
@@ -46,9 +47,7 @@ async def claimed(
         await store.create_run(RunRecord(run_id, "wf", "{}"))
     epochs: dict[str, int] = {}
     while len(epochs) < len(run_ids):
-        for run in await store.claim(
-            worker, limit=len(run_ids), lease_ttl=ttl, workflows=["wf"], max_crashes=10
-        ):
+        for run in await store.claim(ClaimRequest(worker, ("wf",), len(run_ids), ttl, 10)):
             epochs[run.run_id] = run.epoch
     return epochs
 

@@ -413,6 +413,29 @@ def test_signal_wakes_a_waiting_run_once_per_signal_id(cli: Cli, app: str) -> No
     assert "already completed" in err
 
 
+def test_list_finds_the_runs_waiting_on_a_signal(cli: Cli, app: str) -> None:
+    """`list --waiting-for signal --wait-name approval` lists the runs waiting on that signal
+    (and --json carries their structured waits), not runs waiting on nothing or done;
+    --wait-name alone is refused with what to add."""
+    cli("start", "cli_approval", '["one"]', "--run-id", "w-1", "--app", app)
+    cli("start", "cli_approval", '["two"]', "--run-id", "w-2", "--app", app)
+    cli("start", "cli_greet", '["ada"]', "--run-id", "g-1", "--app", app)
+    work(cli, app)
+    code, out, _ = cli("list", "--waiting-for", "signal", "--wait-name", "approval", "--json")
+    assert code == 0
+    runs = json.loads(out)
+    assert [r["run_id"] for r in runs] == ["w-2", "w-1"]
+    assert all(
+        [(w["kind"], w["name"]) for w in r["waits"]] == [("signal", "approval")] for r in runs
+    )
+    code, out, _ = cli("list", "--waiting-for", "signal", "--wait-name", "other")
+    assert code == 0 and out == ""
+    code, out, _ = cli("list", "--waiting-for", "timer", "--json")
+    assert (code, json.loads(out)) == (0, [])
+    code, _, err = cli("list", "--wait-name", "approval")
+    assert code == 2 and "needs waiting_for" in err
+
+
 def test_failed_run_shows_its_error_and_result_exits_1(cli: Cli, app: str) -> None:
     """A failed run: show prints the step's error, `result` exits 1 with one line, no traceback."""
     cli("start", "cli_fail", '["lemons"]', "--run-id", "f-1", "--app", app)

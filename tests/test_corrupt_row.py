@@ -14,7 +14,7 @@ import pytest
 import coro_durable as cd
 from coro_durable.errors import CorruptJournalError
 from coro_durable.journal import verify_journal
-from coro_durable.store import JournalEntry, RunRecord, Store, StoreWrapper
+from coro_durable.store import ClaimRequest, JournalEntry, RunRecord, Store, StoreWrapper
 from coro_durable.testing import Trace, TracingStore, corrupt_row
 
 pytestmark = pytest.mark.anyio
@@ -39,7 +39,7 @@ async def test_corrupt_row_reaches_the_hook_of_every_store_behind_wrappers(store
     the store's corrupt_entry: the row's result changes, its checksum does not, so it fails
     verification; a missing row is a LookupError."""
     await store.create_run(RunRecord("r1", "wf", "{}"))
-    (run,) = await store.claim("w1", limit=1, lease_ttl=30, workflows=["wf"], max_crashes=5)
+    (run,) = await store.claim(ClaimRequest("w1", ("wf",), 1, 30, 5))
     good = JournalEntry(0, "call", "step", "d0", "ok", result="1", key="r1:0").sealed()
     await store.append("r1", run.epoch, [good])
     wrapped = TracingStore(StoreWrapper(store), Trace(), "w1")

@@ -28,7 +28,9 @@ import coro_durable as cd
 from conftest import STORES, pg_test_url, redis_test_url
 from coro_durable.errors import ConfigurationError, ConflictError, LeaseLost, RunNotFoundError
 from coro_durable.journal._records import JournalEntry, RunStatus
+from coro_durable.store import ClaimRequest
 from coro_durable.store._groupcommit import GroupCommit, GroupCommitOptions
+from coro_durable.testing.conformance import timer_wait
 from group_commit_common import (
     Write,
     batch_after_one,
@@ -351,7 +353,7 @@ async def test_one_batch_answers_each_write_on_its_own(store_url: str) -> None:
         # "taken": claimed by w1 whose lease then expired and w2 took it over (epoch moved on)
         stale = (await claimed(store, ["taken"], ttl=0.05))["taken"]
         await anyio.sleep(0.2)
-        (fresh,) = await store.claim("w2", limit=1, lease_ttl=60, workflows=["wf"], max_crashes=10)
+        (fresh,) = await store.claim(ClaimRequest("w2", ("wf",), 1, 60, 10))
         assert fresh.run_id == "taken" and fresh.epoch > stale
         await store.append("g0", epochs["g0"], [entry("g0", 0)])
         sizes = record_batches(store)
@@ -366,7 +368,7 @@ async def test_one_batch_answers_each_write_on_its_own(store_url: str) -> None:
             "conflict": lambda: store.append("g0", epochs["g0"], [entry("g0", 0, result="2")]),
             "retry": lambda: store.append("g0", epochs["g0"], [entry("g0", 0)]),
             "unknown": lambda: store.append("nope", 1, [entry("nope", 0)]),
-            "park": lambda: store.park("parked", epochs["parked"], time.time() + 60, "a timer"),
+            "park": lambda: store.park("parked", epochs["parked"], time.time() + 60, timer_wait()),
             "finish": lambda: store.finish(
                 "done", epochs["done"], RunStatus.FAILED, None, '{"type":"X","message":"m"}'
             ),
@@ -394,7 +396,7 @@ async def test_one_batch_answers_each_write_on_its_own(store_url: str) -> None:
         g0 = await store.get_run("g0")
         assert g0.steps == 2
         parked = await store.get_run("parked")
-        assert parked.status == RunStatus.WAITING and parked.waiting_on == "a timer"
+        assert parked.status == RunStatus.WAITING and parked.waits == timer_wait()
         done = await store.get_run("done")
         assert done.status == RunStatus.FAILED and done.error == '{"type":"X","message":"m"}'
 
@@ -408,9 +410,7 @@ async def test_batched_appends_reset_crash_count_only_for_final_entries(store_ur
         await claimed(store, ids, ttl=-1.0)  # leases expired at once: the takeover is a crash
         epochs: dict[str, int] = {}
         while len(epochs) < len(ids):
-            for run in await store.claim(
-                "w2", limit=len(ids), lease_ttl=60, workflows=["wf"], max_crashes=10
-            ):
+            for run in await store.claim(ClaimRequest("w2", ("wf",), len(ids), 60, 10)):
                 assert run.crash_count == 1
                 epochs[run.run_id] = run.epoch
         lead = await claimed(store, ["lead"])
@@ -501,6 +501,7 @@ _CHILD = textwrap.dedent(
     import anyio
     import coro_durable as cd
     from coro_durable.journal._records import JournalEntry, RunRecord
+    from coro_durable.store import ClaimRequest
 
     async def main(url: str) -> None:
         store = cd.open_store(url)
@@ -510,7 +511,7 @@ _CHILD = textwrap.dedent(
             await store.create_run(RunRecord(run_id, "wf", "{}"))
         epochs = {}
         while len(epochs) < len(ids):
-            for run in await store.claim("w", limit=30, lease_ttl=60, workflows=["wf"], max_crashes=5):
+            for run in await store.claim(ClaimRequest("w", ("wf",), 30, 60, 5)):
                 epochs[run.run_id] = run.epoch
         acked = []
 

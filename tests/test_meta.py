@@ -22,8 +22,18 @@ import pytest
 import coro_durable as cd
 from coro_durable.errors import CorruptJournalError, RunQuarantinedError, SerializationError
 from coro_durable.journal import verify_journal
-from coro_durable.store import JournalEntry, Meta, RunRecord, RunStatus, Store, encode_meta
+from coro_durable.store import (
+    ClaimRequest,
+    JournalEntry,
+    Meta,
+    RunQuery,
+    RunRecord,
+    RunStatus,
+    Store,
+    encode_meta,
+)
 from coro_durable.testing import corrupt_row
+from coro_durable.testing.conformance import timer_wait
 from group_commit_common import batch_after_one, record_batches
 
 META = {"tenant": "acme", "n": 7, "ratio": 0.1, "big": 1e16, "ok": True, "none": None,
@@ -97,7 +107,7 @@ async def running(store: Store, run_id: str, meta: Any = None) -> int:
     """Create ``run_id`` (its own workflow name) and claim it; its epoch."""
     workflow = f"wf-{run_id}"
     await store.create_run(RunRecord(run_id, workflow, "{}", meta=meta or {}))
-    (run,) = await store.claim("w1", limit=1, lease_ttl=30, workflows=[workflow], max_crashes=5)
+    (run,) = await store.claim(ClaimRequest("w1", (workflow,), 1, 30, 5))
     return run.epoch
 
 
@@ -108,14 +118,14 @@ async def test_run_meta_round_trips(store: Store) -> None:
     created, new = await store.create_run(RunRecord("r1", "wf", "{}", meta=META))
     assert new and created.meta == META
     assert (await store.get_run("r1")).meta == META  # type: ignore[union-attr]
-    (listed,) = await store.list_runs()
+    (listed,) = await store.list_runs(RunQuery())
     assert listed.meta == META
-    (claimed,) = await store.claim("w1", limit=1, lease_ttl=30, workflows=["wf"], max_crashes=5)
+    (claimed,) = await store.claim(ClaimRequest("w1", ("wf",), 1, 30, 5))
     assert claimed.meta == META
     again, new = await store.create_run(RunRecord("r1", "wf", "{}", meta={"other": 1}))
     assert not new and again.meta == META
-    await store.park("r1", claimed.epoch, time.time() - 1, "a timer")  # due: claimable again
-    (claimed,) = await store.claim("w1", limit=1, lease_ttl=30, workflows=["wf"], max_crashes=5)
+    await store.park("r1", claimed.epoch, time.time() - 1, timer_wait())  # due: claimable again
+    (claimed,) = await store.claim(ClaimRequest("w1", ("wf",), 1, 30, 5))
     await store.finish("r1", claimed.epoch, RunStatus.COMPLETED, "1", None)
     done = await store.get_run("r1")
     assert done is not None and done.status == RunStatus.COMPLETED and done.meta == META

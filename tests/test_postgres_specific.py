@@ -34,7 +34,9 @@ from coro_durable.errors import (
     StoreUnavailableError,
 )
 from coro_durable.journal._records import JournalEntry, RunRecord, WorkerRecord
+from coro_durable.store import ClaimRequest
 from coro_durable.testing import wait_for_status
+from coro_durable.testing.conformance import signal_wait
 from group_commit_common import Write, batch_after_one, claimed
 from group_commit_common import entry as gc_entry
 
@@ -79,7 +81,7 @@ async def opened(url: str) -> AsyncIterator[PostgresStore]:
 
 async def running(store: PostgresStore, run_id: str = "r1") -> int:
     await store.create_run(RunRecord(run_id, "wf", "{}"))
-    (run,) = await store.claim("w1", limit=1, lease_ttl=30, workflows=["wf"], max_crashes=3)
+    (run,) = await store.claim(ClaimRequest("w1", ("wf",), 1, 30, 3))
     return run.epoch
 
 
@@ -180,14 +182,14 @@ async def test_a_version_2_schema_is_migrated_to_keep_crash_count_on_pending_app
         sql(f'DROP TABLE IF EXISTS "{schema}".workers')  # a version-2 schema had no registry
         epoch = await running(store)
         await store.record_crash("r1", epoch, "boom", time.time() - 1, max_crashes=5)
-        (run,) = await store.claim("w1", limit=1, lease_ttl=30, workflows=["wf"], max_crashes=5)
+        (run,) = await store.claim(ClaimRequest("w1", ("wf",), 1, 30, 5))
         await store.append("r1", run.epoch, [pending])
         assert await crashes(store) == 0  # the old behaviour
         await store.record_crash("r1", run.epoch, "boom", time.time() - 1, max_crashes=5)
     async with opened(url) as store:
         versions = sql(f'SELECT version FROM "{schema}".schema_version ORDER BY version')
         assert versions == [(v,) for v in range(1, SCHEMA_VERSION + 1)] and SCHEMA_VERSION >= 3
-        (run,) = await store.claim("w1", limit=1, lease_ttl=30, workflows=["wf"], max_crashes=5)
+        (run,) = await store.claim(ClaimRequest("w1", ("wf",), 1, 30, 5))
         assert run.crash_count == 1
         await store.append("r1", run.epoch, [pending])
         assert await crashes(store) == 1
@@ -659,7 +661,7 @@ async def test_group_commit_is_one_statement_for_the_batch(statements: list[str]
                 (lambda r=r: store.append(r, epochs[r], [gc_entry(r, 0)]))
                 for r in ("r1", "r2", "r3")
             ),
-            lambda: store.park("r4", epochs["r4"], None, "signal 'go'"),
+            lambda: store.park("r4", epochs["r4"], None, signal_wait("go")),
             lambda: store.finish("r5", epochs["r5"], cd.RunStatus.COMPLETED, "7", None),
         )
         assert outcomes == [None] * 5

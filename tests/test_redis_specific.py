@@ -35,7 +35,9 @@ from coro_durable.errors import (
     StoreUnavailableError,
 )
 from coro_durable.journal._records import JournalEntry, RunRecord, RunStatus, WorkerRecord
+from coro_durable.store import ClaimRequest, RunQuery
 from coro_durable.testing import wait_for_status
+from coro_durable.testing.conformance import signal_wait
 from group_commit_common import Write, batch_after_one, claimed, record_batches
 from group_commit_common import entry as gc_entry
 
@@ -296,9 +298,7 @@ async def test_lost_replies_are_recognised_as_our_own_writes(transport: str) -> 
             _, created = await store.create_run(RunRecord("r1", "wf", "{}"))
             assert created
             proxy.lose_reply()
-            claimed = await store.claim(
-                "w1", limit=5, lease_ttl=30, workflows=["wf"], max_crashes=3
-            )
+            claimed = await store.claim(ClaimRequest("w1", ("wf",), 5, 30, 3))
             assert [r.run_id for r in claimed] == ["r1"] and claimed[0].epoch == 1
             proxy.lose_reply()
             await store.append("r1", 1, [entry(0)])
@@ -311,19 +311,15 @@ async def test_lost_replies_are_recognised_as_our_own_writes(transport: str) -> 
             assert got is not None and got.result == '"a"'
             assert [e.seq for e in await store.load_journal("r1")] == [0, 1]
             proxy.lose_reply()
-            await store.park("r1", 1, None, "signal:go")
+            await store.park("r1", 1, None, signal_wait("go"))
             parked = await store.get_run("r1")
             assert parked is not None and parked.status == RunStatus.WAITING
             assert parked.wake_at is not None  # the second signal is still there: runnable
-            epoch = (
-                await store.claim("w1", limit=1, lease_ttl=30, workflows=["wf"], max_crashes=3)
-            )[0].epoch
+            epoch = (await store.claim(ClaimRequest("w1", ("wf",), 1, 30, 3)))[0].epoch
             proxy.lose_reply()
             crashed = await store.record_crash("r1", epoch, "boom", time.time() - 1, 5)
             assert crashed.crash_count == 1 and crashed.status == RunStatus.WAITING
-            epoch = (
-                await store.claim("w1", limit=1, lease_ttl=30, workflows=["wf"], max_crashes=3)
-            )[0].epoch
+            epoch = (await store.claim(ClaimRequest("w1", ("wf",), 1, 30, 3)))[0].epoch
             proxy.lose_reply()
             await store.finish("r1", epoch, RunStatus.COMPLETED, '"done"', None)
             done = await store.get_run("r1")
@@ -605,10 +601,8 @@ async def test_any_text_round_trips_through_every_read_path(transport: str) -> N
     try:
         run, _ = await store.create_run(RunRecord(run_id, f"wf {lone}", f'"{lone}"'))
         assert (await store.get_run(run.run_id)) == run
-        assert await store.list_runs(workflow=run.workflow) == [run]
-        (claimed,) = await store.claim(
-            f"w {lone}", limit=1, lease_ttl=30, workflows=[run.workflow], max_crashes=3
-        )
+        assert await store.list_runs(RunQuery(workflow=run.workflow)) == [run]
+        (claimed,) = await store.claim(ClaimRequest(f"w {lone}", (run.workflow,), 1, 30, 3))
         assert claimed.owner == f"w {lone}" and claimed.input == run.input
         written = JournalEntry(
             0, "call", odd, "d", "ok", f'["{odd}"]', f'"{odd}"', key=odd
@@ -620,7 +614,7 @@ async def test_any_text_round_trips_through_every_read_path(transport: str) -> N
         got = await store.consume_signal(run.run_id, claimed.epoch, odd, waiting)
         assert got is not None and got.result == f'"{odd}"'
         await store.finish(run.run_id, claimed.epoch, RunStatus.COMPLETED, f'"{odd}"', None)
-        (done,) = await store.list_runs(status=RunStatus.COMPLETED, workflow=run.workflow)
+        (done,) = await store.list_runs(RunQuery(status=RunStatus.COMPLETED, workflow=run.workflow))
         assert done.result == f'"{odd}"' and done.run_id == run.run_id
     finally:
         await store.close()
@@ -656,7 +650,7 @@ async def lost_batch_reply(store: RedisStore, proxy: Proxy, retried: bool) -> No
             store,
             append("r0"),
             *appends,
-            lambda: store.park("r4", epochs["r4"], None, "signal 'go'"),
+            lambda: store.park("r4", epochs["r4"], None, signal_wait("go")),
             lambda: store.finish("r5", epochs["r5"], RunStatus.COMPLETED, "7", None),
         )
         assert sizes[:2] == [1, 5]

@@ -21,6 +21,7 @@ import pytest
 
 import coro_durable as cd
 from coro_durable import errors
+from coro_durable.store import ClaimRequest
 from coro_durable.testing import wait_for_status
 
 pytestmark = pytest.mark.anyio
@@ -334,9 +335,7 @@ async def test_retry_refuses_runs_that_are_not_failed_or_cancelled(runtime: Any)
         await client.start(retry_pipeline, 2, run_id="idle")
         with pytest.raises(errors.RunError, match="is pending"):
             await client.retry("idle")
-        claimed = await client.store.claim(
-            "w", limit=1, lease_ttl=30, workflows=["retry_pipeline"], max_crashes=3
-        )
+        claimed = await client.store.claim(ClaimRequest("w", ("retry_pipeline",), 1, 30, 3))
         assert [r.run_id for r in claimed] == ["idle"]
         with pytest.raises(errors.RunError, match="'idle' is running; only failed or cancelled"):
             await client.retry("idle")

@@ -567,6 +567,53 @@ async def test_describe_and_list_runs(runtime: Any) -> None:
             await rt.describe("nope")
 
 
+@cd.workflow
+async def approval_or_reminder(name: str) -> Any:
+    return await cd.gather(cd.await_signal(name, timeout=3600), cd.sleep(7200))
+
+
+async def test_list_runs_finds_the_runs_waiting_on_a_signal(runtime: Any) -> None:
+    """What a parked run waits for is data: describe() gives its waits (a gather's several,
+    with their seqs and deadlines), and list_runs(waiting_for="signal", wait_name=...) answers
+    the runs waiting on that signal, newest first, and no run waiting on another or done."""
+    async with runtime(inline_wait=0.05) as rt:
+        await rt.start(approval, None, run_id="a1")
+        await rt.start(approval_or_reminder, "approval", run_id="a2")
+        await rt.start(approval_or_reminder, "review", run_id="a3")
+        await rt.start(approval, None, run_id="a4")
+        for run_id in ("a1", "a2", "a3", "a4"):
+            await wait_for_status(rt, run_id, cd.RunStatus.WAITING, timeout=10)
+        await rt.signal("a4", "approval", True)
+        await rt.result("a4", timeout=10)
+
+        async def ids(**filters: Any) -> list[str]:
+            return [r.run_id for r in await rt.list_runs(**filters)]
+
+        assert await ids(waiting_for="signal", wait_name="approval") == ["a2", "a1"]
+        assert await ids(waiting_for=cd.WaitKind.SIGNAL) == ["a3", "a2", "a1"]
+        assert await ids(waiting_for="timer") == ["a3", "a2"]
+        assert await ids(waiting_for="signal", workflow="approval") == ["a1"]
+        info = await rt.describe("a2")
+        signal, timer = info.waits
+        assert (signal.kind, signal.name, timer.kind) == (
+            cd.WaitKind.SIGNAL,
+            "approval",
+            cd.WaitKind.TIMER,
+        )
+        assert signal.seq is not None and timer.seq == signal.seq + 1
+        assert signal.until is not None and timer.until is not None
+        assert 3000 < timer.until - signal.until < 4000  # one hour apart, as the code asked
+        assert info.wake_at is not None and abs(info.wake_at.timestamp() - signal.until) < 1e-3
+        assert info.waiting_on is not None and info.waiting_on.startswith(
+            "signal 'approval', timer"
+        )
+        assert (await rt.describe("a4")).waits == ()
+        with pytest.raises(errors.ConfigurationError, match="unknown wait kind 'bogus'"):
+            await rt.list_runs(waiting_for="bogus")
+        with pytest.raises(errors.ConfigurationError, match="needs waiting_for"):
+            await rt.list_runs(wait_name="approval")
+
+
 async def test_result_timeout(runtime: Any) -> None:
     """result(timeout=) raises ResultTimeoutError (a TimeoutError) for a run still going."""
     async with runtime() as rt:

@@ -4,10 +4,11 @@ The fixtures under tests/fixtures/schema_<commit>/ were written by that commit's
 (scripts/make_schema_fixtures.py, with the workflows of tests/schema_upgrade_app.py): a SQLite
 file, a PostgreSQL dump and a Redis key dump, each holding a completed run, a run parked on a
 signal, one parked on a timer and one in the middle of a gather with a pending retry. Opening
-them runs the migrations (SQLite schema 2 -> 3, PostgreSQL 4 -> 5, Redis key layout 1 -> 2: the
-records' ``meta``, and Redis entries as named fields); the parked runs then complete, the
-completed run reads as it did, replay matches, and the entries written after the upgrade carry
-meta. The memory store persists nothing, so it has nothing to upgrade.
+them runs the migrations (SQLite schema 2 -> 4, PostgreSQL 4 -> 6, Redis key layout 1 -> 3: the
+records' ``meta``, Redis entries as named fields, and structured waits in place of the prose
+``waiting_on``: a parked run is made due at once and re-parks with them); the parked runs then
+complete, the completed run reads as it did, replay matches, and the entries written after the
+upgrade carry meta. The memory store persists nothing, so it has nothing to upgrade.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import schema_upgrade_app as app
 from conftest import PG_URL, REDIS_URL, STORES, pg_test_url, redis_test_url
 from coro_durable.errors import PermanentStoreError
 from coro_durable.journal import verify_journal
-from coro_durable.store import JournalEntry, StoreWrapper
+from coro_durable.store import JournalEntry, RunQuery, StoreWrapper
 from coro_durable.store._sqlite import SCHEMA_VERSION as SQLITE_VERSION
 
 pytestmark = pytest.mark.anyio
@@ -152,6 +153,12 @@ def kind(request: pytest.FixtureRequest) -> str:
     return name
 
 
+def assert_described_as(described: dict[str, Any], old: dict[str, Any]) -> None:
+    """describe() answers what the old code answered; a field added since has its default."""
+    assert {k: described[k] for k in old} == old
+    assert {k: v for k, v in described.items() if k not in old} == {"waits": []}
+
+
 async def test_an_old_database_is_upgraded_in_place_and_its_runs_carry_on(
     kind: str, tmp_path: Path
 ) -> None:
@@ -164,7 +171,7 @@ async def test_an_old_database_is_upgraded_in_place_and_its_runs_carry_on(
     expected = MANIFEST[kind]["expected"]
     async with cd.Runtime(url, worker=False) as rt:  # a client: opening the store upgrades it
         assert version(kind, url) == current_version(kind)
-        assert app.jsonable(await rt.describe("done")) == expected["describe"]
+        assert_described_as(app.jsonable(await rt.describe("done")), expected["describe"])
         history = app.jsonable(await rt.history("done"))
         assert len(history) == len(expected["history"])
         for entry, old in zip(history, expected["history"], strict=True):
@@ -172,8 +179,17 @@ async def test_an_old_database_is_upgraded_in_place_and_its_runs_carry_on(
         assert all(e["meta"] == {} for e in history)
         # run_id -> seq -> checksum of the entries the old code wrote
         before = {r: {e.seq: e.checksum for e in await rt.history(r)} for r in app.RUNS}
+        # The runs parked with prose are due now, to re-park with structured waits.
+        parked = [await rt.describe(r) for r in app.RUNS if r != "done"]
+        assert all(i.status == cd.RunStatus.WAITING and not i.waits for i in parked)
+        assert all(i.wake_at is not None and i.wake_at.timestamp() == 0 for i in parked)
     options: dict[str, Any] = {"workflows": app.WORKFLOWS, "poll_interval": 0.05}
     async with cd.Runtime(Stamping(cd.open_store(url)), **options) as rt:
+        with anyio.fail_after(30):  # the signal's run re-parked: found by what it waits for
+            while not await rt.list_runs(waiting_for="signal", wait_name=app.SIGNAL):
+                await anyio.sleep(0.05)
+        [waiting] = await rt.list_runs(waiting_for="signal", wait_name=app.SIGNAL)
+        assert waiting.run_id == "signal" and waiting.waiting_on == f"signal {app.SIGNAL!r}"
         await rt.signal("signal", app.SIGNAL, app.SIGNAL_PAYLOAD)
         with anyio.fail_after(30):
             for run_id, result in app.RESULTS.items():
@@ -189,7 +205,7 @@ async def test_an_old_database_is_upgraded_in_place_and_its_runs_carry_on(
             assert bool(written) == (run_id != "done"), run_id
             report = await rt.replay(run_id)
             assert report.matched, report.detail
-        assert app.jsonable(await rt.describe("done")) == expected["describe"]
+        assert_described_as(app.jsonable(await rt.describe("done")), expected["describe"])
 
 
 async def test_concurrent_opens_of_an_old_database_upgrade_it_once(
@@ -220,7 +236,7 @@ async def test_concurrent_opens_of_an_old_database_upgrade_it_once(
             with psycopg.connect(PG_URL, autocommit=True) as conn:
                 rows = conn.execute(f'SELECT version FROM "{schema}".schema_version ORDER BY 1')
                 assert [v for (v,) in rows] == list(range(1, current_version(kind) + 1))
-        runs = await stores[1].list_runs()
+        runs = await stores[1].list_runs(RunQuery())
         assert sorted(r.run_id for r in runs) == sorted(app.RUNS)
         assert all(not r.meta for r in runs)
         for run_id in app.RUNS:
@@ -241,7 +257,9 @@ async def test_concurrent_opens_of_an_old_database_upgrade_it_once(
 async def test_redis_entries_are_rewritten_with_named_fields(tmp_path: Path) -> None:
     """The Redis upgrade rewrites every journal entry from the old positional JSON array to a
     JSON object of named fields, keeping its status|checksum frame; the run hashes are left as
-    they were. An entry in the old form written after the upgrade is still read."""
+    they were but for layout 3: the prose ``waiting_on`` is gone and a waiting run is due now
+    (``wake_at`` 0, in its workflow's due set). An entry in the old form written after the
+    upgrade is still read."""
     if "redis" not in STORES:
         pytest.skip("the redis store plugin is not installed")
     import redis
@@ -264,7 +282,12 @@ async def test_redis_entries_are_rewritten_with_named_fields(tmp_path: Path) -> 
                 fields = json.loads(body)
                 assert fields["seq"] == int(seq) and fields["checksum"] == checksum
                 assert fields["meta"] == {}
-            assert client.hgetall(f"{prefix}run:{run_id}") == runs[run_id]
+            now = client.hgetall(f"{prefix}run:{run_id}")
+            was = dict(runs[run_id])
+            if was.pop("waiting_on", None) is not None:
+                was["wake_at"] = "0"
+                assert client.zscore(f"{prefix}due:{was['workflow']}", run_id) == 0
+            assert now == was
         # An older worker still running during the upgrade writes the version 1 form: it reads.
         client.hset(f"{prefix}journal:done", "1", old["done"]["1"])
         entries = await store.load_journal("done")
@@ -292,6 +315,6 @@ async def test_a_newer_redis_layout_is_refused() -> None:
     finally:
         client.close()
     newer = cd.open_store(url)
-    with pytest.raises(PermanentStoreError, match=r"layout version 99, newer than .* \(2\)"):
+    with pytest.raises(PermanentStoreError, match=r"layout version 99, newer than .* \(3\)"):
         await newer.open()
     await newer.close()

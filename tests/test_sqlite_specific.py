@@ -33,8 +33,10 @@ from coro_durable.journal._records import (
     WorkerRecord,
     verify_journal,
 )
+from coro_durable.store import ClaimRequest, RunQuery
 from coro_durable.store._registry import open_store
 from coro_durable.store._sqlite import _MIGRATIONS, SCHEMA_VERSION, SqliteStore
+from coro_durable.testing.conformance import signal_wait
 from group_commit_common import Write, batch_after_one, claimed, entry
 
 pytestmark = pytest.mark.anyio
@@ -103,7 +105,7 @@ async def test_open_is_idempotent_and_concurrent_opens_are_safe(tmp_path: Path) 
         await stores[0].open()
         for i, s in enumerate(stores):
             await s.create_run(RunRecord(f"r{i}", "wf", "{}"))
-        assert len(await stores[4].list_runs()) == 5
+        assert len(await stores[4].list_runs(RunQuery())) == 5
     finally:
         for s in stores:
             await s.close()
@@ -153,9 +155,7 @@ async def test_a_full_default_thread_pool_does_not_block_the_store(tmp_path: Pat
                     await anyio.sleep(0.01)
                 with anyio.fail_after(5):
                     await store.create_run(RunRecord("r1", "wf", "{}"))
-                    [run] = await store.claim(
-                        "w", limit=1, lease_ttl=30, workflows=["wf"], max_crashes=3
-                    )
+                    [run] = await store.claim(ClaimRequest("w", ("wf",), 1, 30, 3))
                     assert await store.renew("w", {"r1": run.epoch}, 30) == {"r1": False}
             finally:
                 release.set()  # let the blocking steps end, or the task group never exits
@@ -168,9 +168,7 @@ async def test_data_survives_reopening(tmp_path: Path) -> None:
     path = tmp_path / "runs.db"
     first = SqliteStore(url(path))
     await first.create_run(RunRecord("r1", "wf", "{}"))
-    epoch = (await first.claim("w", limit=1, lease_ttl=30, workflows=["wf"], max_crashes=3))[
-        0
-    ].epoch
+    epoch = (await first.claim(ClaimRequest("w", ("wf",), 1, 30, 3)))[0].epoch
     e = JournalEntry(0, "call", "f", "d", "ok", result="1", key="r1:0").sealed()
     await first.append("r1", epoch, [e])
     await first.deliver_signal("r1", "go", '"yes"', "s1")
@@ -397,7 +395,7 @@ async def test_fencing_holds_against_a_writer_in_another_connection(tmp_path: Pa
     store = SqliteStore(url(path))
     try:
         await store.create_run(RunRecord("r1", "wf", "{}"))
-        [run] = await store.claim("w", limit=1, lease_ttl=30, workflows=["wf"], max_crashes=3)
+        [run] = await store.claim(ClaimRequest("w", ("wf",), 1, 30, 3))
         conn = raw(path)
         conn.execute("UPDATE runs SET epoch = epoch + 1 WHERE run_id = 'r1'")
         conn.close()
@@ -416,6 +414,7 @@ _WORKER = textwrap.dedent(
     """
     import json, sys, time, anyio
     from coro_durable.store._sqlite import SqliteStore
+    from coro_durable.store import ClaimRequest
     from coro_durable.journal._records import JournalEntry
 
     async def main(url, name, start_at):
@@ -424,7 +423,7 @@ _WORKER = textwrap.dedent(
         await anyio.sleep(max(0.0, float(start_at) - time.time()))  # all processes start claiming together
         got = []
         while True:
-            runs = await store.claim(name, limit=2, lease_ttl=60, workflows=["wf"], max_crashes=3)
+            runs = await store.claim(ClaimRequest(name, ("wf",), 2, 60, 3))
             if not runs:
                 break
             for run in runs:
@@ -483,7 +482,7 @@ def test_processes_claiming_one_file_never_share_a_run(tmp_path: Path) -> None:
     async def check() -> None:
         store = SqliteStore(url(path))
         try:
-            for run in await store.list_runs(limit=n):
+            for run in await store.list_runs(RunQuery(limit=n)):
                 assert run.epoch == 1 and run.steps == 1
                 journal = await store.load_journal(run.run_id)
                 assert journal[0].value == run.owner  # journaled by the process that claimed it
@@ -561,7 +560,7 @@ async def test_a_failed_commit_fails_every_write_of_its_batch(tmp_path: Path) ->
         appends = [append(r) for r in ("r1", "r2", "r3")]
 
         def park() -> Awaitable[None]:
-            return store.park("r4", epochs["r4"], None, "a signal")
+            return store.park("r4", epochs["r4"], None, signal_wait("go"))
 
         outcomes = await batch_after_one(
             store,

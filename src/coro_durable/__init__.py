@@ -36,7 +36,7 @@ from .errors import (
     SignalTimeout,
     StepError,
 )
-from .journal import JournalEntry, RunStatus
+from .journal import JournalEntry, RunStatus, Wait, WaitKind
 from .runtime import (
     ExecutingStep,
     ReplayReport,
@@ -94,6 +94,8 @@ __all__ = [
     "ExecutingStep",
     "WorkerInfo",
     "RunStatus",
+    "Wait",
+    "WaitKind",
     "JournalEntry",
     "ReplayReport",
     # instruments: hooks a Runtime calls at each event, and the events

@@ -31,7 +31,7 @@ import psycopg
 from coro_durable_postgres import PostgresStore
 
 import coro_durable as cd
-from coro_durable.store import JournalEntry, RunRecord
+from coro_durable.store import ClaimRequest, JournalEntry, RunRecord
 
 URL = os.environ.get("CORO_DURABLE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 STAMPS: list[float] = []
@@ -108,7 +108,7 @@ async def store_append(base: str, driver: str, n: int) -> float:
     try:
         await store.open()
         await store.create_run(RunRecord("r", "wf", "{}"))
-        (run,) = await store.claim("w", limit=1, lease_ttl=600, workflows=["wf"], max_crashes=3)
+        (run,) = await store.claim(ClaimRequest("w", ("wf",), 1, 600, 3))
         times: list[float] = []
         for i in range(n):
             entry = JournalEntry(

@@ -29,7 +29,7 @@ import redis
 from coro_durable_redis import RedisStore
 
 import coro_durable as cd
-from coro_durable.store import JournalEntry, RunRecord
+from coro_durable.store import ClaimRequest, JournalEntry, RunRecord
 
 BASE = sys.argv[1] if len(sys.argv) > 1 else "redis://127.0.0.1:6379/0"
 PREFIX = f"cdt_bench_{uuid.uuid4().hex[:8]}:"
@@ -75,7 +75,7 @@ async def per_call(transport: str) -> tuple[float, float]:
     raw = await timed(lambda i: io.command("SET", key, str(i)), N_CALLS)
     run_id = f"append-{uuid.uuid4().hex[:6]}"
     await store.create_run(RunRecord(run_id, "bench", "{}"))
-    (run,) = await store.claim("bench", limit=1, lease_ttl=600, workflows=["bench"], max_crashes=3)
+    (run,) = await store.claim(ClaimRequest("bench", ("bench",), 1, 600, 3))
 
     async def append(i: int) -> None:
         entry = JournalEntry(i, "call", "noop", "d", "ok", "[1]", "1", key=f"{run_id}:{i}").sealed()

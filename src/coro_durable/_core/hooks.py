@@ -40,6 +40,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
+from .waits import Wait, describe_waits
+
 __all__ = [
     "ActivationEnded",
     "ActivationStarted",
@@ -181,11 +183,16 @@ class SignalConsumed(RunEvent):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunParked(RunEvent):
-    """The run released its lease to wait: on ``waiting_on`` (what describe() shows, e.g.
-    "signal 'approval'"), until ``wake_at`` (epoch seconds; None: until a signal arrives)."""
+    """The run released its lease to wait for ``waits`` (a signal, a timer, a retry's backoff),
+    until ``wake_at`` (epoch seconds; None: until a signal arrives)."""
 
-    waiting_on: str | None
+    waits: tuple[Wait, ...]
     wake_at: float | None
+
+    @property
+    def waiting_on(self) -> str | None:
+        """The waits in words, as describe() shows them (e.g. ``"signal 'approval'"``)."""
+        return describe_waits(self.waits)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

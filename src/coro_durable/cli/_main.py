@@ -56,6 +56,7 @@ from .._core.hooks import (
     WorkerStarted,
     WorkerStopped,
 )
+from .._core.waits import WaitKind
 from ..errors import (
     CoroDurableError,
     RunCancelledError,
@@ -240,6 +241,17 @@ def _parser() -> argparse.ArgumentParser:
     p = command("list", _cmd_list, "list runs, newest first")
     p.add_argument("--status", choices=[s.value for s in RunStatus])
     p.add_argument("--workflow", metavar="NAME")
+    p.add_argument(
+        "--waiting-for",
+        choices=[k.value for k in WaitKind],
+        help="only waiting runs that wait for this (e.g. signal)",
+    )
+    p.add_argument(
+        "--wait-name",
+        metavar="NAME",
+        help="with --waiting-for: only waits of this name (--waiting-for signal --wait-name "
+        "approval: the runs waiting on signal approval)",
+    )
     p.add_argument("--limit", type=_positive_int, default=50, metavar="N", help="(50)")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.add_argument(
@@ -718,6 +730,7 @@ def _info_json(info: RunInfo) -> dict[str, Any]:
         "status": info.status.value,
         "step": info.step,
         "waiting_on": info.waiting_on,
+        "waits": [wait.to_json() for wait in info.waits],
         "inputs": _jsonable(info.inputs),
         "result": _jsonable(info.result),
         "error": info.error,
@@ -826,7 +839,13 @@ def _cmd_workers(args: argparse.Namespace) -> int:
 def _cmd_list(args: argparse.Namespace) -> int:
     async def go() -> int:
         async with _client(args) as rt:
-            runs = await rt.list_runs(status=args.status, workflow=args.workflow, limit=args.limit)
+            runs = await rt.list_runs(
+                status=args.status,
+                workflow=args.workflow,
+                waiting_for=args.waiting_for,
+                wait_name=args.wait_name,
+                limit=args.limit,
+            )
         if args.json:
             _print_json([_info_json(r) for r in runs])
         elif runs:

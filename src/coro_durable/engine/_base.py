@@ -19,6 +19,7 @@ import asyncio
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, ClassVar
 
+from .._core.waits import WaitKind
 from ..errors import ConfigurationError
 from ..journal._records import JournalEntry, RunStatus
 from ..runtime._client import RunHandle, RunInfo, WorkerInfo
@@ -134,6 +135,8 @@ class EngineRuntime(abc.ABC):
         *,
         status: RunStatus | str | None = None,
         workflow: str | None = None,
+        waiting_for: WaitKind | str | None = None,
+        wait_name: str | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> list[RunInfo]: ...

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._core import codec
+from .._core.waits import Wait, describe_waits
 from ..errors import ConfigurationError, ConflictError, CorruptJournalError, RunError
 from ._meta import empty_meta, encode_meta, freeze_meta
 
@@ -158,7 +159,7 @@ class RunRecord:
     owner: str | None = None  # worker holding the lease
     lease_expires: float | None = None
     wake_at: float | None = None  # runnable at this time (None: only a signal/cancel wakes it)
-    waiting_on: str | None = None
+    waits: tuple[Wait, ...] = ()  # what it parked on (set by park; kept until the next park)
     cancel_requested: bool = False
     result: str | None = None  # JSON text once completed
     error: str | None = None  # JSON text {"type", "message"} once failed/cancelled
@@ -174,6 +175,11 @@ class RunRecord:
 
     def copy(self) -> RunRecord:
         return dataclasses.replace(self)
+
+    @property
+    def waiting_on(self) -> str | None:
+        """The waits in words (``describe_waits``), e.g. ``"signal 'approval'"``."""
+        return describe_waits(self.waits)
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,6 +63,7 @@ from .._core.faults import (
 )
 from .._core.hooks import Hooks, SignalConsumed, StepFinished, StepStarted
 from .._core.planning import Leaf, Node, Planner, exception_info, gather_outcome, rebuild_error
+from .._core.waits import Wait, WaitKind
 from ..errors import (
     ConflictError,
     CorruptJournalError,
@@ -120,16 +121,16 @@ class ActivationEnd:
 
     how: Literal["completed", "failed", "cancelled", "parked"]
     wake_at: float | None = None
-    waiting_on: str | None = None
+    waits: tuple[Wait, ...] = ()
     error: str | None = None  # "Type: message" of a failed or cancelled run (for the log)
 
 
 class _Park(Exception):
     """The effect cannot complete now: release the run until ``wake_at`` (or a signal)."""
 
-    def __init__(self, wake_at: float | None, waiting_on: str) -> None:
+    def __init__(self, wake_at: float | None, *waits: Wait) -> None:
         self.wake_at = wake_at
-        self.waiting_on = waiting_on
+        self.waits = waits
 
 
 class _CancelNow(Exception):
@@ -418,9 +419,9 @@ class Activation:
                         self.run_id,
                         self.epoch,
                         park.wake_at,
-                        park.waiting_on,
+                        park.waits,
                     )
-                    return ActivationEnd("parked", park.wake_at, park.waiting_on)
+                    return ActivationEnd("parked", park.wake_at, park.waits)
         finally:
             try:
                 coro.close()
@@ -574,7 +575,8 @@ class Activation:
             return
         if parks:
             wakes = [p.wake_at for _, p in parks if p.wake_at is not None]
-            raise _Park(min(wakes, default=None), ", ".join(p.waiting_on for _, p in parks))
+            in_order = sorted(parks, key=lambda parked: parked[0].seq)  # the waits by seq
+            raise _Park(min(wakes, default=None), *(w for _, p in in_order for w in p.waits))
 
     def _replayed(self, leaf: Leaf, outcomes: dict[int, Outcome]) -> bool:
         """If the journal holds a final entry for the leaf, check it and record its outcome."""
@@ -602,9 +604,8 @@ class Activation:
         if self._cancel_pending():
             return await self._inject_cancel(leaf, pending)
         if self.draining:
-            raise _Park(
-                self.clock.time(), f"a worker (handed back by {self.worker_id}: shutting down)"
-            )
+            now = self.clock.time()
+            raise _Park(now, Wait(WaitKind.WORKER, name=self.worker_id, until=now))
         effect = leaf.effect
         self.hooks.fault(BEFORE_STEP, self.run_id, leaf.seq)
         try:
@@ -677,14 +678,14 @@ class Activation:
     def _cancel_pending(self) -> bool:
         return self.cancel_requested and not self.cancel_injected
 
-    async def _wait_until(self, due: float, waiting_on: str) -> None:
+    async def _wait_until(self, due: float, wait: Wait) -> None:
         """Wait in-process until ``due`` (its entry is journaled already), or park the run when the
         wait is long or the worker drains. A cancel request ends the wait with _CancelNow."""
         remaining = due - self.clock.time()
         if remaining <= 0:
             return
         if remaining > self.limits.inline_wait or self.draining:
-            raise _Park(due, waiting_on)
+            raise _Park(due, wait)
         if self._cancel_pending():
             raise _CancelNow()
         with anyio.CancelScope() as scope:
@@ -696,7 +697,7 @@ class Activation:
         if scope.cancel_called:  # interrupted by request_cancel or drain
             if self._cancel_pending():
                 raise _CancelNow()
-            raise _Park(due, waiting_on)
+            raise _Park(due, wait)
 
     async def _inject_cancel(
         self,
@@ -731,7 +732,7 @@ class Activation:
         details = _progress(pending).get("details")
         last_error = pending.error if pending else None
         if pending is not None and pending.due_at is not None:
-            await self._wait_until(pending.due_at, f"retry of step {leaf.name}")
+            await self._wait_until(pending.due_at, _retry_wait(leaf, pending.due_at))
         started = self.clock.time()  # when the first attempt of this activation began
         policy = effect.retry
         while True:
@@ -826,7 +827,7 @@ class Activation:
             )
             await self._write(pending)
             self.hooks.fault(AFTER_PENDING, self.run_id, leaf.seq)
-            await self._wait_until(due, f"retry of step {leaf.name}")
+            await self._wait_until(due, _retry_wait(leaf, due))
 
     async def _attempt(self, effect: Call, flight: _InFlight) -> tuple[Any, BaseException | None]:
         """Run one attempt of a step: ``(value, None)`` or ``(None, failure)``.
@@ -932,7 +933,7 @@ class Activation:
                 pending = self._entry(leaf, "pending", due_at=due)
                 await self._write(pending)
                 self.hooks.fault(AFTER_PENDING, self.run_id, leaf.seq)
-        await self._wait_until(due, f"timer until {_iso(due)}")
+        await self._wait_until(due, Wait(WaitKind.TIMER, seq=leaf.seq, until=due))
         await self._write(
             self._entry(leaf, "ok", pending=pending, result="null", due_at=due, finished=True)
         )
@@ -990,7 +991,9 @@ class Activation:
                 )
             )
             return Error(exc)
-        raise _Park(deadline, f"signal {effect.signal!r}")
+        raise _Park(
+            deadline, Wait(WaitKind.SIGNAL, seq=leaf.seq, name=effect.signal, until=deadline)
+        )
 
 
 # -- helpers ------------------------------------------------------------------------------------------
@@ -1029,5 +1032,5 @@ def _progress_text(details: Any) -> str | None:
         return None
 
 
-def _iso(ts: float) -> str:
-    return _dt.datetime.fromtimestamp(ts, _dt.UTC).isoformat(timespec="seconds")
+def _retry_wait(leaf: Leaf, due: float) -> Wait:
+    return Wait(WaitKind.RETRY, seq=leaf.seq, name=leaf.name, until=due)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .._core import codec
+from .._core.waits import Wait, WaitKind
 from ..journal._records import JournalEntry, RunRecord, RunStatus, WorkerRecord
 from ._activation import _progress
 from ._replayer import ReplayReport
@@ -53,6 +54,8 @@ class RuntimeClient(Protocol):
         *,
         status: RunStatus | str | None = None,
         workflow: str | None = None,
+        waiting_for: WaitKind | str | None = None,
+        wait_name: str | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> list[RunInfo]: ...
@@ -108,6 +111,7 @@ class RunInfo:
     executing: tuple[ExecutingStep, ...] = ()  # steps in flight, when running
     # Why a runnable run does not move, from describe() only: no live worker serves its workflow.
     note: str | None = None
+    waits: tuple[Wait, ...] = ()  # what a waiting run waits for (waiting_on says it in words)
 
     @classmethod
     def from_record(
@@ -136,6 +140,7 @@ class RunInfo:
             status=run.status,
             step=run.steps,
             waiting_on=run.waiting_on if run.status == RunStatus.WAITING else None,
+            waits=run.waits if run.status == RunStatus.WAITING else (),
             inputs=inputs if isinstance(inputs, dict) else {"args": inputs},
             result=codec.decode(run.result) if run.result is not None else None,
             error=_error_view(run.error),

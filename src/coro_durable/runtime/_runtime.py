@@ -47,7 +47,7 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterable
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
@@ -62,6 +62,7 @@ from .._core.hooks import (
     RunStarted,
     installed_now,
 )
+from .._core.waits import WaitKind
 from ..errors import (
     ConfigurationError,
     ResultTimeoutError,
@@ -86,6 +87,7 @@ from ..journal._records import (
 )
 from ..store._protocol import Store, StoreWrapper
 from ..store._registry import default_store_url, engine_class, open_store
+from ..store._requests import RunQuery
 from ..workflow import _registry
 from ..workflow._effects import StepInfo
 from ._activation import Limits, store_call
@@ -593,23 +595,30 @@ class Runtime:
         *,
         status: RunStatus | str | None = None,
         workflow: str | None = None,
+        waiting_for: WaitKind | str | None = None,
+        wait_name: str | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> list[RunInfo]:
-        """Runs, newest first, filtered by status and workflow name."""
+        """Runs, newest first, filtered by status and workflow name; ``waiting_for`` keeps the
+        waiting runs that wait for that (``"signal"``, ``"timer"``, ``"retry"``) and
+        ``wait_name`` those whose wait has that name: ``list_runs(waiting_for="signal",
+        wait_name="approval")`` is every run waiting on signal ``approval``."""
         self._check_open()
-        try:
-            wanted = RunStatus(status) if status is not None else None
-        except ValueError:
+        if wait_name is not None and waiting_for is None:
             raise ConfigurationError(
-                f"unknown run status {status!r}; use one of {', '.join(s.value for s in RunStatus)}"
-            ) from None
-        runs = await self.store.list_runs(
-            status=wanted,
+                f"list_runs(wait_name={wait_name!r}) needs waiting_for, the kind of wait that has "
+                'the name (waiting_for="signal" for the runs waiting on that signal)'
+            )
+        query = RunQuery(
+            status=_parse_enum(RunStatus, status, "run status"),
             workflow=workflow,
+            waiting_for=_parse_enum(WaitKind, waiting_for, "wait kind"),
+            wait_name=wait_name,
             limit=limit,
             offset=offset,
         )
+        runs = await self.store.list_runs(query)
         return [RunInfo.from_record(r) for r in runs]
 
     async def replay(self, run_id: str) -> ReplayReport:
@@ -657,3 +666,18 @@ class Runtime:
             f"no live worker serves workflow {run.workflow!r} ({live}); the run waits until one "
             "does: start a worker that registers it (`coro-durable worker --app yourmodule`)"
         )
+
+
+E = TypeVar("E", RunStatus, WaitKind)
+
+
+def _parse_enum(kind: type[E], value: E | str | None, what: str) -> E | None:
+    """``value`` as a member of ``kind`` (None stays None); ConfigurationError naming the choices."""
+    if value is None:
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        raise ConfigurationError(
+            f"unknown {what} {value!r}; use one of {', '.join(m.value for m in kind)}"
+        ) from None

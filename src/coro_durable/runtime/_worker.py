@@ -12,7 +12,6 @@ the Runtime's instruments (``Hooks``). The client operations (start, signal, res
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import socket
@@ -39,6 +38,7 @@ from .._core.hooks import (
     WorkerStarted,
     WorkerStopped,
 )
+from .._core.waits import Wait, WaitKind
 from ..errors import (
     ConflictError,
     CorruptJournalError,
@@ -49,6 +49,7 @@ from ..errors import (
 )
 from ..journal._records import JournalEntry, RunRecord, RunStatus, WorkerRecord, verify_journal
 from ..store._protocol import Store
+from ..store._requests import ClaimRequest
 from ..workflow import _registry
 from ..workflow._effects import StepInfo
 from ._activation import Activation, ActivationEnd, Limits, store_call
@@ -318,16 +319,14 @@ class Worker:
             if free > 0:
                 try:
                     with anyio.CancelScope(shield=True):  # a claim that lands is activated
-                        claimed = await self._call(
-                            functools.partial(
-                                self.store.claim,
-                                self.worker_id,
-                                limit=free,
-                                lease_ttl=self.lease_ttl,
-                                workflows=_registry.registered(),
-                                max_crashes=self.max_crashes,
-                            )
+                        request = ClaimRequest(
+                            worker=self.worker_id,
+                            workflows=tuple(_registry.registered()),
+                            limit=free,
+                            lease_ttl=self.lease_ttl,
+                            max_crashes=self.max_crashes,
                         )
+                        claimed = await self._call(self.store.claim, request)
                 except Exception as exc:
                     # Once per distinct failure (a broken store fails every poll), then back off.
                     failure = f"{type(exc).__name__}: {exc}"
@@ -614,7 +613,7 @@ class Worker:
             if hooks.run_parked:
                 parked = RunParked(
                     **self._run_fields(run_id, epoch),
-                    waiting_on=end.waiting_on,
+                    waits=end.waits,
                     wake_at=end.wake_at,
                 )
                 hooks.emit(hooks.run_parked, parked)
@@ -641,9 +640,9 @@ class Worker:
         (its step in flight, if any, runs again there under the same idempotency key)."""
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
             try:
-                await self.store.park(
-                    run_id, epoch, self.clock.time(), f"a worker (handed back by {self.worker_id})"
-                )
+                now = self.clock.time()
+                handed = Wait(WaitKind.WORKER, name=self.worker_id, until=now)
+                await self.store.park(run_id, epoch, now, (handed,))
                 self._handed_back += 1
                 if self._hooks.run_handed_back:
                     back = RunHandedBack(**self._run_fields(run_id, epoch), drained=False)

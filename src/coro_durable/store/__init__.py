@@ -10,7 +10,10 @@
 * The records a store persists (``RunRecord``, ``JournalEntry``, ``WorkerRecord``, ``RunStatus``,
   ``TERMINAL``) and the rules every store applies to them (``check_run_id``, ``retry_conflict``,
   ``retry_refused``, ``CANCELLED_ERROR``); the records' ``meta`` (``Meta``) and its one JSON
-  encoding, ``encode_meta`` to store it and ``decode_meta`` to read it back.
+  encoding, ``encode_meta`` to store it and ``decode_meta`` to read it back; what a waiting run
+  waits for (``Wait``, ``WaitKind``) and its one encoding, ``encode_waits``/``decode_waits``.
+* The typed requests whose fields will grow: ``ClaimRequest`` (``claim``) and ``RunQuery``
+  (``list_runs``, including "runs waiting on signal X").
 * ``CorruptibleStore``: the optional testing hook ``corrupt_entry`` a store implements so that
   ``coro_durable.testing.corrupt_row`` can tamper with its journal rows.
 * The built-in stores, ``MemoryStore`` (``memory://``) and ``SqliteStore`` (``sqlite:///path``),
@@ -22,6 +25,7 @@ runtime, the engine SPI or the CLI. A backend plugin imports this module, ``coro
 ``coro_durable.errors`` only.
 """
 
+from .._core.waits import Wait, WaitKind, decode_waits, encode_waits
 from ..journal._meta import Meta, decode_meta, encode_meta
 from ..journal._records import (
     CANCELLED_ERROR,
@@ -50,6 +54,7 @@ from ._registry import (
     open_store,
     plugin_class,
 )
+from ._requests import ClaimRequest, RunQuery
 from ._sqlite import SqliteStore
 
 __all__ = [
@@ -60,6 +65,7 @@ __all__ = [
     "GROUP_COMMIT_OPTIONS",
     "MAX_RUN_ID_LENGTH",
     "TERMINAL",
+    "ClaimRequest",
     "CorruptibleStore",
     "GroupCommit",
     "GroupCommitOptions",
@@ -68,16 +74,21 @@ __all__ = [
     "ListenerSet",
     "MemoryStore",
     "Meta",
+    "RunQuery",
     "RunRecord",
     "RunStatus",
     "SqliteStore",
     "Store",
     "StoreWrapper",
+    "Wait",
+    "WaitKind",
     "WorkerRecord",
     "check_run_id",
     "decode_meta",
+    "decode_waits",
     "default_store_url",
     "encode_meta",
+    "encode_waits",
     "engine_class",
     "open_store",
     "parse_group_option",

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._core.clock import SYSTEM_CLOCK, Clock
+from .._core.waits import Wait
 from ..errors import ConflictError, LeaseLost, RunNotFoundError
 from ..journal._records import (
     CANCELLED_ERROR,
@@ -31,6 +32,7 @@ from ..journal._records import (
     retry_refused,
 )
 from ._listeners import Listener, ListenerSet
+from ._requests import ClaimRequest, RunQuery
 
 __all__ = ["MemoryStore"]
 
@@ -125,23 +127,11 @@ class MemoryStore:
             run = self._runs.get(run_id)
             return run.copy() if run else None
 
-    async def list_runs(
-        self,
-        *,
-        status: RunStatus | None = None,
-        workflow: str | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> list[RunRecord]:
+    async def list_runs(self, query: RunQuery) -> list[RunRecord]:
         with self._lock:
-            runs = [
-                r
-                for r in self._runs.values()
-                if (status is None or r.status == status)
-                and (workflow is None or r.workflow == workflow)
-            ]
+            runs = [r for r in self._runs.values() if query.matches(r)]
             runs.sort(key=lambda r: (r.created_at, r.run_id), reverse=True)
-            return [r.copy() for r in runs[offset : offset + limit]]
+            return [r.copy() for r in runs[query.offset : query.offset + query.limit]]
 
     # -- journal ----------------------------------------------------------------------------------------
 
@@ -170,17 +160,10 @@ class MemoryStore:
 
     # -- leases -----------------------------------------------------------------------------------------
 
-    async def claim(
-        self,
-        worker: str,
-        *,
-        limit: int,
-        lease_ttl: float,
-        workflows: Sequence[str],
-        max_crashes: int,
-    ) -> list[RunRecord]:
+    async def claim(self, request: ClaimRequest) -> list[RunRecord]:
         now, live = self.clock.time(), time.time()
-        names = set(workflows)
+        names = set(request.workflows)
+        limit, max_crashes = request.limit, request.max_crashes
         claimed: list[RunRecord] = []
         with self._lock:
             candidates = sorted(
@@ -209,8 +192,8 @@ class MemoryStore:
                     continue
                 run.status = RunStatus.RUNNING
                 run.epoch += 1
-                run.owner = worker
-                run.lease_expires = live + lease_ttl
+                run.owner = request.worker
+                run.lease_expires = live + request.lease_ttl
                 run.wake_at = None
                 run.updated_at = now
                 claimed.append(run.copy())
@@ -233,7 +216,7 @@ class MemoryStore:
         return held
 
     async def park(
-        self, run_id: str, epoch: int, wake_at: float | None, waiting_on: str | None
+        self, run_id: str, epoch: int, wake_at: float | None, waits: Sequence[Wait]
     ) -> None:
         with self._lock:
             run = self._fenced(run_id, epoch)
@@ -242,7 +225,7 @@ class MemoryStore:
                 wake_at = now
             run.status = RunStatus.WAITING
             run.wake_at = wake_at
-            run.waiting_on = waiting_on
+            run.waits = tuple(waits)
             run.owner = run.lease_expires = None
             run.updated_at = now
         self._listeners.notify()
@@ -255,7 +238,8 @@ class MemoryStore:
             run.status = status
             run.result = result
             run.error = error
-            run.owner = run.lease_expires = run.wake_at = run.waiting_on = None
+            run.owner = run.lease_expires = run.wake_at = None
+            run.waits = ()
             run.updated_at = self.clock.time()
         self._listeners.notify()
 
@@ -320,7 +304,8 @@ class MemoryStore:
             now = self.clock.time()
             run.status = RunStatus.PENDING
             run.wake_at = now
-            run.waiting_on = run.owner = run.lease_expires = None
+            run.owner = run.lease_expires = None
+            run.waits = ()
             run.error = run.result = None
             run.cancel_requested = False
             run.crash_count = 0

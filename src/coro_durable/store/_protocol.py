@@ -24,9 +24,14 @@ tests/test_store_conformance.py). The rules a backend keeps:
 * **Claiming.** A run is claimable when it is ``pending`` or ``waiting`` with ``wake_at <= now``, or
   ``running`` with an expired lease (its worker died: that takeover counts as a crash, and past
   ``max_crashes`` the run is quarantined instead of claimed). Only runs of the given workflow
-  names are claimed. Two workers never claim the same run for the same epoch.
+  names are claimed. Two workers never claim the same run for the same epoch. ``claim`` takes a
+  ``ClaimRequest``, so a field added to it (a queue, say) changes no signature.
 * **Waking.** ``park`` releases the lease and sets ``wake_at``; but if an unconsumed signal or a
   cancel request is already there, the run is made runnable at once (no lost wake-up).
+  ``park`` also stores what the run waits for (``Wait``s, kept as the text of ``encode_waits``
+  and read back with ``decode_waits``); ``list_runs`` answers a ``RunQuery``, whose
+  ``waiting_for``/``wait_name`` select waiting runs by their waits ("runs waiting on signal
+  approval").
   ``deliver_signal`` and ``request_cancel`` make a waiting run runnable.
 * **Signals** are stored once per ``signal_id``; ``consume_signal`` takes the oldest unconsumed
   signal of a name and journals it in the same atomic step, so a crash cannot lose or duplicate it.
@@ -86,8 +91,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from .._core.waits import Wait
 from ..journal._records import JournalEntry, RunRecord, RunStatus, WorkerRecord
 from ._listeners import Listener
+from ._requests import ClaimRequest, RunQuery
 
 __all__ = ["CorruptibleStore", "Listener", "Store", "StoreWrapper"]
 
@@ -116,15 +123,9 @@ class Store(Protocol):
 
     async def get_run(self, run_id: str) -> RunRecord | None: ...
 
-    async def list_runs(
-        self,
-        *,
-        status: RunStatus | None = None,
-        workflow: str | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> list[RunRecord]:
-        """Runs, newest first, optionally filtered by status and workflow name."""
+    async def list_runs(self, query: RunQuery) -> list[RunRecord]:
+        """The runs ``query`` selects, newest first (``created_at``, then ``run_id``), from its
+        ``offset``, at most ``limit``."""
         ...
 
     # -- journal ------------------------------------------------------------------------------------
@@ -143,16 +144,9 @@ class Store(Protocol):
         ...
 
     # -- leases and wake-ups -------------------------------------------------------------------------
-    async def claim(
-        self,
-        worker: str,
-        *,
-        limit: int,
-        lease_ttl: float,
-        workflows: Sequence[str],
-        max_crashes: int,
-    ) -> list[RunRecord]:
-        """Lease up to ``limit`` claimable runs to ``worker``; return them with their new epoch."""
+    async def claim(self, request: ClaimRequest) -> list[RunRecord]:
+        """Lease up to ``request.limit`` claimable runs to ``request.worker``; return them with
+        their new epoch."""
         ...
 
     async def renew(self, worker: str, leases: dict[str, int], lease_ttl: float) -> dict[str, bool]:
@@ -161,9 +155,10 @@ class Store(Protocol):
         ...
 
     async def park(
-        self, run_id: str, epoch: int, wake_at: float | None, waiting_on: str | None
+        self, run_id: str, epoch: int, wake_at: float | None, waits: Sequence[Wait]
     ) -> None:
-        """Release the lease; the run sleeps until ``wake_at`` (None: until a signal or cancel)."""
+        """Release the lease; the run sleeps until ``wake_at`` (None: until a signal or cancel),
+        waiting for ``waits`` (kept as ``RunRecord.waits``)."""
 
     async def finish(
         self, run_id: str, epoch: int, status: RunStatus, result: str | None, error: str | None
@@ -264,17 +259,8 @@ class StoreWrapper:
     async def get_run(self, run_id: str) -> RunRecord | None:
         return await self.inner.get_run(run_id)
 
-    async def list_runs(
-        self,
-        *,
-        status: RunStatus | None = None,
-        workflow: str | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> list[RunRecord]:
-        return await self.inner.list_runs(
-            status=status, workflow=workflow, limit=limit, offset=offset
-        )
+    async def list_runs(self, query: RunQuery) -> list[RunRecord]:
+        return await self.inner.list_runs(query)
 
     async def load_journal(self, run_id: str) -> list[JournalEntry]:
         return await self.inner.load_journal(run_id)
@@ -287,26 +273,16 @@ class StoreWrapper:
     ) -> JournalEntry | None:
         return await self.inner.consume_signal(run_id, epoch, name, entry)
 
-    async def claim(
-        self,
-        worker: str,
-        *,
-        limit: int,
-        lease_ttl: float,
-        workflows: Sequence[str],
-        max_crashes: int,
-    ) -> list[RunRecord]:
-        return await self.inner.claim(
-            worker, limit=limit, lease_ttl=lease_ttl, workflows=workflows, max_crashes=max_crashes
-        )
+    async def claim(self, request: ClaimRequest) -> list[RunRecord]:
+        return await self.inner.claim(request)
 
     async def renew(self, worker: str, leases: dict[str, int], lease_ttl: float) -> dict[str, bool]:
         return await self.inner.renew(worker, leases, lease_ttl)
 
     async def park(
-        self, run_id: str, epoch: int, wake_at: float | None, waiting_on: str | None
+        self, run_id: str, epoch: int, wake_at: float | None, waits: Sequence[Wait]
     ) -> None:
-        await self.inner.park(run_id, epoch, wake_at, waiting_on)
+        await self.inner.park(run_id, epoch, wake_at, waits)
 
     async def finish(
         self, run_id: str, epoch: int, status: RunStatus, result: str | None, error: str | None

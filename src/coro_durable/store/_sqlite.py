@@ -47,7 +47,9 @@ hear about writes made through *this* store object only (other processes are fou
 
 Schema. ``PRAGMA user_version`` records the schema version; ``_MIGRATIONS`` lists the steps to
 reach the current one (1: the tables, 2: the worker registry, 3: the ``meta`` columns of runs and
-journal, ``'{}'`` for the rows already there). ``open()`` applies the missing steps to the file in
+journal, ``'{}'`` for the rows already there, 4: ``runs.waits``, the structured waits of
+``encode_waits`` in place of the prose ``waiting_on``; a run parked before is made due at once so
+that it re-parks with structured waits). ``open()`` applies the missing steps to the file in
 place, in one ``BEGIN IMMEDIATE`` transaction, so two processes opening an old or fresh file at
 once migrate it exactly once. A file written by a newer coro_durable is refused rather than
 misread. Rows are read by column name (``sqlite3.Row``) and written with named parameters, so a
@@ -80,6 +82,7 @@ import anyio
 import anyio.to_thread
 
 from .._core.clock import SYSTEM_CLOCK, Clock
+from .._core.waits import Wait, decode_waits, encode_waits
 from ..errors import (
     ConfigurationError,
     ConflictError,
@@ -108,6 +111,7 @@ from ._groupcommit import OPTION_NAMES as GROUP_COMMIT_OPTIONS
 from ._groupcommit import GroupCommit, GroupCommitOptions
 from ._groupcommit import parse_option as parse_group_option
 from ._listeners import Listener, ListenerSet
+from ._requests import ClaimRequest, RunQuery
 
 __all__ = ["SqliteStore", "SCHEMA_VERSION"]
 
@@ -193,13 +197,21 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE runs ADD COLUMN meta TEXT NOT NULL DEFAULT '{}'",
         "ALTER TABLE journal ADD COLUMN meta TEXT NOT NULL DEFAULT '{}'",
     ),
+    # 4: structured waits (encode_waits' JSON) instead of the prose ``waiting_on``. A run parked
+    # before holds prose: it is made runnable now (wake_at 0 is due on any clock) and re-parks
+    # with its structured waits at its next activation (a wake-up before due only replays).
+    (
+        "ALTER TABLE runs RENAME COLUMN waiting_on TO waits",
+        "UPDATE runs SET wake_at = 0 WHERE status = 'waiting' AND waits IS NOT NULL",
+        "UPDATE runs SET waits = NULL",
+    ),
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 _RUN_COLUMNS = (
     "run_id", "workflow", "input", "status", "epoch", "owner", "lease_expires", "wake_at",
-    "waiting_on", "cancel_requested", "result", "error", "crash_count", "last_error", "steps",
+    "waits", "cancel_requested", "result", "error", "crash_count", "last_error", "steps",
     "created_at", "updated_at", "meta",
 )  # fmt: skip
 _ENTRY_COLUMNS = (
@@ -239,12 +251,11 @@ _SQL_UNBUMP = "UPDATE runs SET steps = steps - 1 WHERE run_id = ?"
 _SQL_FENCED_PARK = (
     "UPDATE runs SET status = 'waiting', wake_at = CASE WHEN cancel_requested OR EXISTS "
     "(SELECT 1 FROM signals s WHERE s.run_id = runs.run_id AND s.consumed = 0) THEN ? ELSE ? END, "
-    "waiting_on = ?, owner = NULL, lease_expires = NULL, updated_at = ? WHERE run_id = ?"
-    + _FENCE_CLAUSE
+    "waits = ?, owner = NULL, lease_expires = NULL, updated_at = ? WHERE run_id = ?" + _FENCE_CLAUSE
 )
 _SQL_FINISH = (
     "UPDATE runs SET status = ?, result = ?, error = ?, owner = NULL, lease_expires = NULL, "
-    "wake_at = NULL, waiting_on = NULL, updated_at = ? WHERE run_id = ?"
+    "wake_at = NULL, waits = NULL, updated_at = ? WHERE run_id = ?"
 )
 _SQL_APPENDED = f"UPDATE runs SET steps = ?, {_RESET_CRASHES}, updated_at = ? WHERE run_id = ?"
 _SQL_OLDEST_SIGNAL = (
@@ -252,6 +263,11 @@ _SQL_OLDEST_SIGNAL = (
     "ORDER BY id LIMIT 1"
 )
 _SQL_HAS_SIGNAL = "SELECT 1 FROM signals WHERE run_id = ? AND consumed = 0 LIMIT 1"
+# RunQuery.waiting_for / wait_name: a waiting run with a wait of that kind (and name).
+_SQL_WAITING_FOR = (
+    "status = 'waiting' AND EXISTS (SELECT 1 FROM json_each(runs.waits) w WHERE "
+    "json_extract(w.value, '$.kind') = ? AND (? IS NULL OR json_extract(w.value, '$.name') = ?))"
+)
 _WORKER_COLUMNS = ("worker_id", "host", "pid", "workflows", "started_at", "last_seen", "expires_at")
 _SQL_PUT_WORKER = (
     f"INSERT OR REPLACE INTO workers ({', '.join(_WORKER_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -364,6 +380,7 @@ def _run_from_row(row: sqlite3.Row) -> RunRecord:
         ) from None
     fields["cancel_requested"] = bool(fields["cancel_requested"])
     fields["meta"] = decode_meta(fields["meta"], where)
+    fields["waits"] = decode_waits(fields["waits"], where)
     return RunRecord(**fields)
 
 
@@ -749,6 +766,7 @@ class SqliteStore:
             params["status"] = stored.status.value
             params["cancel_requested"] = int(stored.cancel_requested)
             params["meta"] = encode_meta(stored.meta)
+            params["waits"] = encode_waits(stored.waits)
             if conn.execute(_SQL_INSERT_RUN, params).rowcount == 0:
                 return self._get(conn, run.run_id), False
             return stored, True
@@ -765,27 +783,23 @@ class SqliteStore:
 
         return await self._read(op)
 
-    async def list_runs(
-        self,
-        *,
-        status: RunStatus | None = None,
-        workflow: str | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> list[RunRecord]:
+    async def list_runs(self, query: RunQuery) -> list[RunRecord]:
         where: list[str] = []
         params: list[Any] = []
-        if status is not None:
+        if query.status is not None:
             where.append("status = ?")
-            params.append(RunStatus(status).value)
-        if workflow is not None:
+            params.append(RunStatus(query.status).value)
+        if query.workflow is not None:
             where.append("workflow = ?")
-            params.append(workflow)
+            params.append(query.workflow)
+        if query.waiting_for is not None:
+            where.append(_SQL_WAITING_FOR)
+            params += [query.waiting_for.value, query.wait_name, query.wait_name]
         sql = _SELECT_RUN
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC, run_id DESC LIMIT ? OFFSET ?"
-        params += [limit, offset]
+        params += [query.limit, query.offset]
 
         def op(conn: sqlite3.Connection) -> list[RunRecord]:
             return [_run_from_row(row) for row in conn.execute(sql, params)]
@@ -836,16 +850,10 @@ class SqliteStore:
 
     # -- leases -------------------------------------------------------------------------------------
 
-    async def claim(
-        self,
-        worker: str,
-        *,
-        limit: int,
-        lease_ttl: float,
-        workflows: Sequence[str],
-        max_crashes: int,
-    ) -> list[RunRecord]:
-        names = sorted(set(workflows))
+    async def claim(self, request: ClaimRequest) -> list[RunRecord]:
+        worker, limit, lease_ttl = request.worker, request.limit, request.lease_ttl
+        max_crashes = request.max_crashes
+        names = sorted(set(request.workflows))
         if not names or limit <= 0:
             return []
         candidates_sql = (
@@ -921,12 +929,14 @@ class SqliteStore:
         return await self._write(op)
 
     async def park(
-        self, run_id: str, epoch: int, wake_at: float | None, waiting_on: str | None
+        self, run_id: str, epoch: int, wake_at: float | None, waits: Sequence[Wait]
     ) -> None:
+        stored_waits = encode_waits(waits)
+
         def op(conn: sqlite3.Connection) -> None:
             now = self.clock.time()
             if conn.execute(
-                _SQL_FENCED_PARK, (now, wake_at, waiting_on, now, run_id, epoch)
+                _SQL_FENCED_PARK, (now, wake_at, stored_waits, now, run_id, epoch)
             ).rowcount:
                 return
             fence = self._fenced(conn, run_id, epoch)
@@ -935,9 +945,9 @@ class SqliteStore:
             if cancelled or conn.execute(_SQL_HAS_SIGNAL, (run_id,)).fetchone() is not None:
                 wake = now  # a signal or a cancel request is already here: no lost wake-up
             conn.execute(
-                "UPDATE runs SET status = 'waiting', wake_at = ?, waiting_on = ?, owner = NULL, "
+                "UPDATE runs SET status = 'waiting', wake_at = ?, waits = ?, owner = NULL, "
                 "lease_expires = NULL, updated_at = ? WHERE run_id = ?",
-                (wake, waiting_on, now, run_id),
+                (wake, stored_waits, now, run_id),
             )
 
         await self._write(op)
@@ -1018,7 +1028,7 @@ class SqliteStore:
             conn.execute(_SQL_INSERT_ENTRY, _entry_params(run_id, note))
             now = self.clock.time()
             conn.execute(
-                "UPDATE runs SET status = 'pending', wake_at = ?, waiting_on = NULL, owner = NULL, "
+                "UPDATE runs SET status = 'pending', wake_at = ?, waits = NULL, owner = NULL, "
                 "lease_expires = NULL, error = NULL, result = NULL, cancel_requested = 0, "
                 "crash_count = 0, steps = (SELECT count(*) FROM journal WHERE run_id = ? AND "
                 "seq >= 0), updated_at = ? WHERE run_id = ?",

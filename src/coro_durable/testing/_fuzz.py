@@ -18,6 +18,7 @@ import anyio
 import anyio.to_thread
 
 from .._core.faults import SimulatedCrash
+from .._core.waits import WaitKind
 from ..errors import ConfigurationError, RunError
 from ..journal._records import TERMINAL, JournalEntry, RunRecord, RunStatus
 from ..runtime._runtime import Runtime
@@ -308,9 +309,10 @@ class _Fuzzer:
                 crashes_seen = ex.crashes
                 for index in sent:
                     await self._signal(client, ex, index, sent, again=True)
-            if run.status == RunStatus.WAITING and run.waiting_on:
+            if run.status == RunStatus.WAITING:
+                awaited = {w.name for w in run.waits if w.kind == WaitKind.SIGNAL}
                 for index, (name, _) in enumerate(self.opts.signals):
-                    if index not in sent and f"signal {name!r}" in run.waiting_on:
+                    if index not in sent and name in awaited:
                         await self._signal(client, ex, index, sent)
                         break  # one at a time, in order, like a human answering
             if time.monotonic() > deadline:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .._core.hooks import Instrument, StepStarted
+from .._core.waits import Wait
 from ..journal._records import JournalEntry, RunRecord, RunStatus
 from ..store._protocol import Store, StoreWrapper
 from ..workflow._effects import _current_key
@@ -60,10 +61,10 @@ class EarlyAckStore(StoreWrapper):
         return await self.inner.consume_signal(run_id, epoch, name, entry)
 
     async def park(
-        self, run_id: str, epoch: int, wake_at: float | None, waiting_on: str | None
+        self, run_id: str, epoch: int, wake_at: float | None, waits: Sequence[Wait]
     ) -> None:
         await self._flush(run_id)
-        await self.inner.park(run_id, epoch, wake_at, waiting_on)
+        await self.inner.park(run_id, epoch, wake_at, waits)
 
     async def finish(
         self, run_id: str, epoch: int, status: RunStatus, result: str | None, error: str | None
@@ -90,9 +91,9 @@ class UnfencedStore(StoreWrapper):
         return await self.inner.consume_signal(run_id, epoch, name, entry)
 
     async def park(
-        self, run_id: str, epoch: int, wake_at: float | None, waiting_on: str | None
+        self, run_id: str, epoch: int, wake_at: float | None, waits: Sequence[Wait]
     ) -> None:
-        await self.inner.park(run_id, await self._current(run_id, epoch), wake_at, waiting_on)
+        await self.inner.park(run_id, await self._current(run_id, epoch), wake_at, waits)
 
     async def finish(
         self, run_id: str, epoch: int, status: RunStatus, result: str | None, error: str | None

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 
 from .._core.faults import BEFORE_FEED
 from .._core.hooks import ActivationStarted, FaultPoint, Instrument, StepStarted
+from .._core.waits import Wait
 from ..journal._records import JournalEntry, RunRecord, RunStatus
 from ..store._protocol import Store, StoreWrapper
+from ..store._requests import ClaimRequest
 from ._faults import _ACTIVATION, _PAUSED, Fault
 
 # ---- the trace: what happened, in order, across workers ----------------------------------------------
@@ -295,26 +297,16 @@ class TracingStore(StoreWrapper):
         self.trace._fenced_write(f"consuming signal {name!r}", run_id, epoch, latest)
         return got
 
-    async def claim(
-        self,
-        worker: str,
-        *,
-        limit: int,
-        lease_ttl: float,
-        workflows: Sequence[str],
-        max_crashes: int,
-    ) -> list[RunRecord]:
-        runs = await self.inner.claim(
-            worker, limit=limit, lease_ttl=lease_ttl, workflows=workflows, max_crashes=max_crashes
-        )
+    async def claim(self, request: ClaimRequest) -> list[RunRecord]:
+        runs = await self.inner.claim(request)
         self.trace._claimed(runs)
         return runs
 
     async def park(
-        self, run_id: str, epoch: int, wake_at: float | None, waiting_on: str | None
+        self, run_id: str, epoch: int, wake_at: float | None, waits: Sequence[Wait]
     ) -> None:
         latest = self.trace._claimed_epoch(run_id)
-        await self.inner.park(run_id, epoch, wake_at, waiting_on)
+        await self.inner.park(run_id, epoch, wake_at, waits)
         self.trace._fenced_write("parking the run", run_id, epoch, latest)
 
     async def finish(

@@ -81,11 +81,15 @@ from ..journal import verify_journal
 from ..store import (
     CANCELLED_ERROR,
     TERMINAL,
+    ClaimRequest,
     JournalEntry,
     MemoryStore,
+    RunQuery,
     RunRecord,
     RunStatus,
     Store,
+    Wait,
+    WaitKind,
     WorkerRecord,
 )
 from ._corrupt import corrupt_row
@@ -109,6 +113,16 @@ def entry(seq: int, status: str = "ok", result: str | None = "1", **fields: Any)
     return JournalEntry(seq=seq, status=status, result=result, **fields).sealed()
 
 
+def timer_wait(until: float | None = None, seq: int = 0) -> tuple[Wait, ...]:
+    """What a run parked on a durable timer waits for."""
+    return (Wait(WaitKind.TIMER, seq=seq, until=until),)
+
+
+def signal_wait(name: str, until: float | None = None, seq: int = 0) -> tuple[Wait, ...]:
+    """What a run parked on ``await_signal(name)`` waits for."""
+    return (Wait(WaitKind.SIGNAL, seq=seq, name=name, until=until),)
+
+
 async def new_run(store: Store, run_id: str = "r1", workflow: str = WF) -> RunRecord:
     run, created = await store.create_run(RunRecord(run_id, workflow, INPUT))
     assert created
@@ -125,9 +139,8 @@ async def claim(
     max_crashes: int = 3,
 ) -> dict[str, RunRecord]:
     """``store.claim`` with the suite's defaults, answered as {run_id: run}."""
-    runs = await store.claim(
-        worker, limit=limit, lease_ttl=lease_ttl, workflows=list(workflows), max_crashes=max_crashes
-    )
+    request = ClaimRequest(worker, tuple(workflows), limit, lease_ttl, max_crashes)
+    runs = await store.claim(request)
     return {r.run_id: r for r in runs}
 
 
@@ -221,7 +234,7 @@ def _observe_run(run: RunRecord | None, now: float) -> Any:
         return None
     return (
         run.run_id, run.workflow, run.input, str(run.status), run.epoch, run.owner,
-        _when(run.lease_expires, now), _when(run.wake_at, now), run.waiting_on,
+        _when(run.lease_expires, now), _when(run.wake_at, now), run.waits,
         run.cancel_requested, run.result, run.error, run.crash_count, run.last_error, run.steps,
     )  # fmt: skip
 
@@ -333,12 +346,9 @@ class StoreComparison(RuleBasedStateMachine):
     def claim(
         self, worker: str, limit: int, ttl: float, wfs: tuple[int, ...], max_crashes: int
     ) -> None:
-        names = [self.workflows[w] for w in wfs]
-        self.both(
-            lambda s: s.claim(
-                worker, limit=limit, lease_ttl=ttl, workflows=names, max_crashes=max_crashes
-            )
-        )
+        names = tuple(self.workflows[w] for w in wfs)
+        request = ClaimRequest(worker, names, limit, ttl, max_crashes)
+        self.both(lambda s: s.claim(request))
 
     @rule(worker=workers)
     def claim_one(self, worker: str) -> None:
@@ -370,7 +380,8 @@ class StoreComparison(RuleBasedStateMachine):
         run_id, epoch = self.target(how, i)
         now = time.time()
         wake_at = None if wake is None else (now - 100 if wake == _PAST else now + 1000)
-        self.both(lambda s: s.park(run_id, epoch, wake_at, wake))
+        waits = signal_wait("x") if wake is None else timer_wait(wake_at)
+        self.both(lambda s: s.park(run_id, epoch, wake_at, waits))
 
     @rule(how=hows, i=run_index, status=st.sampled_from(sorted(TERMINAL)))
     def finish(self, how: str, i: int, status: RunStatus) -> None:
@@ -426,7 +437,7 @@ class StoreComparison(RuleBasedStateMachine):
             for run_id in run_ids:
                 state += [await s.get_run(run_id), await s.load_journal(run_id)]
             for wf in self.workflows:
-                state.append(await s.list_runs(workflow=wf))
+                state.append(await s.list_runs(RunQuery(workflow=wf)))
             return state
 
         self.both(snapshot)
@@ -535,7 +546,7 @@ class StoreConformance:
         characters raises ConfigurationError, the same on every store, and creates nothing."""
         with pytest.raises(ConfigurationError, match="run_id"):
             await store.create_run(RunRecord(bad, WF, INPUT))
-        assert await store.list_runs() == []
+        assert await store.list_runs(RunQuery()) == []
 
     async def test_create_run_accepts_and_round_trips_edge_case_run_ids(self, store: Store) -> None:
         """Run ids at the limits (255 characters, unicode, spaces, ':' and '/') are stored and read
@@ -546,7 +557,7 @@ class StoreConformance:
             stored = await store.get_run(run_id)
             assert stored is not None and stored.run_id == run_id
             assert await store.load_journal(run_id) == []
-        assert {r.run_id for r in await store.list_runs()} == set(GOOD_RUN_IDS)
+        assert {r.run_id for r in await store.list_runs(RunQuery())} == set(GOOD_RUN_IDS)
 
     async def test_list_runs_filters_orders_and_pages(self, store: Store) -> None:
         """list_runs is newest first, filters by status and workflow, and honours limit/offset."""
@@ -554,15 +565,24 @@ class StoreConformance:
             await new_run(store, f"r{i}", workflow="a" if i % 2 == 0 else "b")
             await anyio.sleep(0.002)  # distinct created_at
         await claim(store, workflows=("a",), limit=1)  # r0 runs
-        ids = [r.run_id for r in await store.list_runs()]
+        ids = [r.run_id for r in await store.list_runs(RunQuery())]
         assert ids == ["r5", "r4", "r3", "r2", "r1", "r0"]
-        assert [r.run_id for r in await store.list_runs(workflow="a")] == ["r4", "r2", "r0"]
-        assert [r.run_id for r in await store.list_runs(status=RunStatus.RUNNING)] == ["r0"]
-        pending_b = await store.list_runs(status=RunStatus.PENDING, workflow="b")
+        assert [r.run_id for r in await store.list_runs(RunQuery(workflow="a"))] == [
+            "r4",
+            "r2",
+            "r0",
+        ]
+        assert [r.run_id for r in await store.list_runs(RunQuery(status=RunStatus.RUNNING))] == [
+            "r0"
+        ]
+        pending_b = await store.list_runs(RunQuery(status=RunStatus.PENDING, workflow="b"))
         assert [r.run_id for r in pending_b] == ["r5", "r3", "r1"]
-        assert [r.run_id for r in await store.list_runs(limit=2, offset=1)] == ["r4", "r3"]
-        assert await store.list_runs(offset=10) == []
-        assert await store.list_runs(workflow="none") == []
+        assert [r.run_id for r in await store.list_runs(RunQuery(limit=2, offset=1))] == [
+            "r4",
+            "r3",
+        ]
+        assert await store.list_runs(RunQuery(offset=10)) == []
+        assert await store.list_runs(RunQuery(workflow="none")) == []
 
     # ---- claiming ---------------------------------------------------------------------------------
 
@@ -601,10 +621,10 @@ class StoreConformance:
         for run_id in ("soon", "later", "never"):
             await new_run(store, run_id)
         claimed = await claim(store)
-        await store.park("later", claimed["later"].epoch, time.time() + 3600, "timer")
-        await store.park("never", claimed["never"].epoch, None, "signal:x")
+        await store.park("later", claimed["later"].epoch, time.time() + 3600, timer_wait())
+        await store.park("never", claimed["never"].epoch, None, signal_wait("x"))
         due = time.time() + 0.3  # room for two round trips to a store on a loaded machine
-        await store.park("soon", claimed["soon"].epoch, due, "timer")
+        await store.park("soon", claimed["soon"].epoch, due, timer_wait())
         assert await claim(store) == {}
         await anyio.sleep(max(0.0, due - time.time()) + 0.05)
         again = await claim(store)
@@ -633,7 +653,7 @@ class StoreConformance:
                     tg.start_soon(worker, f"w{i}", s)
             everything = got["w0"] + got["w1"]
             assert sorted(everything) == [f"r{i:03}" for i in range(n)]  # each exactly once
-            for run in await stores[1].list_runs(limit=n):
+            for run in await stores[1].list_runs(RunQuery(limit=n)):
                 assert run.status == RunStatus.RUNNING and run.epoch == 1
                 assert run.run_id in got[run.owner or ""]
 
@@ -646,7 +666,7 @@ class StoreConformance:
             claimed = await claim(stores[0])
             due = time.time() + 0.05
             for run_id in ids:
-                await stores[0].park(run_id, claimed[run_id].epoch, due, "timer")
+                await stores[0].park(run_id, claimed[run_id].epoch, due, timer_wait())
             await anyio.sleep(max(0.0, due - time.time()) + 0.01)
             got: list[str] = []
 
@@ -680,7 +700,7 @@ class StoreConformance:
     async def test_append_after_release_raises_lease_lost(self, store: Store) -> None:
         """Once the run is parked, even its last epoch can no longer write."""
         epoch = await running(store)
-        await store.park("r1", epoch, None, "signal:go")
+        await store.park("r1", epoch, None, signal_wait("go"))
         with pytest.raises(LeaseLost):
             await store.append("r1", epoch, [entry(0)])
         assert await store.load_journal("r1") == []
@@ -866,7 +886,7 @@ class StoreConformance:
             with pytest.raises(LeaseLost):
                 await old.append("r1", stale, [entry(0)])
             with pytest.raises(LeaseLost):
-                await old.park("r1", stale, None, None)
+                await old.park("r1", stale, None, ())
             with pytest.raises(LeaseLost):
                 await old.finish("r1", stale, RunStatus.COMPLETED, "1", None)
             assert await old.renew("w-old", {"r1": stale}, TTL) == {}
@@ -998,20 +1018,81 @@ class StoreConformance:
     # ---- park, signals ------------------------------------------------------------------------------
 
     async def test_park_releases_the_lease(self, store: Store) -> None:
-        """park makes the run waiting until wake_at, releases the lease and records waiting_on."""
+        """park makes the run waiting until wake_at, releases the lease and records its waits."""
         epoch = await running(store)
         wake_at = time.time() + 3600
-        await store.park("r1", epoch, wake_at, "timer")
+        await store.park("r1", epoch, wake_at, timer_wait())
         run = await store.get_run("r1")
         assert run is not None and run.status == RunStatus.WAITING
-        assert run.wake_at == wake_at and run.waiting_on == "timer"
+        assert run.wake_at == wake_at and run.waits == timer_wait()
         assert run.owner is None and run.lease_expires is None and run.epoch == epoch
+
+    async def test_park_keeps_the_waits_as_given(self, store: Store) -> None:
+        """park stores what the run waits for, several waits at once (a gather), and get_run
+        and list_runs return them equal: kinds, seqs, names with quotes and non-ASCII
+        characters, deadlines to the float; a later park replaces them."""
+        epoch = await running(store)
+        until = time.time() + 86400.123456
+        waits = (
+            Wait(WaitKind.SIGNAL, seq=2, name="approval", until=until),
+            Wait(WaitKind.SIGNAL, seq=3, name='it\'s "ok" \u2014 f\u00fcr dich'),
+            Wait(WaitKind.TIMER, seq=4, until=until),
+            Wait(WaitKind.RETRY, seq=5, name="llm_call", until=until),
+            Wait(WaitKind.WORKER, name="w-7"),
+        )
+        await store.park("r1", epoch, until, waits)
+        run = await store.get_run("r1")
+        assert run is not None and run.waits == waits
+        [listed] = await store.list_runs(RunQuery())
+        assert listed.waits == waits
+        await store.deliver_signal("r1", "approval", "true", "s1")
+        epoch = (await claim(store))["r1"].epoch
+        await store.park("r1", epoch, None, signal_wait("next", seq=6))
+        run = await store.get_run("r1")
+        assert run is not None and run.waits == signal_wait("next", seq=6)
+
+    async def test_list_runs_finds_the_runs_waiting_on_a_signal(self, store: Store) -> None:
+        """RunQuery(waiting_for=SIGNAL, wait_name=n) answers the waiting runs one of whose waits
+        is signal n, newest first; without wait_name every run waiting on any signal; a run
+        waiting on something else, claimed again since, or finished is not among them."""
+        now = time.time()
+        parks = {
+            "r0": signal_wait("approval"),
+            "r1": timer_wait(now + 3600),
+            "r2": timer_wait(now + 3600, seq=1) + signal_wait("approval", now + 3600, seq=2),
+            "r3": signal_wait("other"),
+            "r4": signal_wait("approval"),  # then woken and claimed again
+            "r5": signal_wait("approval"),  # then woken, claimed and finished
+        }
+        for run_id, waits in parks.items():
+            epoch = await running(store, run_id)
+            wake = min((w.until for w in waits if w.until is not None), default=None)
+            await store.park(run_id, epoch, wake, waits)
+        for run_id in ("r4", "r5"):
+            assert await store.deliver_signal(run_id, "approval", "true", f"s-{run_id}")
+        claimed = await claim(store)
+        assert sorted(claimed) == ["r4", "r5"]
+        await store.finish("r5", claimed["r5"].epoch, RunStatus.COMPLETED, "1", None)
+
+        async def ids(query: RunQuery) -> list[str]:
+            return [r.run_id for r in await store.list_runs(query)]
+
+        approval = RunQuery(waiting_for=WaitKind.SIGNAL, wait_name="approval")
+        assert await ids(approval) == ["r2", "r0"]
+        assert await ids(RunQuery(waiting_for=WaitKind.SIGNAL)) == ["r3", "r2", "r0"]
+        assert await ids(RunQuery(waiting_for=WaitKind.TIMER)) == ["r2", "r1"]
+        assert await ids(RunQuery(waiting_for=WaitKind.SIGNAL, wait_name="none")) == []
+        assert await ids(RunQuery(waiting_for=WaitKind.RETRY)) == []
+        assert await ids(RunQuery(waiting_for=WaitKind.SIGNAL, workflow="other")) == []
+        paged = RunQuery(waiting_for=WaitKind.SIGNAL, wait_name="approval", limit=1, offset=1)
+        assert await ids(paged) == ["r0"]
+        assert (await store.list_runs(approval))[0].waits == parks["r2"]
 
     async def test_park_with_unconsumed_signal_wakes_at_once(self, store: Store) -> None:
         """A run parked while an unconsumed signal waits is runnable at once (no lost wake-up)."""
         epoch = await running(store)
         assert await store.deliver_signal("r1", "approval", '{"ok":true}', "s1")
-        await store.park("r1", epoch, None, "signal:approval")
+        await store.park("r1", epoch, None, signal_wait("approval"))
         run = await store.get_run("r1")
         assert run is not None and run.wake_at is not None and run.wake_at <= time.time()
         assert list(await claim(store)) == ["r1"]
@@ -1020,7 +1101,7 @@ class StoreConformance:
         """A run parked after a cancel request is runnable at once."""
         epoch = await running(store)
         await store.request_cancel("r1")
-        await store.park("r1", epoch, time.time() + 3600, "timer")
+        await store.park("r1", epoch, time.time() + 3600, timer_wait())
         claimed = await claim(store)
         assert claimed["r1"].cancel_requested
 
@@ -1028,7 +1109,7 @@ class StoreConformance:
         """park with a stale epoch raises LeaseLost and changes nothing."""
         epoch = await running(store)
         with pytest.raises(LeaseLost):
-            await store.park("r1", epoch - 1, None, None)
+            await store.park("r1", epoch - 1, None, ())
         assert await status_of(store) == RunStatus.RUNNING
 
     async def test_deliver_signal_is_idempotent_by_signal_id(self, store: Store) -> None:
@@ -1053,7 +1134,7 @@ class StoreConformance:
     async def test_deliver_signal_wakes_a_waiting_run(self, store: Store) -> None:
         """Delivering a signal to a run parked without a timer makes it claimable."""
         epoch = await running(store)
-        await store.park("r1", epoch, None, "signal:approval")
+        await store.park("r1", epoch, None, signal_wait("approval"))
         assert await claim(store) == {}
         assert await store.deliver_signal("r1", "approval", "true", "s1")
         assert list(await claim(store)) == ["r1"]
@@ -1146,7 +1227,7 @@ class StoreConformance:
     async def test_cancel_of_a_waiting_run_wakes_it(self, store: Store) -> None:
         """request_cancel of a parked run flags it and makes it claimable at once."""
         epoch = await running(store)
-        await store.park("r1", epoch, None, "signal:never")
+        await store.park("r1", epoch, None, signal_wait("never"))
         run = await store.request_cancel("r1")
         assert run.status == RunStatus.WAITING and run.cancel_requested
         claimed = await claim(store)
@@ -1183,7 +1264,7 @@ class StoreConformance:
         assert r2 is not None and r2.status == RunStatus.FAILED and r2.error is not None
         for run in (r1, r2):
             assert run.owner is None and run.lease_expires is None and run.wake_at is None
-            assert run.waiting_on is None
+            assert run.waits == ()
         with pytest.raises(LeaseLost):
             await store.append("r1", epoch, [entry(0)])
         with pytest.raises(LeaseLost):
@@ -1325,7 +1406,7 @@ class StoreConformance:
         await new_run(store, "stuck")
         runs = await claim(store)
         await store.append("r1", runs["r1"].epoch, [entry(0)])
-        await store.park("waits", runs["waits"].epoch, None, "signal:go")
+        await store.park("waits", runs["waits"].epoch, None, signal_wait("go"))
         await store.finish("done", runs["done"].epoch, RunStatus.COMPLETED, "1", None)
         await store.record_crash("stuck", None, "diverged", time.time(), max_crashes=3)
         await new_run(store, "late")  # pending, created after the claim
@@ -1372,7 +1453,7 @@ class StoreConformance:
         await store.create_run(RunRecord("r1", WF, INPUT))  # not new: no call
         assert len(calls) == 1
         epoch = (await claim(store))["r1"].epoch
-        await store.park("r1", epoch, None, "signal:go")
+        await store.park("r1", epoch, None, signal_wait("go"))
         assert len(calls) == 2
         assert await store.deliver_signal("r1", "go", "1", "s1")
         assert len(calls) == 3

@@ -54,7 +54,7 @@ SQLSTATE_CONFLICT = "CDCNF"
 
 RUN_COLUMNS = (
     "run_id", "workflow", "input", "status", "epoch", "owner", "lease_expires", "wake_at",
-    "waiting_on", "cancel_requested", "result", "error", "crash_count", "last_error", "steps",
+    "waits", "cancel_requested", "result", "error", "crash_count", "last_error", "steps",
     "created_at", "updated_at", "meta",
 )  # fmt: skip
 #: The journal's columns (but run_id) and the SQL types the append functions take them as.
@@ -202,7 +202,7 @@ END $$""",
 # ONE statement and transaction. ``p_items`` is a JSON array (type json, not jsonb: it is parsed
 # faster) of ``p_count`` objects with ``i`` (1, 2, ...: the item's place in the answer), ``op``
 # ('append', 'park' or 'finish'), ``run_id``, ``epoch`` and the op's fields (an append's entry
-# columns; a park's ``wake_at``/``waiting_on``; a finish's ``status``/``result``/``error``). The
+# columns; a park's ``wake_at``/``waits``; a finish's ``status``/``result``/``error``). The
 # answer has one element per item: NULL once written, else 'missing', 'lost <epoch> <status>' or
 # 'conflict <message>'. Each item is fenced and decided on its own, as by the single-write
 # statements, and nothing is written for an item refused (every check comes before the item's
@@ -220,7 +220,7 @@ _ITEM_COLUMNS = ", ".join(
         "epoch bigint",
         *(f"{c} {t}" for c, t in ENTRY_TYPES.items()),
         "wake_at float8",
-        "waiting_on text",
+        "waits jsonb",
     ]
 )
 _WRITE_BATCH_FUNCTION = _fill(
@@ -301,7 +301,7 @@ BEGIN
             UPDATE {s}.runs r SET status = 'waiting',
                 wake_at = CASE WHEN r.unconsumed > 0 OR r.cancel_requested THEN v_now
                                ELSE v.wake_at END,
-                waiting_on = v.waiting_on, owner = NULL, lease_expires = NULL, updated_at = v_now
+                waits = v.waits, owner = NULL, lease_expires = NULL, updated_at = v_now
             WHERE r.run_id = v.run_id AND r.epoch = v.epoch AND r.status = 'running'
             RETURNING r.wake_at INTO v_wake;
             IF FOUND THEN
@@ -316,7 +316,7 @@ BEGIN
             END IF;
         ELSIF v.op = 'finish' THEN
             UPDATE {s}.runs SET status = v.status, result = v.result, error = v.error,
-                owner = NULL, lease_expires = NULL, wake_at = NULL, waiting_on = NULL,
+                owner = NULL, lease_expires = NULL, wake_at = NULL, waits = NULL,
                 updated_at = v_now
             WHERE run_id = v.run_id AND epoch = v.epoch AND status = 'running';
             IF FOUND THEN
@@ -429,6 +429,21 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         _APPEND_ENTRY_FUNCTION,
         _WRITE_BATCH_FUNCTION,
     ),
+    # 6: structured waits (jsonb, encode_waits' array) instead of the prose waiting_on. A run
+    # parked before holds prose: it is made runnable now and re-parks with structured waits at
+    # its next activation (a wake-up before due only replays). write_batch parks with them.
+    # Idempotent, like 5: applying it to a schema that has it already changes nothing.
+    (
+        "ALTER TABLE {s}.runs ADD COLUMN IF NOT EXISTS waits jsonb",
+        """DO $$ BEGIN
+    IF EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '{s}.runs'::regclass
+               AND attname = 'waiting_on' AND NOT attisdropped) THEN
+        UPDATE {s}.runs SET wake_at = 0 WHERE status = 'waiting' AND waiting_on IS NOT NULL;
+        ALTER TABLE {s}.runs DROP COLUMN waiting_on;
+    END IF;
+END $$""",
+        _WRITE_BATCH_FUNCTION,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -473,7 +488,7 @@ class Statements:
 ins AS (
     INSERT INTO {{s}}.runs ({cols})
     SELECT %(run_id)s, %(workflow)s, %(input)s, 'pending', %(epoch)s, %(owner)s,
-        %(lease_expires)s::float8, c.t, %(waiting_on)s, %(cancel_requested)s, %(result)s,
+        %(lease_expires)s::float8, c.t, %(waits)s::jsonb, %(cancel_requested)s, %(result)s,
         %(error)s, %(crash_count)s, %(last_error)s, %(steps)s, c.t, c.t, %(meta)s::jsonb
     FROM clock c
     ON CONFLICT (run_id) DO NOTHING
@@ -570,7 +585,7 @@ upd AS (
     UPDATE {{s}}.runs r SET status = 'waiting',
         wake_at = CASE WHEN r.unconsumed > 0 OR r.cancel_requested THEN c.t
                        ELSE %(wake_at)s::float8 END,
-        waiting_on = %(waiting_on)s, owner = NULL, lease_expires = NULL, updated_at = c.t
+        waits = %(waits)s::jsonb, owner = NULL, lease_expires = NULL, updated_at = c.t
     FROM clock c
     WHERE r.run_id = %(run_id)s AND r.epoch = %(epoch)s AND r.status = 'running'
     RETURNING r.wake_at, c.t AS now
@@ -584,7 +599,7 @@ SELECT (SELECT count(*) FROM upd)::int AS updated,
             f"""WITH {_CLOCK},
 upd AS (
     UPDATE {{s}}.runs r SET status = %(status)s, result = %(result)s, error = %(error)s,
-        owner = NULL, lease_expires = NULL, wake_at = NULL, waiting_on = NULL, updated_at = c.t
+        owner = NULL, lease_expires = NULL, wake_at = NULL, waits = NULL, updated_at = c.t
     FROM clock c
     WHERE r.run_id = %(run_id)s AND r.epoch = %(epoch)s AND r.status = 'running'
     RETURNING 1
@@ -658,7 +673,7 @@ ins AS (
     RETURNING 1
 ),
 upd AS (
-    UPDATE {{s}}.runs r SET status = 'pending', wake_at = c.t, waiting_on = NULL,
+    UPDATE {{s}}.runs r SET status = 'pending', wake_at = c.t, waits = NULL,
         owner = NULL, lease_expires = NULL, error = NULL, result = NULL,
         cancel_requested = false, crash_count = 0, updated_at = c.t,
         steps = (SELECT count(*) FROM {{s}}.journal WHERE run_id = %(run_id)s AND seq >= 0)

@@ -28,16 +28,21 @@ from coro_durable.errors import (
 )
 from coro_durable.store import (
     CANCELLED_ERROR,
+    ClaimRequest,
     GroupCommit,
     JournalEntry,
     Listener,
     ListenerSet,
+    RunQuery,
     RunRecord,
     RunStatus,
+    Wait,
     WorkerRecord,
     check_run_id,
     decode_meta,
+    decode_waits,
     encode_meta,
+    encode_waits,
     retry_conflict,
     retry_refused,
 )
@@ -85,6 +90,7 @@ def _run_from_row(row: Row) -> RunRecord:
             "modified outside coro_durable"
         ) from None
     fields["meta"] = decode_meta(fields["meta"], where)
+    fields["waits"] = decode_waits(fields["waits"], where)
     return RunRecord(**fields)
 
 
@@ -179,6 +185,10 @@ class _Write:
     def item(self) -> str | None:
         """Its JSON object for ``write_batch()``, or None when it must be written alone (an
         append of several entries; text that JSON cannot carry into PostgreSQL)."""
+        if self.op == "park":  # write_batch() reads the waits as a JSON array, not as text
+            waits = self.params["waits"]
+            fields = {**self.params, "waits": json.loads(waits) if waits is not None else None}
+            return _batch_item(self.op, self.run_id, self.epoch, fields)
         if self.op != "append":
             return _batch_item(self.op, self.run_id, self.epoch, self.params)
         if len(self.entries) != 1:
@@ -501,6 +511,7 @@ class PostgresStore:
         _no_nul("workflow name", run.workflow)
         params = {c: getattr(run, c) for c in RUN_COLUMNS}
         params["meta"] = encode_meta(run.meta)
+        params["waits"] = encode_waits(run.waits)
         params.update(self._note())
         for _ in range(3):
             rows = await self._fetch(self._sql.create_run, params)
@@ -522,28 +533,28 @@ class PostgresStore:
         rows = await self._fetch(self._sql.get_run, [run_id])
         return _run_from_row(rows[0]) if rows else None
 
-    async def list_runs(
-        self,
-        *,
-        status: RunStatus | None = None,
-        workflow: str | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> list[RunRecord]:
+    async def list_runs(self, query: RunQuery) -> list[RunRecord]:
         where: list[str] = []
         params: list[Any] = []
-        if status is not None:
+        if query.status is not None:
             where.append("status = %s")
-            params.append(RunStatus(status).value)
-        if workflow is not None:
-            _no_nul("workflow name", workflow)
+            params.append(RunStatus(query.status).value)
+        if query.workflow is not None:
+            _no_nul("workflow name", query.workflow)
             where.append("workflow = %s")
-            params.append(workflow)
+            params.append(query.workflow)
+        if query.waiting_for is not None:  # jsonb containment: a wait with that kind (and name)
+            wanted: dict[str, Any] = {"kind": query.waiting_for.value}
+            if query.wait_name is not None:
+                _no_nul("wait name", query.wait_name)
+                wanted["name"] = query.wait_name
+            where.append("status = 'waiting' AND waits @> %s::jsonb")
+            params.append(json.dumps([wanted]))
         sql = self._sql.list_runs
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC, run_id DESC LIMIT %s OFFSET %s"
-        params += [max(0, limit), max(0, offset)]
+        params += [max(0, query.limit), max(0, query.offset)]
         return [_run_from_row(row) for row in await self._fetch(sql, params)]
 
     # -- journal -------------------------------------------------------------------------------
@@ -686,16 +697,10 @@ class PostgresStore:
 
     # -- leases --------------------------------------------------------------------------------
 
-    async def claim(
-        self,
-        worker: str,
-        *,
-        limit: int,
-        lease_ttl: float,
-        workflows: Sequence[str],
-        max_crashes: int,
-    ) -> list[RunRecord]:
-        names = sorted(set(workflows))
+    async def claim(self, request: ClaimRequest) -> list[RunRecord]:
+        worker, limit, lease_ttl = request.worker, request.limit, request.lease_ttl
+        max_crashes = request.max_crashes
+        names = sorted(set(request.workflows))
         if not names or limit <= 0:
             return []
         _no_nul("worker id", worker)
@@ -738,9 +743,9 @@ class PostgresStore:
         return {row["run_id"]: bool(row["cancel_requested"]) for row in rows}
 
     async def park(
-        self, run_id: str, epoch: int, wake_at: float | None, waiting_on: str | None
+        self, run_id: str, epoch: int, wake_at: float | None, waits: Sequence[Wait]
     ) -> None:
-        fields = {"wake_at": wake_at, "waiting_on": waiting_on}
+        fields = {"wake_at": wake_at, "waits": encode_waits(waits)}
         await self._write(_Write("park", run_id, epoch, fields))
         self._listeners.notify()
 

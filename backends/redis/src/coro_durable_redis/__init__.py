@@ -120,7 +120,8 @@ Key layout (``P`` is the prefix)
 ``P meta``                    hash   ``layout``: version of this layout (a newer one is refused)
 ``P meta:upgrade``            str    lock held while a store upgrades an older layout
 ``P run:<run_id>``            hash   the RunRecord's fields by name (a missing field is None,
-                                     ``meta`` the text of ``encode_meta``), and ``notes``: how
+                                     ``meta`` the text of ``encode_meta``, ``waits`` that of
+                                     ``encode_waits``), and ``notes``: how
                                      many audit notes (seq < 0) the journal has
 ``P journal:<run_id>``        hash   seq -> ``<status>|<checksum>|<entry as a JSON object>``:
                                      the JournalEntry's fields by name, ``meta`` included
@@ -151,7 +152,9 @@ dead upgrader's lock expires in 30 s; the rewrite is idempotent, so the next sto
 Version 1 kept journal entries as JSON arrays, read by position; version 2 keeps JSON objects,
 read by field name, with the entry's ``meta`` (the upgrade rewrites every entry; run hashes
 already had named fields). A value still in the version 1 form (written by an older worker that
-was running during the upgrade) is read as such.
+was running during the upgrade) is read as such. Version 3 keeps a parked run's waits as ``waits`` (the text of
+``encode_waits``) instead of the prose ``waiting_on``; the upgrade drops ``waiting_on`` and makes
+each waiting run due at once, so that its next activation re-parks it with structured waits.
 
 Errors
 ------

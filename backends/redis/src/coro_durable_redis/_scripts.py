@@ -33,7 +33,7 @@ __all__ = ["Script", "SCRIPTS", "LAYOUT_VERSION"]
 #: Version of the key layout (see the package docstring); stored in ``<prefix>meta``. A store
 #: refuses a newer layout and upgrades an older one at open (``RedisStore._upgrade``).
 #: 1: journal entries are JSON arrays; 2: JSON objects (named fields, ``meta`` among them).
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 
 _PRELUDE = r"""
 if redis.replicate_commands then pcall(redis.replicate_commands) end  -- Redis < 5: effects replication for TIME
@@ -167,13 +167,13 @@ local function append(id, epoch, first, last)
   return {'ok'}
 end
 
-local function park(origin, token, id, epoch, opt_at, opt_waiting_on)
+local function park(origin, token, id, epoch, opt_at, opt_waits)
   if done_before(token) then return {'ok'} end
   local bad = fence(id, epoch)
   if bad then return bad end
   local key = rk(id)
   local now = num(clock())
-  local at, waiting_on = opt(opt_at), opt(opt_waiting_on)
+  local at, waits = opt(opt_at), opt(opt_waits)
   local f = redis.call('HMGET', key, 'cancel_requested', 'workflow', 'created_at')
   if f[1] == '1' or redis.call('LLEN', sq(id)) > 0 then
     at = now  -- a signal or a cancel request is already here: no lost wake-up
@@ -181,10 +181,10 @@ local function park(origin, token, id, epoch, opt_at, opt_waiting_on)
   redis.call('HSET', key, 'status', 'waiting', 'updated_at', now)
   redis.call('HDEL', key, 'owner', 'lease_expires')
   if at then redis.call('HSET', key, 'wake_at', at) else redis.call('HDEL', key, 'wake_at') end
-  if waiting_on then
-    redis.call('HSET', key, 'waiting_on', waiting_on)
+  if waits then
+    redis.call('HSET', key, 'waits', waits)
   else
-    redis.call('HDEL', key, 'waiting_on')
+    redis.call('HDEL', key, 'waits')
   end
   reindex(id, f[2], 'running', 'waiting', f[3])
   if at then schedule(id, f[2], 'due', at) else schedule(id, f[2], nil) end
@@ -201,7 +201,7 @@ local function finish(token, id, epoch, status, opt_result, opt_error)
   local result, err = opt(opt_result), opt(opt_error)
   local f = redis.call('HMGET', key, 'workflow', 'created_at')
   redis.call('HSET', key, 'status', status, 'updated_at', num(clock()))
-  redis.call('HDEL', key, 'owner', 'lease_expires', 'wake_at', 'waiting_on')
+  redis.call('HDEL', key, 'owner', 'lease_expires', 'wake_at', 'waits')
   if result then redis.call('HSET', key, 'result', result) else redis.call('HDEL', key, 'result') end
   if err then redis.call('HSET', key, 'error', err) else redis.call('HDEL', key, 'error') end
   reindex(id, f[1], 'running', status, f[2])
@@ -405,7 +405,7 @@ end
 return out
 """
 
-# ARGV: P, origin, token, run_id, epoch, opt(wake_at), opt(waiting_on) -> {'ok'} or a refusal
+# ARGV: P, origin, token, run_id, epoch, opt(wake_at), opt(waits) -> {'ok'} or a refusal
 _PARK = r"""
 return park(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
 """
@@ -532,7 +532,7 @@ local now = num(clock())
 redis.call('HSET', key, 'status', 'pending', 'wake_at', now, 'cancel_requested', '0',
            'crash_count', '0', 'notes', tostring(notes),
            'steps', tostring(redis.call('HLEN', journal) - notes), 'updated_at', now)
-redis.call('HDEL', key, 'owner', 'lease_expires', 'waiting_on', 'error', 'result')
+redis.call('HDEL', key, 'owner', 'lease_expires', 'waits', 'error', 'result')
 reindex(id, f[2], f[1], 'pending', f[3])
 schedule(id, f[2], 'due', now)
 wake(ARGV[2], now)
@@ -663,6 +663,22 @@ end
 return n
 """
 
+# ARGV: P, run_id -> 1 if the run's hash had the prose ``waiting_on`` of layout 2: it is dropped
+# and, if the run is waiting, the run is made due now (wake_at 0), to re-park with its
+# structured ``waits`` at its next activation (a wake-up before due only replays).
+_UPGRADE_WAITS = r"""
+local id = ARGV[2]
+local key = rk(id)
+if redis.call('HEXISTS', key, 'waiting_on') == 0 then return 0 end
+redis.call('HDEL', key, 'waiting_on')
+local f = redis.call('HMGET', key, 'status', 'workflow')
+if f[1] == 'waiting' then
+  redis.call('HSET', key, 'wake_at', '0')
+  schedule(id, f[2], 'due', 0)
+end
+return 1
+"""
+
 # ARGV: P, lock token, opt(layout) -> 1 if we still held the upgrade lock: then the layout (if
 # given: the upgrade is done) is recorded and the lock released
 _UPGRADE_DONE = r"""
@@ -706,6 +722,7 @@ SCRIPTS: dict[str, Script] = {
         _script("workers", _WORKERS),
         _script("worker_remove", _WORKER_REMOVE),
         _script("upgrade_entries", _UPGRADE_ENTRIES),
+        _script("upgrade_waits", _UPGRADE_WAITS),
         _script("upgrade_done", _UPGRADE_DONE),
         _script("upgrade_lock", _UPGRADE_LOCK),
     )

@@ -35,17 +35,22 @@ from coro_durable.errors import (
 from coro_durable.store import (
     CANCELLED_ERROR,
     GROUP_COMMIT_OPTIONS,
+    ClaimRequest,
     GroupCommit,
     GroupCommitOptions,
     JournalEntry,
     Listener,
     ListenerSet,
+    RunQuery,
     RunRecord,
     RunStatus,
+    Wait,
     WorkerRecord,
     check_run_id,
     decode_meta,
+    decode_waits,
     encode_meta,
+    encode_waits,
     parse_group_option,
     retry_conflict,
     retry_refused,
@@ -176,7 +181,7 @@ def _opt_time(value: float | None) -> bytes:
     return b"" if value is None else b"=" + _b(repr(float(value)))
 
 
-_RUN_STRINGS = ("owner", "waiting_on", "result", "error", "last_error")
+_RUN_STRINGS = ("owner", "result", "error", "last_error")
 
 
 def _run_fields(run: RunRecord) -> list[bytes]:
@@ -196,6 +201,8 @@ def _run_fields(run: RunRecord) -> list[bytes]:
         pairs += [b"lease_expires", _b(repr(float(run.lease_expires)))]
     if run.meta:
         pairs += [b"meta", _b(encode_meta(run.meta))]
+    if run.waits:
+        pairs += [b"waits", _b(encode_waits(run.waits) or "")]
     return pairs
 
 
@@ -222,7 +229,7 @@ def _run_from_row(row: Sequence[Any]) -> RunRecord:
             owner=h.get("owner"),
             lease_expires=_float(h.get("lease_expires")),
             wake_at=_float(h.get("wake_at")),
-            waiting_on=h.get("waiting_on"),
+            waits=decode_waits(h.get("waits"), where),
             cancel_requested=h.get("cancel_requested") == "1",
             result=h.get("result"),
             error=h.get("error"),
@@ -592,7 +599,9 @@ class RedisStore:
         upgrader's lock expires within ``_UPGRADE_LOCK_MS``); a store that finds it taken waits
         for the layout to change, then finds the work done. Layout 1 -> 2 rewrites every journal
         entry from a JSON array to a JSON object of its named fields (runs need nothing: their
-        hashes have named fields already, and a missing ``meta`` reads as empty). Each run's
+        hashes have named fields already, and a missing ``meta`` reads as empty). Layout 2 -> 3
+        drops each run's prose ``waiting_on`` and makes a waiting run due now, so that it
+        re-parks with its structured ``waits``. Each run's
         entries are rewritten in one script that skips a value changed meanwhile, so an upgrade
         that dies halfway is simply done again by the next open.
         """
@@ -608,20 +617,25 @@ class RedisStore:
         try:
             if await self._layout(transport) != layout:
                 return  # done by another store just before we took the lock
-            runs = rewritten = 0
+            runs = rewritten = woken = 0
             index = _b(f"{self.prefix}ix:all")  # every run
             while ids := await transport.command("ZRANGE", index, runs, runs + 499):
                 if not await locked():
                     return  # our lock expired and another store took over: wait for it
                 for run_id in ids:
-                    rewritten += await self._upgrade_journal(transport, _s(run_id))
+                    if layout < 2:
+                        rewritten += await self._upgrade_journal(transport, _s(run_id))
+                    if layout < 3:
+                        args = self._args(run_id)
+                        woken += int(await transport.script(SCRIPTS["upgrade_waits"], args))
                 runs += len(ids)
             layout_arg = b"=" + _b(str(LAYOUT_VERSION))
             if int(await transport.script(SCRIPTS["upgrade_done"], self._args(token, layout_arg))):
                 log.info(
                     "Redis store %s prefix %r: upgraded the key layout from version %d to %d "
-                    "(%d journal entries of %d runs rewritten)",
-                    self.where, self.prefix, layout, LAYOUT_VERSION, rewritten, runs,
+                    "(%d journal entries of %d runs rewritten, %d parked runs made due to "
+                    "re-park with structured waits)",
+                    self.where, self.prefix, layout, LAYOUT_VERSION, rewritten, runs, woken,
                 )  # fmt: skip
         finally:
             with anyio.CancelScope(shield=True):
@@ -790,16 +804,31 @@ class RedisStore:
         reply = await self._script("get", [_b(run_id)])
         return _run_from_row(reply) if reply else None  # an unknown run's hash is empty
 
-    async def list_runs(
-        self,
-        *,
-        status: RunStatus | None = None,
-        workflow: str | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> list[RunRecord]:
-        if limit <= 0:
+    async def list_runs(self, query: RunQuery) -> list[RunRecord]:
+        if query.limit <= 0:
             return []
+        if query.waiting_for is not None:
+            return await self._list_waiting(query)
+        return await self._list(query.status, query.workflow, query.offset, query.limit)
+
+    async def _list_waiting(self, query: RunQuery) -> list[RunRecord]:
+        """RunQuery.waiting_for: no index holds the waits, so page through the waiting runs
+        (of the workflow, if given), newest first, keeping those whose waits match."""
+        if query.status not in (None, RunStatus.WAITING):
+            return []
+        matched: list[RunRecord] = []
+        want, start, page = max(query.offset, 0) + query.limit, 0, 500
+        while len(matched) < want:
+            runs = await self._list(RunStatus.WAITING, query.workflow, start, page)
+            matched += [run for run in runs if query.matches(run)]
+            if len(runs) < page:
+                break
+            start += page
+        return matched[max(query.offset, 0) : want]
+
+    async def _list(
+        self, status: RunStatus | None, workflow: str | None, offset: int, limit: int
+    ) -> list[RunRecord]:
         if status is not None and workflow is not None:
             index = f"ix:wfst:{RunStatus(status).value}:{workflow}"
         elif status is not None:
@@ -905,16 +934,10 @@ class RedisStore:
 
     # -- leases -------------------------------------------------------------------------------------
 
-    async def claim(
-        self,
-        worker: str,
-        *,
-        limit: int,
-        lease_ttl: float,
-        workflows: Sequence[str],
-        max_crashes: int,
-    ) -> list[RunRecord]:
-        names = sorted(set(workflows))
+    async def claim(self, request: ClaimRequest) -> list[RunRecord]:
+        worker, limit, lease_ttl = request.worker, request.limit, request.lease_ttl
+        max_crashes = request.max_crashes
+        names = sorted(set(request.workflows))
         if not names or limit <= 0:
             return []
         args = [
@@ -934,11 +957,11 @@ class RedisStore:
         return {_s(reply[i]): _s(reply[i + 1]) == "1" for i in range(0, len(reply) - 1, 2)}
 
     async def park(
-        self, run_id: str, epoch: int, wake_at: float | None, waiting_on: str | None
+        self, run_id: str, epoch: int, wake_at: float | None, waits: Sequence[Wait]
     ) -> None:
         args = [
             _b(self._origin), _b(uuid.uuid4().hex), _b(run_id), _b(str(epoch)),
-            _opt_time(wake_at), _opt(waiting_on),
+            _opt_time(wake_at), _opt(encode_waits(waits)),
         ]  # fmt: skip
         reply = await self._write(_Write("park", b"p", args))
         if _s(reply[0]) != "ok":
