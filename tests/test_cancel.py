@@ -356,6 +356,69 @@ async def test_a_timed_out_sync_step_is_told_by_heartbeat_and_its_result_dropped
     assert EVENTS["sync finished"] == 0
 
 
+async def async_slow_effect(seconds: float) -> str:
+    EVENTS["async started"] += 1
+    try:
+        await anyio.sleep(seconds)
+    except anyio.get_cancelled_exc_class():
+        EVENTS["async cancelled"] += 1
+        raise
+    EVENTS["async side effect"] += 1  # must never happen: the attempt timed out before
+    return "late"
+
+
+@cd.workflow
+async def async_timeout_wf() -> str:
+    try:
+        await cd.call(async_slow_effect, 1.0, timeout=0.1, retry=cd.RetryPolicy(max_attempts=1))
+    except cd.StepError as exc:
+        return f"{exc.type_name}: {exc.attempts}"
+    return "no timeout"
+
+
+async def test_a_timed_out_async_step_is_cancelled_at_its_timeout(runtime: Any) -> None:
+    """An async step past its timeout is cancelled where it awaits: its body stops (the code
+    after its await never runs, even once the sleep would have ended) and the workflow gets
+    the StepError."""
+    async with runtime() as rt:
+        handle = await rt.start(async_timeout_wf, run_id="async-timeout")
+        assert await handle.result(timeout=10) == "TimeoutError: 1"
+        await anyio.sleep(1.2)  # past the end of the step's sleep
+        (entry,) = await handle.history()
+    assert (EVENTS["async started"], EVENTS["async cancelled"]) == (1, 1)
+    assert EVENTS["async side effect"] == 0
+    assert entry.status == "error" and entry.attempts == 1
+
+
+def sync_silent(seconds: float) -> str:
+    time.sleep(seconds)  # no heartbeat: nothing tells it that it timed out
+    EVENTS["silent returned"] += 1
+    return "late"
+
+
+@cd.workflow
+async def silent_timeout_wf() -> str:
+    try:
+        await cd.call(sync_silent, 0.6, timeout=0.1, retry=cd.RetryPolicy(max_attempts=1))
+    except cd.StepError as exc:
+        return f"{exc.type_name}: {exc.attempts}"
+    return "no timeout"
+
+
+async def test_a_late_result_of_a_timed_out_sync_step_is_never_journaled(runtime: Any) -> None:
+    """A sync step that never heartbeats runs on past its timeout (Python cannot kill a thread)
+    and returns later: that late result is dropped, the journal keeps the timeout."""
+    async with runtime() as rt:
+        handle = await rt.start(silent_timeout_wf, run_id="silent-timeout")
+        assert await handle.result(timeout=10) == "TimeoutError: 1"
+        history = await handle.history()
+        await wait_for(lambda: EVENTS["silent returned"] == 1)
+        await anyio.sleep(0.2)
+        assert await handle.history() == history
+    (entry,) = history
+    assert entry.status == "error" and entry.result is None
+
+
 def beats_with_progress(seconds: float) -> str:
     STARTED.set()
     end = time.monotonic() + seconds
