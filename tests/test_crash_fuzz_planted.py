@@ -5,7 +5,8 @@ The testing kit plants them around the correct runtime (``coro_durable.testing._
 runtime and the stores know nothing of them:
 
 * ``skip_persist``: a store that acknowledges a step's result before it is written (it lands with
-  the run's next write), so the workflow is fed an outcome a crash loses (persist before proceed);
+  the activation's next write), so the workflow is fed an outcome a crash or a lost lease loses
+  (persist before proceed);
 * ``no_fencing``: a store that sends every write with the run's current fencing token, so a
   worker whose lease expired keeps writing;
 * ``reuse_key``: an instrument that gives steps calling the same function the same key.
@@ -20,13 +21,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 import coro_durable as cd
 from coro_durable.testing import CrashFuzzReport, crash_fuzz
-from coro_durable.testing._planted import PLANTED, Planted
+from coro_durable.testing._planted import PLANTED, EarlyAckStore, Planted
+from coro_durable.testing.conformance import claim, entry, new_run
 from crashfuzz_machine import Stats, machine_for
 
 # -- a user's workflow, as crash_fuzz sees it --------------------------------------------------------
@@ -133,6 +136,28 @@ def test_crash_fuzz_finds_a_store_without_fencing(store: str, tmp_path: Path) ->
     violation = report.violations[0]
     assert violation.kind == "stale-write", report.summary()
     assert violation.point == "renew" and report.runs <= 3
+
+
+def test_skip_persist_loses_what_an_activation_held_when_its_lease_is_taken_over() -> None:
+    """An entry the early-acking store held for an activation whose lease was then taken over is
+    lost, as a crash loses it: the next activation's own writes land. (Were it written with them,
+    fenced by its stale epoch, they would fail as a lost lease, and the run would lose its lease
+    at every resumption without ever finishing.)"""
+
+    async def scenario() -> None:
+        store = EarlyAckStore(cd.MemoryStore())
+        await new_run(store)
+        first = (await claim(store, lease_ttl=0.0))["r1"].epoch
+        await store.append("r1", first, [entry(0, result="1")])  # acknowledged, held
+        second = (await claim(store))["r1"].epoch  # the lease expired: a worker takes the run
+        assert second > first
+        await store.append("r1", second, [entry(0, result="2")])  # the step ran again
+        await store.finish("r1", second, cd.RunStatus.COMPLETED, '"done"', None)
+        assert [e.result for e in await store.load_journal("r1")] == ["2"]
+        run = await store.get_run("r1")
+        assert run is not None and run.status == cd.RunStatus.COMPLETED
+
+    anyio.run(scenario)
 
 
 # -- the state machine ------------------------------------------------------------------------------

@@ -6,8 +6,9 @@ of them touches the runtime or a store: each is a store wrapper or an instrument
 test, the way a real bug in a store, a driver or a database setting would sit.
 
 * ``skip_persist``, :class:`EarlyAckStore`: a step's result entry is acknowledged before it is
-  written and lands with the run's next write, so the workflow is fed an outcome a crash loses
-  (persist before proceed broken; what ``synchronous_commit=off`` does to acknowledged commits).
+  written and lands with the activation's next write, so the workflow is fed an outcome a crash
+  or a lost lease loses (persist before proceed broken; what ``synchronous_commit=off`` does to
+  acknowledged commits).
   It must sit above the trace's store wrapper, where the runtime's writes arrive.
 * ``no_fencing``, :class:`UnfencedStore`: every fenced write is sent with the run's current
   fencing token, so a worker whose lease was taken over keeps writing. It must sit beneath the
@@ -34,21 +35,29 @@ __all__ = ["PLANTED", "EarlyAckStore", "Planted", "ReusedKeys", "UnfencedStore"]
 
 
 class EarlyAckStore(StoreWrapper):
-    """Acknowledges a step's final result entry at once and writes it with the run's next write
-    (an append, a signal taken, a park or a finish) from this store object. A worker that dies
-    meanwhile loses it: the workflow was fed a result that was never journaled."""
+    """Acknowledges a step's final result entry at once and writes it with the activation's next
+    write (an append, a signal taken, a park or a finish) from this store object, fenced by the
+    same epoch. An activation that ends meanwhile loses it: its worker died, or its lease was lost
+    or taken over (a later epoch's write drops it, as a crash would have). Either way the workflow
+    was fed a result that was never journaled."""
 
     def __init__(self, inner: Store) -> None:
         super().__init__(inner)
         self._held: defaultdict[str, list[tuple[int, JournalEntry]]] = defaultdict(list)
 
-    async def _flush(self, run_id: str) -> None:
-        held, self._held[run_id] = self._held[run_id], []
-        for epoch, entry in held:
-            await self.inner.append(run_id, epoch, [entry])
+    async def _flush(self, run_id: str, epoch: int) -> None:
+        # Entries held under an earlier epoch belong to an activation that ended before its next
+        # write: they are lost. Written now, fenced by their stale epoch, they would fail this
+        # write with LeaseLost: the current activation would stop as if it had lost its lease,
+        # and its run would wait for the lease to expire (over and over, a run never finishing).
+        held = self._held[run_id]
+        self._held[run_id] = [(e, entry) for e, entry in held if e > epoch]
+        for e, entry in held:
+            if e == epoch:
+                await self.inner.append(run_id, epoch, [entry])
 
     async def append(self, run_id: str, epoch: int, entries: Sequence[JournalEntry]) -> None:
-        await self._flush(run_id)
+        await self._flush(run_id, epoch)
         if len(entries) == 1 and entries[0].kind == "call" and entries[0].final:
             self._held[run_id].append((epoch, entries[0]))
             return
@@ -57,19 +66,19 @@ class EarlyAckStore(StoreWrapper):
     async def consume_signal(
         self, run_id: str, epoch: int, name: str, entry: JournalEntry
     ) -> JournalEntry | None:
-        await self._flush(run_id)
+        await self._flush(run_id, epoch)
         return await self.inner.consume_signal(run_id, epoch, name, entry)
 
     async def park(
         self, run_id: str, epoch: int, wake_at: float | None, waits: Sequence[Wait]
     ) -> None:
-        await self._flush(run_id)
+        await self._flush(run_id, epoch)
         await self.inner.park(run_id, epoch, wake_at, waits)
 
     async def finish(
         self, run_id: str, epoch: int, status: RunStatus, result: str | None, error: str | None
     ) -> None:
-        await self._flush(run_id)
+        await self._flush(run_id, epoch)
         await self.inner.finish(run_id, epoch, status, result, error)
 
 
