@@ -294,6 +294,35 @@ async def xe_resumable(hold: float) -> list[str]:
 # == scenarios ============================================================================================
 
 
+async def _notify(target: str) -> None:
+    await cd.send(target, "note", {"from": "xe"})
+
+
+@cd.workflow
+async def xe_sends(target: str) -> str:
+    await _notify(target)  # inside a helper coroutine: the start check reads it too
+    return "sent"
+
+
+async def check_send_is_refused_at_start(rt: Any, engine_name: str) -> None:
+    """cd.send is not offered on the engines yet: rt.start refuses a workflow that uses it
+    (found in a helper coroutine it awaits), naming the effect and the engine; nothing starts."""
+    run_id = f"send-{uuid.uuid4().hex[:8]}"
+    try:
+        await rt.start(xe_sends, "someone", run_id=run_id)
+    except errors.EffectNotAllowedError as exc:
+        message = str(exc)
+    else:
+        raise AssertionError(f"{engine_name} started a workflow that uses cd.send")
+    assert f"uses cd.send, which {engine_name} does not offer" in message, message
+    assert "_notify" in message and "Nothing was started" in message, message
+    try:
+        await rt.describe(run_id)
+    except errors.RunNotFoundError:
+        return
+    raise AssertionError(f"{engine_name}: {run_id} exists after a refused start")
+
+
 def normalise(value: Any, run_id: str) -> Any:
     """Replace the run id inside strings (idempotency keys, messages) by ``<run>``."""
     if isinstance(value, str):

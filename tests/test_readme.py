@@ -45,6 +45,20 @@ def block(heading: str, language: str = "python") -> str:
     return match.group(1)
 
 
+def run_block(heading: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """Run the first python block after the README's ``heading`` line as a script in
+    ``tmp_path``."""
+    text = README.read_text()
+    section = text[text.index(f"\n{heading}\n") :]
+    match = re.search(r"^```python\n(.*?)^```$", section, re.M | re.S)
+    assert match is not None, f"no python block under {heading}"
+    script = tmp_path / "example.py"
+    script.write_text(match.group(1))
+    return subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=60
+    )
+
+
 def ten_lines_block() -> str:
     return block("Ten lines")
 
@@ -79,15 +93,7 @@ def test_ten_lines_example_runs_twice_without_a_traceback(tmp_path: Path) -> Non
 def test_fake_clock_example_runs_in_well_under_a_day(tmp_path: Path) -> None:
     """The README's FakeClock example, run as a script: the one-day timer fires when the clock
     is advanced, and the script prints the clock's date within seconds."""
-    text = README.read_text()
-    section = text[text.index("\n### Timers in tests: `FakeClock`\n") :]
-    match = re.search(r"^```python\n(.*?)^```$", section, re.M | re.S)
-    assert match is not None, "no python block under the FakeClock section"
-    script = tmp_path / "reminder.py"
-    script.write_text(match.group(1))
-    done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=60
-    )
+    done = run_block("### Timers in tests: `FakeClock`", tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "sent at 2030-01-02"
 
@@ -102,3 +108,11 @@ def test_instruments_example_prints_what_the_readme_says(tmp_path: Path) -> None
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout == block("Instruments", language="text")
+
+
+def test_send_example_prints_what_the_readme_says(tmp_path: Path) -> None:
+    """The README's cd.send example, run as a script: the writer's send reaches the reviewer,
+    which completes with the draft."""
+    done = run_block("### Messages between runs: `cd.send`", tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout == "sent\nreviewed: chapter 1\n"

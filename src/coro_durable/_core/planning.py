@@ -34,6 +34,7 @@ from typing import Any
 from ..errors import (
     PayloadTooLargeError,
     RunCancelledError,
+    RunNotFoundError,
     SerializationError,
     SignalTimeout,
     StepError,
@@ -45,6 +46,7 @@ from ..workflow._effects import (
     Error,
     Gather,
     Outcome,
+    Send,
     Sleep,
     Value,
     digest,
@@ -116,6 +118,13 @@ def identity(effect: Effect, limit: int) -> tuple[str, str | None, str]:
         timeout = effect.timeout
         spec = {"timeout": timeout if timeout is None or math.isfinite(timeout) else None}
         return effect.signal, json.dumps(spec), _EMPTY_DIGEST
+    if isinstance(effect, Send):  # the target and payload are checked on replay, as call args
+        args = codec.encode(
+            {"run_id": effect.run_id, "payload": effect.payload},
+            where=f"payload of cd.send({effect.signal!r})",
+            limit=limit,
+        )
+        return effect.signal, args, digest(args)
     return "", None, _EMPTY_DIGEST
 
 
@@ -211,14 +220,19 @@ def rebuild_error(
     step: str,
     attempts: int,
     kind: str = "call",
+    args: str | None = None,
 ) -> BaseException:
     """The exception a recorded failure stands for, as the workflow is fed it: the run's
     RunCancelledError, a signal wait's SignalTimeout, the codec's own errors for an unjournalable
-    value, and otherwise a StepError carrying the step exception's type name and message."""
+    value, a send's RunNotFoundError (for the target named in the entry's ``args``), and
+    otherwise a StepError carrying the step exception's type name and message."""
     if type_name == "RunCancelledError":
         return RunCancelledError(run_id)
     if kind == "signal" and type_name == "SignalTimeout":
         return SignalTimeout(message)
+    if kind == "send" and type_name == "RunNotFoundError":
+        target = json.loads(args).get("run_id") if args else None
+        return RunNotFoundError(str(target)) if target else RunNotFoundError(message)
     if type_name == "PayloadTooLargeError":
         return PayloadTooLargeError(message)
     if type_name == "SerializationError":

@@ -8,8 +8,10 @@ engine's durable primitive and sends back an outcome. This module is the stable 
 where ``resolve(effect) -> Outcome`` is the adapter's async function: ``Value(x)`` or ``Error(exc)``
 per effect, exactly one per yielded effect (the driver contract). ``Call`` carries ``fn``, ``args``,
 ``kwargs``, ``retry`` (a RetryPolicy) and ``timeout``; ``Sleep`` ``seconds`` or ``until``;
-``AwaitSignal`` ``signal`` and ``timeout``; ``Gather`` ``effects`` and ``return_exceptions``;
-``Now``, ``Uuid4`` and ``Random`` nothing. Inside a step the adapter runs the step function under
+``AwaitSignal`` ``signal`` and ``timeout``; ``Send`` ``run_id``, ``signal`` and ``payload``;
+``Gather`` ``effects`` and ``return_exceptions``; ``Now``, ``Uuid4`` and ``Random`` nothing. An
+effect the engine cannot express is refused by the driver's ``Planner(check=...)`` with
+EffectNotAllowedError naming the effect and the engine. Inside a step the adapter runs the step function under
 ``step_context(key)`` so ``cd.idempotency_key()`` works there too. ``check_run_id`` applies the
 run_id rule every store enforces (non-empty, at most 255 characters, no control characters).
 
@@ -24,6 +26,11 @@ runtime does, so a run's seqs and idempotency keys are the same on every engine;
 its own validation as ``Planner(check=...)``. ``exception_info`` and ``rebuild_error`` are the one
 outcome/error-info codec: what a failure is recorded as, and the exception a recorded failure is
 fed back as (``UNJOURNALABLE``: the failures retrying cannot fix).
+
+``refuse_effects(fn, {"send": hint}, "Temporal")`` reads a workflow's source (best effort) and
+raises EffectNotAllowedError, before a run is started, when it uses an effect the engine does
+not offer; ``coro_durable.engine.source`` holds it and the helpers it is built on (``evaluate``,
+``function_scope``, ``bound_names``: how a call's target is found in the source).
 
 ``EngineRuntime`` is the base class of an adapter's runtime (what ``cd.Runtime("temporal://...")``
 returns): the options, checks and errors every engine runtime shares, and the abstract client
@@ -57,6 +64,7 @@ from ..workflow._effects import (
     Outcome,
     Random,
     RetryPolicy,
+    Send,
     Sleep,
     Uuid4,
     Value,
@@ -66,6 +74,7 @@ from ..workflow._effects import (
 from ..workflow._registry import lookup, register_function, registered, workflow_name
 from ._base import EngineRuntime
 from ._drive import drive, step_context
+from .source import refuse_effects
 
 __all__ = [
     "TERMINAL",
@@ -87,6 +96,7 @@ __all__ = [
     "Outcome",
     "Random",
     "RetryPolicy",
+    "Send",
     "Sleep",
     "Uuid4",
     "Value",
@@ -96,6 +106,7 @@ __all__ = [
     "drive",
     "lookup",
     "register_function",
+    "refuse_effects",
     "registered",
     "step_context",
     "step_name",

@@ -89,6 +89,7 @@ from ..workflow._effects import (
     Now,
     Outcome,
     Random,
+    Send,
     Sleep,
     StepContext,
     StepInfo,
@@ -234,6 +235,7 @@ def _recorded_error(entry: JournalEntry, run_id: str) -> BaseException:
         step=entry.name,
         attempts=entry.attempts,
         kind=entry.kind,
+        args=entry.args,
     )
 
 
@@ -615,6 +617,8 @@ class Activation:
                 return await self._run_sleep(effect, leaf, pending)
             if isinstance(effect, AwaitSignal):
                 return await self._run_signal(effect, leaf, pending)
+            if isinstance(effect, Send):
+                return await self._run_send(effect, leaf)
         except _CancelNow:
             return await self._inject_cancel(leaf, self.journal.get(leaf.seq))
         if isinstance(effect, Now):
@@ -937,6 +941,33 @@ class Activation:
         await self._write(
             self._entry(leaf, "ok", pending=pending, result="null", due_at=due, finished=True)
         )
+        return Value(None)
+
+    async def _run_send(self, effect: Send, leaf: Leaf) -> Outcome:
+        """Deliver the signal under this effect's key (the store keeps one delivery per signal
+        id, so a resend after a crash before the journal write is the same delivery), then
+        journal it. An unknown target is journaled as the effect's RunNotFoundError."""
+        payload = codec.encode(
+            effect.payload,
+            where=f"payload of cd.send({effect.signal!r})",
+            limit=self.limits.max_payload_bytes,
+        )
+        key = f"{self.run_id}:{leaf.seq}"
+        try:
+            await store_call(
+                self.limits.store_deadline,
+                self.store.deliver_signal,
+                effect.run_id,
+                effect.signal,
+                payload,
+                f"send:{key}",
+            )
+            self.hooks.fault(AFTER_BODY, self.run_id, leaf.seq)  # delivered, not yet journaled
+        except RunNotFoundError as exc:
+            error = _error_json("RunNotFoundError", str(exc))
+            await self._write(self._entry(leaf, "error", error=error, finished=True))
+            return Error(RunNotFoundError(effect.run_id))
+        await self._write(self._entry(leaf, "ok", result="null", finished=True))
         return Value(None)
 
     async def _run_signal(

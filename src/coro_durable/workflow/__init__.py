@@ -1,4 +1,5 @@
-"""What workflow code touches: the effects (``call``, ``sleep``, ``await_signal``, ``gather``, ...),
+"""What workflow code touches: the effects (``call``, ``sleep``, ``await_signal``, ``send``,
+``gather``, ...),
 the retry policy, the workflow registry (``@workflow``, lookup by name) and the context a step or
 a workflow can read (``idempotency_key``, ``step_info``, ``heartbeat``, ``workflow_info``).
 
@@ -17,6 +18,7 @@ from ._effects import (
     idempotency_key,
     now,
     random,
+    send,
     sleep,
     sleep_until,
     step_info,
@@ -36,6 +38,7 @@ __all__ = [
     "idempotency_key",
     "now",
     "random",
+    "send",
     "sleep",
     "sleep_until",
     "step_info",

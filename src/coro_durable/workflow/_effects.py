@@ -212,6 +212,21 @@ class AwaitSignal(Effect):
 
 
 @dataclass(frozen=True, slots=True, eq=False)
+class Send(Effect):
+    """Deliver signal ``signal`` with ``payload`` to the run ``run_id``, exactly once: the signal
+    id is this effect's idempotency key, so a resend after a crash is the same delivery."""
+
+    kind: ClassVar[str] = "send"
+    run_id: str = ""
+    signal: str = ""
+    payload: Any = None
+
+    @property
+    def name(self) -> str:
+        return self.signal
+
+
+@dataclass(frozen=True, slots=True, eq=False)
 class Gather(Effect):
     """Run sub-effects concurrently; each gets its own seq, results come back in order."""
 
@@ -335,6 +350,19 @@ def await_signal(name: str, timeout: float | None = None) -> Awaitable[Any]:
     return AwaitSignal(signal=name, timeout=timeout)
 
 
+def send(run_id: str, name: str, payload: Any = None) -> Awaitable[None]:
+    """Send signal ``name`` with ``payload`` to another run (``rt.signal`` from inside a
+    workflow), exactly once: its signal id derives from this effect's identity (run and seq), so
+    a crash and a replay deliver it once. The target's ``cd.await_signal(name)`` receives it,
+    even when it starts waiting later. Raises :class:`~coro_durable.errors.RunNotFoundError`
+    (not retried) when there is no run ``run_id`` in the store."""
+    if not run_id or not isinstance(run_id, str):
+        raise ConfigurationError(f"cd.send needs the target's run_id (a str), got {run_id!r}")
+    if not name or not isinstance(name, str):
+        raise ConfigurationError(f"cd.send needs a non-empty signal name, got {name!r}")
+    return Send(run_id=run_id, signal=name, payload=payload)
+
+
 def gather(*effects: Awaitable[Any], return_exceptions: bool = False) -> Awaitable[list[Any]]:
     """Run effects concurrently and return their results in argument order.
 
@@ -342,7 +370,8 @@ def gather(*effects: Awaitable[Any], return_exceptions: bool = False) -> Awaitab
     semantics: gather always waits for *every* sub-effect to finish and be journaled (no step is
     abandoned half-way); then, if any failed, it raises the failure of the first failing effect in
     argument order, or, with ``return_exceptions=True``, returns the exceptions in place of
-    results. Sub-effects may be calls, sleeps, signal waits, now/uuid4/random or nested gathers.
+    results. Sub-effects may be calls, sleeps, signal waits, sends, now/uuid4/random or nested
+    gathers.
     """
     for e in effects:
         if not isinstance(e, Effect):

@@ -61,6 +61,7 @@ from coro_durable.errors import (
 )
 
 from ._api import CANCEL, START_EVENT, InngestApi, Signal, mailbox_event, order_signals
+from ._check import NOT_OFFERED
 from ._config import InngestSettings
 
 __all__ = ["AdapterFault", "Position", "RunDriver", "WorkflowFailed", "make_function"]
@@ -223,6 +224,10 @@ class RunDriver:
         among the waits for that signal name (``leaf.data``: 0 takes the first signal)."""
         s = self.settings
         effect = leaf.effect
+        if isinstance(effect, engine.Send):
+            raise EffectNotAllowedError(
+                f"cd.send is not offered on Inngest through coro_durable; {NOT_OFFERED['send']}"
+            )
         if isinstance(effect, engine.Call):
             if effect.timeout is not None and effect.timeout > s.max_step_timeout:
                 raise EffectNotAllowedError(

@@ -71,6 +71,12 @@ __all__ = [
     "step_limit_error",
 ]
 
+#: The effects this adapter does not offer, each with what to do instead (refused by ``rt.start``
+#: when the workflow's source shows them, and at the effect otherwise).
+NOT_OFFERED: dict[str, str] = {  # by effect kind
+    "send": "resolve the other run's awakeable or call its signal handler from a step",
+}
+
 STATE_KEY = "coro_durable"  # the run's position, as Restate state: what describe reads
 CANCELLED = 409  # Restate's status code for a cancelled invocation
 _JSON: JsonSerde[Any] = JsonSerde()
@@ -183,6 +189,10 @@ class RunDriver:
     def _check_leaf(self, leaf: engine.Leaf) -> None:
         """Refuse a step timeout Restate cannot honour (the planner then takes no seq)."""
         effect = leaf.effect
+        if isinstance(effect, engine.Send):
+            raise EffectNotAllowedError(
+                f"cd.send is not offered on Restate through coro_durable; {NOT_OFFERED['send']}"
+            )
         timeout = effect.timeout if isinstance(effect, engine.Call) else None
         if timeout is not None and timeout > self.step_limit:
             raise EffectNotAllowedError(step_limit_error(leaf.name, timeout, self.step_limit))

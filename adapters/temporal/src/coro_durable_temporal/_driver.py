@@ -46,7 +46,7 @@ from coro_durable.errors import (
     SignalTimeout,
 )
 
-from ._steps import dispatch_ref
+from ._steps import NOT_OFFERED, dispatch_ref
 
 __all__ = [
     "OPTIONS_MARK",
@@ -214,6 +214,10 @@ class RunDriver:
     def _check_leaf(leaf: engine.Leaf) -> None:
         """A step must be findable by workers: ``leaf.data`` is its (module, qualified name);
         EffectNotAllowedError (the planner then takes no seq) when it has none."""
+        if isinstance(leaf.effect, engine.Send):
+            raise EffectNotAllowedError(
+                f"cd.send is not offered on Temporal through coro_durable; {NOT_OFFERED['send']}"
+            )
         if isinstance(leaf.effect, engine.Call):
             leaf.data = dispatch_ref(leaf.effect.fn)
 

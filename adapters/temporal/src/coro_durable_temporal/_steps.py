@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import builtins
 import concurrent.futures
 import contextvars
 import functools
@@ -22,8 +21,6 @@ import inspect
 import os
 import socket
 import sys
-import textwrap
-import types
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -36,9 +33,15 @@ import coro_durable as cd
 from coro_durable import engine
 from coro_durable.engine import codec as _codec
 from coro_durable.engine import registered
+from coro_durable.engine.source import MISSING, evaluate, workflow_calls
 from coro_durable.errors import EffectNotAllowedError, SerializationError
 
-__all__ = ["StepRunner", "check_workflow", "dispatch_ref"]
+__all__ = ["NOT_OFFERED", "StepRunner", "check_workflow", "dispatch_ref"]
+
+#: The effects this adapter does not offer, each with what to do instead.
+NOT_OFFERED: dict[str, str] = {  # by effect kind
+    "send": "signal the other run from a step with the Temporal client (handle.signal)",
+}
 
 UNKNOWN_STEP = "UnknownStepError"
 
@@ -131,68 +134,13 @@ def resolve_step(module: str, qualname: str) -> Callable[..., Any] | None:
 
 # -- the check made when a run is started ----------------------------------------------------------
 
-_MISSING = object()
 _CHECKED: weakref.WeakSet[Any] = weakref.WeakSet()
-
-
-def _bound_names(tree: ast.AST) -> set[str]:
-    """Names assigned anywhere in a function's AST (parameters, locals, loop/comprehension
-    variables, nested defs): their values are only known at run time."""
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
-            names.add(node.id)
-        elif isinstance(node, ast.arg):
-            names.add(node.arg)
-        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            names.add(node.name)
-        elif isinstance(node, ast.alias):
-            names.add((node.asname or node.name).split(".")[0])
-        elif isinstance(node, ast.ExceptHandler) and node.name:
-            names.add(node.name)
-    return names
-
-
-def _evaluate(expr: ast.expr, scope: dict[str, Any], local: set[str]) -> Any:
-    """The object a Name or dotted Attribute refers to, without calling anything; _MISSING if
-    it depends on run-time values."""
-    if isinstance(expr, ast.Name):
-        if expr.id in local:
-            return _MISSING
-        if expr.id in scope:
-            return scope[expr.id]
-        return getattr(builtins, expr.id, _MISSING)
-    if isinstance(expr, ast.Attribute):
-        base = _evaluate(expr.value, scope, local)
-        if base is _MISSING:
-            return _MISSING
-        if inspect.ismodule(base) or isinstance(base, type):
-            return getattr(base, expr.attr, _MISSING)
-        # An instance: only methods (no property or __getattr__ code runs here).
-        raw = inspect.getattr_static(base, expr.attr, _MISSING)
-        if isinstance(raw, types.FunctionType | staticmethod | classmethod):
-            return getattr(base, expr.attr, _MISSING)
-        return _MISSING
-    return _MISSING
-
-
-def _function_scope(fn: Callable[..., Any]) -> dict[str, Any]:
-    scope: dict[str, Any] = dict(getattr(fn, "__globals__", {}))
-    code = getattr(fn, "__code__", None)
-    closure = getattr(fn, "__closure__", None) or ()
-    if code is not None:
-        for name, cell in zip(code.co_freevars, closure, strict=False):
-            try:
-                scope[name] = cell.cell_contents
-            except ValueError:  # empty cell
-                pass
-    return scope
 
 
 def _is_unexpressible_arg(expr: ast.expr, scope: dict[str, Any], local: set[str]) -> str | None:
     if isinstance(expr, ast.Lambda):
         return "a lambda: another worker cannot find it by name; define it with def at module level"
-    if isinstance(expr, ast.Call) and _evaluate(expr.func, scope, local) is functools.partial:
+    if isinstance(expr, ast.Call) and evaluate(expr.func, scope, local) is functools.partial:
         return (
             "a functools.partial: its bound arguments cannot be sent to another worker; pass the "
             "arguments to cd.call instead"
@@ -200,56 +148,34 @@ def _is_unexpressible_arg(expr: ast.expr, scope: dict[str, Any], local: set[str]
     return None
 
 
-def check_workflow(fn: Callable[..., Any], *, _seen: set[Any] | None = None) -> None:
+def check_workflow(fn: Callable[..., Any]) -> None:
     """Raise EffectNotAllowedError if ``fn`` (or a module-level coroutine function it awaits)
-    issues a step that Temporal cannot express. Best effort: it reads the source; step functions
-    chosen at run time are checked when the effect is issued instead."""
-    seen = _seen if _seen is not None else set()
-    if fn in seen or fn in _CHECKED:
+    uses an effect this adapter does not offer, or issues a step that Temporal cannot express.
+    Best effort: it reads the source; step functions chosen at run time are checked when the
+    effect is issued instead."""
+    if fn in _CHECKED:
         return
-    seen.add(fn)
-    try:
-        source = textwrap.dedent(inspect.getsource(fn))
-        tree = ast.parse(source)
-    except (OSError, TypeError, SyntaxError):
-        return
-    scope = _function_scope(fn)
-    local = _bound_names(tree.body[0]) if tree.body else set()
-    if tree.body and isinstance(tree.body[0], ast.AsyncFunctionDef | ast.FunctionDef):
-        local.discard(tree.body[0].name)
-    where = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', '?')}"
-    code = getattr(fn, "__code__", None)
-    first_line = code.co_firstlineno if code is not None else 1  # where getsource starts
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Call):
+    engine.refuse_effects(fn, NOT_OFFERED, "Temporal")
+    for call in workflow_calls(fn):
+        if call.target is not cd.call or not call.node.args:
             continue
-        target = _evaluate(node.func, scope, local)
-        if target is cd.call and node.args:
-            step = node.args[0]
-            line = node.lineno + first_line - 1
-            why = _is_unexpressible_arg(step, scope, local)
-            if why is None:
-                obj = _evaluate(step, scope, local)
-                if obj is not _MISSING and callable(obj):
-                    try:
-                        dispatch_ref(obj)
-                    except EffectNotAllowedError as exc:
-                        raise EffectNotAllowedError(
-                            f"{where} (line {line}): {exc}. Nothing was started"
-                        ) from None
-                continue
-            raise EffectNotAllowedError(
-                f"{where} (line {line}): the step passed to cd.call is {why}. Temporal runs each "
-                "step as an activity that any worker finds by name. Nothing was started"
-            )
-        if (
-            inspect.iscoroutinefunction(target)
-            and not getattr(target, "__module__", "").startswith("coro_durable")
-            and _unbindable(target) is None
-        ):
-            check_workflow(target, _seen=seen)  # a helper coroutine the workflow awaits
-    if _seen is None:
-        _CHECKED.add(fn)  # passed: not read again in this process
+        step = call.node.args[0]
+        why = _is_unexpressible_arg(step, call.scope, call.local)
+        if why is None:
+            obj = call.value(step)
+            if obj is not MISSING and callable(obj):
+                try:
+                    dispatch_ref(obj)
+                except EffectNotAllowedError as exc:
+                    raise EffectNotAllowedError(
+                        f"{call.where} (line {call.line}): {exc}. Nothing was started"
+                    ) from None
+            continue
+        raise EffectNotAllowedError(
+            f"{call.where} (line {call.line}): the step passed to cd.call is {why}. Temporal runs "
+            "each step as an activity that any worker finds by name. Nothing was started"
+        )
+    _CHECKED.add(fn)  # passed: not read again in this process
 
 
 # -- the activity --------------------------------------------------------------------------------------
