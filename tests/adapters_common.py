@@ -304,23 +304,33 @@ async def xe_sends(target: str) -> str:
     return "sent"
 
 
-async def check_send_is_refused_at_start(rt: Any, engine_name: str) -> None:
-    """cd.send is not offered on the engines yet: rt.start refuses a workflow that uses it
-    (found in a helper coroutine it awaits), naming the effect and the engine; nothing starts."""
-    run_id = f"send-{uuid.uuid4().hex[:8]}"
-    try:
-        await rt.start(xe_sends, "someone", run_id=run_id)
-    except errors.EffectNotAllowedError as exc:
-        message = str(exc)
-    else:
-        raise AssertionError(f"{engine_name} started a workflow that uses cd.send")
-    assert f"uses cd.send, which {engine_name} does not offer" in message, message
-    assert "_notify" in message and "Nothing was started" in message, message
-    try:
-        await rt.describe(run_id)
-    except errors.RunNotFoundError:
-        return
-    raise AssertionError(f"{engine_name}: {run_id} exists after a refused start")
+@cd.workflow
+async def xe_races() -> list[Any]:
+    i, value = await cd.first(cd.await_signal("go"), cd.sleep(5))
+    return [i, value]
+
+
+async def check_unoffered_effects_are_refused_at_start(rt: Any, engine_name: str) -> None:
+    """cd.send and cd.first are not offered on the engines yet: rt.start refuses a workflow that
+    uses one (cd.send found in a helper coroutine it awaits), naming the effect and the engine;
+    nothing starts."""
+    for wf, args, effect in ((xe_sends, ("someone",), "send"), (xe_races, (), "first")):
+        run_id = f"{effect}-{uuid.uuid4().hex[:8]}"
+        try:
+            await rt.start(wf, *args, run_id=run_id)
+        except errors.EffectNotAllowedError as exc:
+            message = str(exc)
+        else:
+            raise AssertionError(f"{engine_name} started a workflow that uses cd.{effect}")
+        assert f"uses cd.{effect}, which {engine_name} does not offer" in message, message
+        assert "Nothing was started" in message, message
+        if effect == "send":
+            assert "_notify" in message, message
+        try:
+            await rt.describe(run_id)
+        except errors.RunNotFoundError:
+            continue
+        raise AssertionError(f"{engine_name}: {run_id} exists after a refused start")
 
 
 def normalise(value: Any, run_id: str) -> Any:

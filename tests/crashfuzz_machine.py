@@ -145,6 +145,9 @@ _op = st.one_of(
     st.tuples(st.just("sleep"), st.sampled_from([0.0, 0.01, 0.06])),
     st.tuples(st.just("signal"), st.sampled_from([None, 60.0])),
     st.tuples(st.just("random")),
+    st.tuples(st.just("race"), _leaf, st.booleans()),
+    st.tuples(st.just("signal_race")),
+    st.tuples(st.just("send")),
 )
 
 
@@ -154,7 +157,7 @@ def _tagged(ops: list[tuple[Any, ...]]) -> model.Plan:
     plan: model.Plan = []
     for raw in ops:
         op = [list(x) if isinstance(x, list) else x for x in raw]
-        if op[0] == "call":
+        if op[0] in ("call", "race"):
             op[1] = [f"t{next(tags)}", *op[1][1:]]
         elif op[0] == "gather":
             op[1] = [[f"t{next(tags)}", *leaf[1:]] for leaf in op[1]]
@@ -162,6 +165,8 @@ def _tagged(ops: list[tuple[Any, ...]]) -> model.Plan:
             op = ["signal", f"s{next(names)}", op[1]]
         elif op[0] == "random":
             op = ["random", f"t{next(tags)}"]
+        elif op[0] in ("signal_race", "send"):
+            op = [op[0], f"s{next(names)}"]
         plan.append(op)
     return plan
 

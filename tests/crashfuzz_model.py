@@ -7,6 +7,11 @@ A *plan* is a JSON list of ops; the workflow ``crashfuzz_plan(pid, ops)`` interp
     ["sleep", seconds]                             a durable timer
     ["signal", name, timeout]                      wait for a signal (its payload is "p:<name>")
     ["random", tag]                                cd.random() fed into a step's arguments
+    ["race", leaf, caught]                         cd.first(the step, a 1-hour timer): the step
+                                                   wins, [0, value] (its failure is raised)
+    ["signal_race", name]                          cd.first(the signal, a 1-hour timer): [0, payload]
+    ["send", name]                                 cd.send to the run itself, then take the signal
+                                                   and check that no second copy came: [payload, "once"]
 
 where a leaf is ``[tag, mode, attempts, backoff, is_async, delay]``: the step's body takes
 ``delay`` seconds between its invocation and its effect (long enough, a lease can expire under it).
@@ -247,6 +252,30 @@ async def crashfuzz_plan(pid: str, ops: Plan) -> list[Any]:
             value = await cd.random()
             out.append(await cd.call(echo, pid, op[1], value))
             WORLD.saw(pid, [op[1]])
+        elif kind == "race":
+            tag, caught = op[1][0], op[2]
+            try:
+                index, won = await cd.first(_call(pid, op[1]), cd.sleep(3600))
+                value = [index, won]
+            except cd.StepError as exc:
+                WORLD.saw(pid, [tag])
+                if not caught:
+                    raise
+                value = f"caught:{exc.message}"
+            WORLD.saw(pid, [tag])
+            out.append(value)
+        elif kind == "signal_race":
+            index, payload = await cd.first(cd.await_signal(op[1]), cd.sleep(3600))
+            out.append([index, payload])
+        elif kind == "send":
+            await cd.send(cd.workflow_info().run_id, op[1], f"p:{op[1]}")
+            got = await cd.await_signal(op[1])
+            try:
+                await cd.await_signal(op[1], timeout=0)
+                again = "twice"
+            except cd.SignalTimeout:
+                again = "once"
+            out.append([got, again])
         else:  # pragma: no cover - plans come from the strategies
             raise ValueError(f"unknown op {op!r}")
     return out
@@ -287,19 +316,31 @@ def expected(ops: Plan) -> tuple[str, Any]:
             out.append(f"p:{op[1]}")
         elif kind == "random":
             out.append(f"v:{op[1]}")
+        elif kind == "race":
+            tag, mode = op[1][0], op[1][1]
+            if _fails(mode):
+                if not op[2]:
+                    return ("failed", {"type": "RuntimeError", "message": f"boom {tag}"})
+                out.append(f"caught:boom {tag}")
+            else:
+                out.append([0, f"v:{tag}"])
+        elif kind == "signal_race":
+            out.append([0, f"p:{op[1]}"])
+        elif kind == "send":
+            out.append([f"p:{op[1]}", "once"])
     return ("completed", out)
 
 
 def signals_of(ops: Plan) -> list[str]:
-    """The signal names a plan waits for, in order."""
-    return [op[1] for op in ops if op[0] == "signal"]
+    """The signal names a plan waits for from outside, in order (not those it sends itself)."""
+    return [op[1] for op in ops if op[0] in ("signal", "signal_race")]
 
 
 def steps_of(ops: Plan) -> dict[str, str]:
     """tag -> mode of every step the plan may run."""
     tags: dict[str, str] = {}
     for op in ops:
-        if op[0] == "call":
+        if op[0] in ("call", "race"):
             tags[op[1][0]] = op[1][1]
         elif op[0] == "gather":
             tags.update({leaf[0]: leaf[1] for leaf in op[1]})

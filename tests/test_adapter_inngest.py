@@ -410,7 +410,7 @@ async def test_unexpressible_effects_fail_at_start(fake: FakeInngest) -> None:
     """A sleep longer than Inngest allows, or a step timeout above its 2 hours, is refused by
     rt.start with EffectNotAllowedError, before anything is sent to Inngest."""
     async with open_rt(fake, max_sleep=604800) as rt:  # the free plan's 7 days
-        await common.check_send_is_refused_at_start(rt, "Inngest")
+        await common.check_unoffered_effects_are_refused_at_start(rt, "Inngest")
         for wf, words in [
             (t_year_sleep, "Inngest sleeps at most"),
             (t_long_step, "at most 7200s"),

@@ -230,7 +230,7 @@ async def test_unexpressible_steps_fail_at_start(restate: RestateServer) -> None
     timeout is longer raises EffectNotAllowedError when the run is started, and nothing is
     started; a timeout computed at run time raises it at its await."""
     async with open_rt(restate, inactivity_timeout=60, abort_timeout=600) as rt:
-        await common.check_send_is_refused_at_start(rt, "Restate")
+        await common.check_unoffered_effects_are_refused_at_start(rt, "Restate")
         for wf, words in {
             r_long_timeout: "_slow_step' has timeout=7200s",
             r_long_timeout_in_helper: "timeout=3601s",

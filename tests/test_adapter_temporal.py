@@ -253,7 +253,7 @@ async def test_unexpressible_steps_fail_at_start(temporal: DevServer, queue: str
         t_helper_step: "lambda",
     }
     async with open_rt(temporal, queue) as rt:
-        await common.check_send_is_refused_at_start(rt, "Temporal")
+        await common.check_unoffered_effects_are_refused_at_start(rt, "Temporal")
         for wf, words in cases.items():
             run_id = f"bad-{uuid.uuid4().hex[:8]}"
             with pytest.raises(errors.EffectNotAllowedError, match=words) as caught:

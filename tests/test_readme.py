@@ -116,3 +116,11 @@ def test_send_example_prints_what_the_readme_says(tmp_path: Path) -> None:
     done = run_block("### Messages between runs: `cd.send`", tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout == "sent\nreviewed: chapter 1\n"
+
+
+def test_first_example_prints_what_the_readme_says(tmp_path: Path) -> None:
+    """The README's cd.first example, run as a script: the signalled run is approved, the other
+    escalates when its timer wins the race."""
+    done = run_block("### Races: `cd.first`", tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout == "approved by ada\nescalated to the finance team\n"

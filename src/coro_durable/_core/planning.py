@@ -14,12 +14,15 @@ effects a workflow yields the same way, so a journal means the same thing everyw
   compares.
 * A gather's outcome is the list of its children's values in argument order; with
   ``return_exceptions=False`` the first failed child (in argument order) fails the gather.
+* A ``first`` (a race) takes one seq for its decision (the winner's index, journaled once the
+  winner's own entry is), then one per raced effect in argument order: a ``Race``. The decision
+  is planned first, so an engine that refuses races does so before any raced effect is planned.
 
 Outcomes. ``exception_info(exc)`` is the ``(type name, message)`` every driver records for a
 failure, and ``rebuild_error`` the exception a recorded ``(type name, message)`` stands for when
 the workflow is fed it (on the first execution and on every replay alike).
 
-``Planner``, ``Leaf``, ``Node``, ``leaves``, ``gather_outcome``, ``exception_info``,
+``Planner``, ``Leaf``, ``Node``, ``Race``, ``leaves``, ``gather_outcome``, ``exception_info``,
 ``rebuild_error`` and ``UNJOURNALABLE`` are public through the engine SPI (``coro_durable.engine``).
 """
 
@@ -44,6 +47,7 @@ from ..workflow._effects import (
     Call,
     Effect,
     Error,
+    First,
     Gather,
     Outcome,
     Send,
@@ -58,6 +62,7 @@ __all__ = [
     "Leaf",
     "Node",
     "Planner",
+    "Race",
     "exception_info",
     "gather_outcome",
     "identity",
@@ -97,6 +102,16 @@ class Node:
     children: list[Leaf | Node] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class Race:
+    """A planned ``first``: the decision leaf (its effect is the First itself; the entry's result
+    is the winner's index) and the raced leaves in argument order (seqs after the decision's)."""
+
+    first: First
+    decision: Leaf
+    children: list[Leaf] = field(default_factory=list)
+
+
 def identity(effect: Effect, limit: int) -> tuple[str, str | None, str]:
     """(name, arguments JSON, digest) of an effect, as the journal records and compares them.
 
@@ -125,6 +140,8 @@ def identity(effect: Effect, limit: int) -> tuple[str, str | None, str]:
             limit=limit,
         )
         return effect.signal, args, digest(args)
+    if isinstance(effect, First):
+        return effect.name, None, _EMPTY_DIGEST
     return "", None, _EMPTY_DIGEST
 
 
@@ -149,14 +166,18 @@ class Planner:
         self.limit = limit
         self.check = check
 
-    def plan(self, effect: Effect) -> Leaf | Node:
-        """Plan the effect the workflow awaits: a leaf, or for a gather its whole tree."""
-        if isinstance(effect, Gather):
+    def plan(self, effect: Effect) -> Leaf | Node | Race:
+        """Plan the effect the workflow awaits: a leaf, for a gather its whole tree, for a first
+        its race."""
+        if isinstance(effect, Gather | First):
             start = self.next_seq
             try:
+                if isinstance(effect, First):
+                    decision = self.leaf(effect)
+                    return Race(effect, decision, [self.leaf(sub) for sub in effect.effects])
                 return self._node(effect)
             except BaseException:
-                self.next_seq = start  # the whole gather fails before any seq is taken
+                self.next_seq = start  # the whole effect fails before any seq is taken
                 raise
         return self.leaf(effect)
 

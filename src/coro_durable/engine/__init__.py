@@ -9,7 +9,8 @@ where ``resolve(effect) -> Outcome`` is the adapter's async function: ``Value(x)
 per effect, exactly one per yielded effect (the driver contract). ``Call`` carries ``fn``, ``args``,
 ``kwargs``, ``retry`` (a RetryPolicy) and ``timeout``; ``Sleep`` ``seconds`` or ``until``;
 ``AwaitSignal`` ``signal`` and ``timeout``; ``Send`` ``run_id``, ``signal`` and ``payload``;
-``Gather`` ``effects`` and ``return_exceptions``; ``Now``, ``Uuid4`` and ``Random`` nothing. An
+``Gather`` ``effects`` and ``return_exceptions``; ``First`` ``effects`` (planned as a ``Race``);
+``Now``, ``Uuid4`` and ``Random`` nothing. An
 effect the engine cannot express is refused by the driver's ``Planner(check=...)`` with
 EffectNotAllowedError naming the effect and the engine. Inside a step the adapter runs the step function under
 ``step_context(key)`` so ``cd.idempotency_key()`` works there too. ``check_run_id`` applies the
@@ -20,7 +21,7 @@ writes payloads with: ``codec.encode``, ``codec.decode``, ``codec.roundtrip``,
 ``codec.DEFAULT_MAX_PAYLOAD_BYTES``), and the workflow registry (``lookup``, ``registered``,
 ``register_function``, ``workflow_name``).
 
-Planning (``Planner``, ``Leaf``, ``Node``, ``leaves``, ``gather_outcome``; see
+Planning (``Planner``, ``Leaf``, ``Node``, ``Race``, ``leaves``, ``gather_outcome``; see
 ``coro_durable._core.planning``) numbers effects and builds gather trees exactly as the embedded
 runtime does, so a run's seqs and idempotency keys are the same on every engine; a driver passes
 its own validation as ``Planner(check=...)``. ``exception_info`` and ``rebuild_error`` are the one
@@ -29,7 +30,7 @@ fed back as (``UNJOURNALABLE``: the failures retrying cannot fix).
 
 ``refuse_effects(fn, {"send": hint}, "Temporal")`` reads a workflow's source (best effort) and
 raises EffectNotAllowedError, before a run is started, when it uses an effect the engine does
-not offer; ``coro_durable.engine.source`` holds it and the helpers it is built on (``evaluate``,
+not offer (``refuse_effect(effect, ...)``: the same at the effect, in a driver's check); ``coro_durable.engine.source`` holds it and the helpers it is built on (``evaluate``,
 ``function_scope``, ``bound_names``: how a call's target is found in the source).
 
 ``EngineRuntime`` is the base class of an adapter's runtime (what ``cd.Runtime("temporal://...")``
@@ -48,6 +49,7 @@ from .._core.planning import (
     Leaf,
     Node,
     Planner,
+    Race,
     exception_info,
     gather_outcome,
     leaves,
@@ -59,6 +61,7 @@ from ..workflow._effects import (
     Call,
     Effect,
     Error,
+    First,
     Gather,
     Now,
     Outcome,
@@ -74,7 +77,7 @@ from ..workflow._effects import (
 from ..workflow._registry import lookup, register_function, registered, workflow_name
 from ._base import EngineRuntime
 from ._drive import drive, step_context
-from .source import refuse_effects
+from .source import refuse_effect, refuse_effects
 
 __all__ = [
     "TERMINAL",
@@ -82,6 +85,7 @@ __all__ = [
     "Leaf",
     "Node",
     "Planner",
+    "Race",
     "exception_info",
     "gather_outcome",
     "leaves",
@@ -91,6 +95,7 @@ __all__ = [
     "Effect",
     "EngineRuntime",
     "Error",
+    "First",
     "Gather",
     "Now",
     "Outcome",
@@ -106,6 +111,7 @@ __all__ = [
     "drive",
     "lookup",
     "register_function",
+    "refuse_effect",
     "refuse_effects",
     "registered",
     "step_context",

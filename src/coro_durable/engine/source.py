@@ -33,6 +33,7 @@ __all__ = [
     "evaluate",
     "function_scope",
     "number",
+    "refuse_effect",
     "refuse_effects",
     "workflow_calls",
 ]
@@ -201,3 +202,13 @@ def refuse_effects(fn: Callable[..., Any], refused: Mapping[str, str], engine: s
                 f"{call.where} (line {call.line}) uses cd.{name}, which {engine} does not offer "
                 f"through coro_durable; {hint}. Nothing was started"
             )
+
+
+def refuse_effect(effect: Any, refused: Mapping[str, str], engine: str) -> None:
+    """The same refusal at the effect itself (a driver's ``Planner(check=...)``), for a use the
+    source check could not see: EffectNotAllowedError when ``effect.kind`` is in ``refused``."""
+    hint = refused.get(getattr(effect, "kind", ""))
+    if hint is not None:
+        raise EffectNotAllowedError(
+            f"cd.{effect.kind} is not offered on {engine} through coro_durable; {hint}"
+        )

@@ -39,7 +39,7 @@ import random as _random
 import time
 import uuid as _uuid
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 import anyio
@@ -62,7 +62,15 @@ from .._core.faults import (
     SimulatedCrash,
 )
 from .._core.hooks import Hooks, SignalConsumed, StepFinished, StepStarted
-from .._core.planning import Leaf, Node, Planner, exception_info, gather_outcome, rebuild_error
+from .._core.planning import (
+    Leaf,
+    Node,
+    Planner,
+    Race,
+    exception_info,
+    gather_outcome,
+    rebuild_error,
+)
 from .._core.waits import Wait, WaitKind
 from ..errors import (
     ConflictError,
@@ -136,6 +144,20 @@ class _Park(Exception):
 
 class _CancelNow(Exception):
     """A cancel request interrupted an inline wait: journal RunCancelledError for the effect."""
+
+
+class _RaceLost(BaseException):
+    """A raced effect was about to journal its outcome after another one of its race won: it
+    writes nothing and stops (a BaseException, so no step-failure handler takes it)."""
+
+
+@dataclass(slots=True)
+class _RaceState:
+    """A ``first`` being resolved: the first raced effect to journal a final outcome (under the
+    lock, so two never both do) is the winner."""
+
+    lock: anyio.Lock = field(default_factory=anyio.Lock)
+    winner: int | None = None  # its seq
 
 
 @dataclass(slots=True)
@@ -280,6 +302,7 @@ class Activation:
         # id(error) -> (error, seqs, after) for every error fed to the workflow: the journal
         # entries it came from and the last seq of the effect awaited (see _failure_origin).
         self._fed_errors: dict[int, tuple[BaseException, list[int], int]] = {}
+        self._races: dict[int, _RaceState] = {}  # seq of a raced effect -> its race
 
     # -- what the worker tells a running activation ---------------------------------------------------
 
@@ -511,6 +534,8 @@ class Activation:
 
     async def _resolve_effect(self, effect: Effect) -> Outcome:
         planned = self.planner.plan(effect)
+        if isinstance(planned, Race):
+            return await self._resolve_race(planned)
         if isinstance(planned, Node):
             node = planned
             outcomes: dict[int, Outcome] = {}
@@ -579,6 +604,124 @@ class Activation:
             wakes = [p.wake_at for _, p in parks if p.wake_at is not None]
             in_order = sorted(parks, key=lambda parked: parked[0].seq)  # the waits by seq
             raise _Park(min(wakes, default=None), *(w for _, p in in_order for w in p.waits))
+
+    async def _resolve_race(self, race: Race) -> Outcome:
+        """Resolve a ``first``. The winner is the first raced effect whose final entry is
+        journaled (``_final`` lets one at a time through and refuses the others); then the
+        decision entry records its index and the others are cancelled. Replayed: the decision,
+        else (a crash came between the winner's entry and the decision) the raced effect with a
+        final entry that finished first."""
+        outcomes: dict[int, Outcome] = {}
+        decided = self.journal.get(race.decision.seq)
+        self._replayed(race.decision, outcomes)  # the determinism check of the decision
+        finals = [leaf for leaf in race.children if self._replayed(leaf, outcomes)]
+        if decided is not None and decided.final:
+            index = int(codec.decode(decided.result or "0"))
+            winner = race.children[index]
+            if winner.seq not in outcomes:
+                raise CorruptJournalError(
+                    f"run {self.run_id!r}: the race at seq {race.decision.seq} was won by seq "
+                    f"{winner.seq}, which has no final entry; the journal was modified"
+                )
+            if not self.replay_only:
+                await self._close_losers(race, index, outcomes)  # a crash may have come first
+            return self._race_outcome(race, index, outcomes[winner.seq])
+        if self.replay_only:
+            raise ReplayEnd(race.decision.seq, race.decision.describe())
+        if not finals:
+            await self._run_race(race, outcomes)
+            finals = [leaf for leaf in race.children if leaf.seq in outcomes]
+        if not finals:  # every raced effect parked (the race's _Park is raised by _run_race)
+            raise AssertionError("a race ended without a winner")  # pragma: no cover
+        winner = min(finals, key=lambda leaf: (self.journal[leaf.seq].finished_at or 0.0, leaf.seq))
+        index = race.children.index(winner)
+        await self._write(self._entry(race.decision, "ok", result=str(index), finished=True))
+        await self._close_losers(race, index, outcomes)
+        return self._race_outcome(race, index, outcomes[winner.seq])
+
+    async def _close_losers(self, race: Race, index: int, outcomes: dict[int, Outcome]) -> None:
+        """Journal each raced effect the winner cancelled as a final ``RaceLost`` error (never
+        fed to the workflow), so every seq of the race has its outcome for the audit: which
+        effect won, and what became of the others (a pending entry keeps its attempts)."""
+        winner = race.children[index]
+        for leaf in race.children:
+            if leaf.seq in outcomes:
+                continue
+            pending = self.journal.get(leaf.seq)
+            error = _error_json(
+                "RaceLost",
+                f"cancelled: seq {winner.seq} ({winner.describe()}) won the race at seq "
+                f"{race.decision.seq}",
+            )
+            lost = self._entry(
+                leaf,
+                "error",
+                pending=pending,
+                error=error,
+                attempts=pending.attempts if pending is not None else 0,
+                due_at=pending.due_at if pending is not None else None,
+                finished=True,
+            )
+            await self._write(lost)
+
+    def _race_outcome(self, race: Race, index: int, outcome: Outcome) -> Outcome:
+        """``(index, value)``, or the winner's error (a retry reopens the whole race)."""
+        if isinstance(outcome, Error):
+            seqs = [race.decision.seq, *(leaf.seq for leaf in race.children)]
+            self._fed_errors[id(outcome.error)] = (outcome.error, seqs, seqs[-1])
+            return outcome
+        return Value((index, outcome.value))
+
+    async def _run_race(self, race: Race, outcomes: dict[int, Outcome]) -> None:
+        """Run the raced effects concurrently until one journals its outcome, then cancel the
+        rest; if every one parks, park the run on all of their waits."""
+        state = _RaceState()
+        parks: list[tuple[Leaf, _Park]] = []
+        failures: list[BaseException] = []
+
+        async def one(leaf: Leaf) -> None:
+            try:
+                outcomes[leaf.seq] = await self._resolve_leaf(leaf)
+            except _RaceLost:
+                return
+            except _Park as park:
+                parks.append((leaf, park))
+                return
+            except (Exception, LeaseLost, SimulatedCrash) as exc:  # re-raised below, unwrapped
+                failures.append(exc)
+            tg.cancel_scope.cancel()  # the winner (or a failure of the activation) ends the race
+
+        for leaf in race.children:
+            self._races[leaf.seq] = state
+        try:
+            async with anyio.create_task_group() as tg:
+                for leaf in race.children:
+                    leaf.concurrent = True
+                    tg.start_soon(one, leaf)
+        finally:
+            for leaf in race.children:
+                self._races.pop(leaf.seq, None)
+        if failures:
+            raise failures[0]
+        if state.winner is None and parks:
+            wakes = [p.wake_at for _, p in parks if p.wake_at is not None]
+            in_order = sorted(parks, key=lambda parked: parked[0].seq)
+            raise _Park(min(wakes, default=None), *(w for _, p in in_order for w in p.waits))
+
+    async def _final(self, seq: int, op: Callable[[], Awaitable[T]], won: Callable[[T], bool]) -> T:
+        """Run ``op``, the write of a final outcome for ``seq``. For an effect in a race: only if
+        no other raced effect won yet (else _RaceLost), one at a time; ``won(result)`` says
+        whether it journaled an outcome (a consume that found no signal did not)."""
+        state = self._races.get(seq)
+        if state is None:
+            return await op()
+        async with state.lock:
+            if state.winner is not None:
+                raise _RaceLost()
+            result = await op()
+            if won(result):
+                state.winner = seq
+            return result
 
     def _replayed(self, leaf: Leaf, outcomes: dict[int, Outcome]) -> bool:
         """If the journal holds a final entry for the leaf, check it and record its outcome."""
@@ -666,14 +809,20 @@ class Activation:
         )
 
     async def _write(self, entry: JournalEntry) -> None:
-        """Persist an entry, fenced by our epoch; only then may its outcome be fed."""
+        """Persist an entry, fenced by our epoch; only then may its outcome be fed. A final
+        entry of a raced effect is written only while its race has no winner (``_final``)."""
 
         async def commit() -> None:
             self.hooks.fault(COMMIT_FAIL, self.run_id, entry.seq)
             await self.store.append(self.run_id, self.epoch, [entry])
             self.hooks.fault(AFTER_COMMIT, self.run_id, entry.seq)
 
-        await store_call(self.limits.store_deadline, commit)
+        if entry.final and entry.seq in self._races:
+            await self._final(
+                entry.seq, lambda: store_call(self.limits.store_deadline, commit), _always
+            )
+        else:
+            await store_call(self.limits.store_deadline, commit)
         self._remember(entry)
 
     def _remember(self, entry: JournalEntry) -> None:
@@ -987,7 +1136,9 @@ class Activation:
                         return entry
             return await self.store.consume_signal(self.run_id, self.epoch, effect.signal, template)
 
-        got = await store_call(self.limits.store_deadline, consume)
+        got = await self._final(
+            leaf.seq, lambda: store_call(self.limits.store_deadline, consume), _is_entry
+        )
         if got is not None:
             self._remember(got)
             if self.hooks.signal_consumed:
@@ -1061,6 +1212,14 @@ def _progress_text(details: Any) -> str | None:
         return codec.encode({"details": details})
     except SerializationError:
         return None
+
+
+def _always(_: object) -> bool:
+    return True
+
+
+def _is_entry(got: JournalEntry | None) -> bool:
+    return got is not None
 
 
 def _retry_wait(leaf: Leaf, due: float) -> Wait:

@@ -240,6 +240,19 @@ class Gather(Effect):
 
 
 @dataclass(frozen=True, slots=True, eq=False)
+class First(Effect):
+    """Race leaf effects: the first to complete (with a value or an error) wins, the others are
+    cancelled; the winner's index is journaled, so a replay picks the same one."""
+
+    kind: ClassVar[str] = "first"
+    effects: tuple[Effect, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return str(len(self.effects))
+
+
+@dataclass(frozen=True, slots=True, eq=False)
 class Now(Effect):
     """The current time (UTC, timezone-aware), journaled so a replay sees the same instant."""
 
@@ -374,12 +387,33 @@ def gather(*effects: Awaitable[Any], return_exceptions: bool = False) -> Awaitab
     gathers.
     """
     for e in effects:
-        if not isinstance(e, Effect):
+        if not isinstance(e, Effect) or isinstance(e, First):
             raise EffectNotAllowedError(
-                f"cd.gather takes coro_durable effects (cd.call(...), cd.sleep(...), ...), got {e!r}; "
-                "pass cd.call(fn, x) rather than fn(x)"
+                f"cd.gather takes coro_durable effects (cd.call(...), cd.sleep(...), ...; not a "
+                f"cd.first), got {e!r}; pass cd.call(fn, x) rather than fn(x)"
             )
     return Gather(tuple(effects), return_exceptions)  # type: ignore[arg-type]
+
+
+def first(*effects: Awaitable[Any]) -> Awaitable[tuple[int, Any]]:
+    """Race effects; return ``(index, value)`` of the first to complete, in argument order's
+    numbering. The others are cancelled: a running step through its cancel scope (a sync step
+    is abandoned, as at a timeout), a timer or a signal wait simply stops (a signal it did not
+    take stays for a later ``await_signal``). If the first to complete failed, its error is
+    raised here. The winner is journaled, so a replay picks the same one. ``first(
+    await_signal("approve"), sleep(86400))`` is "approval, or escalate after a day".
+
+    The raced effects are calls, sleeps and signal waits (an effect that completes at once, a
+    gather or another first has nothing to race)."""
+    if not effects:
+        raise ConfigurationError("cd.first needs at least one effect to race")
+    for e in effects:
+        if not isinstance(e, Call | Sleep | AwaitSignal):
+            raise EffectNotAllowedError(
+                "cd.first races cd.call(...), cd.sleep(...) and cd.await_signal(...) effects, got "
+                f"{e!r}; pass cd.call(fn, x) rather than fn(x)"
+            )
+    return First(tuple(effects))  # type: ignore[arg-type]
 
 
 def now() -> Awaitable[_dt.datetime]:

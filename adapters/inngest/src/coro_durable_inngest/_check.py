@@ -32,6 +32,7 @@ __all__ = ["NOT_OFFERED", "check_workflow"]
 #: The effects this adapter does not offer, each with what to do instead.
 NOT_OFFERED: dict[str, str] = {  # by effect kind
     "send": "send the other run's signal event from a step (inngest.Event)",
+    "first": "wait for one of several events with step.wait_for_event and an if expression",
 }
 
 

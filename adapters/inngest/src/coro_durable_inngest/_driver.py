@@ -203,6 +203,7 @@ class RunDriver:
             if isinstance(planned, engine.Node):
                 outcome = await self._run_gather(planned)
             else:
+                assert not isinstance(planned, engine.Race)  # cd.first is refused by _check_leaf
                 leaf = planned
                 outcome = await self._run_leaf(leaf)
                 if (
@@ -224,10 +225,7 @@ class RunDriver:
         among the waits for that signal name (``leaf.data``: 0 takes the first signal)."""
         s = self.settings
         effect = leaf.effect
-        if isinstance(effect, engine.Send):
-            raise EffectNotAllowedError(
-                f"cd.send is not offered on Inngest through coro_durable; {NOT_OFFERED['send']}"
-            )
+        engine.refuse_effect(effect, NOT_OFFERED, "Inngest")
         if isinstance(effect, engine.Call):
             if effect.timeout is not None and effect.timeout > s.max_step_timeout:
                 raise EffectNotAllowedError(

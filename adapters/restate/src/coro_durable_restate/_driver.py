@@ -75,6 +75,7 @@ __all__ = [
 #: when the workflow's source shows them, and at the effect otherwise).
 NOT_OFFERED: dict[str, str] = {  # by effect kind
     "send": "resolve the other run's awakeable or call its signal handler from a step",
+    "first": "race the effects with restate.select in a Restate handler of your own",
 }
 
 STATE_KEY = "coro_durable"  # the run's position, as Restate state: what describe reads
@@ -181,6 +182,7 @@ class RunDriver:
             return engine.gather_outcome(
                 planned, await self._run_leaves(list(engine.leaves(planned)))
             )
+        assert not isinstance(planned, engine.Race)  # cd.first is refused by _check_leaf
         outcomes = await self._run_leaves([planned])
         return outcomes[planned.seq]
 
@@ -189,10 +191,7 @@ class RunDriver:
     def _check_leaf(self, leaf: engine.Leaf) -> None:
         """Refuse a step timeout Restate cannot honour (the planner then takes no seq)."""
         effect = leaf.effect
-        if isinstance(effect, engine.Send):
-            raise EffectNotAllowedError(
-                f"cd.send is not offered on Restate through coro_durable; {NOT_OFFERED['send']}"
-            )
+        engine.refuse_effect(effect, NOT_OFFERED, "Restate")
         timeout = effect.timeout if isinstance(effect, engine.Call) else None
         if timeout is not None and timeout > self.step_limit:
             raise EffectNotAllowedError(step_limit_error(leaf.name, timeout, self.step_limit))

@@ -208,16 +208,14 @@ class RunDriver:
             return engine.Error(exc)  # raised at the await, like unjournalable arguments
         if isinstance(planned, engine.Node):
             return await self._run_gather(planned)
+        assert not isinstance(planned, engine.Race)  # cd.first is refused by _check_leaf
         return await self._run_leaf(planned, main=True)
 
     @staticmethod
     def _check_leaf(leaf: engine.Leaf) -> None:
         """A step must be findable by workers: ``leaf.data`` is its (module, qualified name);
         EffectNotAllowedError (the planner then takes no seq) when it has none."""
-        if isinstance(leaf.effect, engine.Send):
-            raise EffectNotAllowedError(
-                f"cd.send is not offered on Temporal through coro_durable; {NOT_OFFERED['send']}"
-            )
+        engine.refuse_effect(leaf.effect, NOT_OFFERED, "Temporal")
         if isinstance(leaf.effect, engine.Call):
             leaf.data = dispatch_ref(leaf.effect.fn)
 

@@ -41,6 +41,7 @@ __all__ = ["NOT_OFFERED", "StepRunner", "check_workflow", "dispatch_ref"]
 #: The effects this adapter does not offer, each with what to do instead.
 NOT_OFFERED: dict[str, str] = {  # by effect kind
     "send": "signal the other run from a step with the Temporal client (handle.signal)",
+    "first": "race the effects with workflow.wait(..., return_when=FIRST_COMPLETED) in a Temporal workflow of your own",
 }
 
 UNKNOWN_STEP = "UnknownStepError"
