@@ -73,6 +73,20 @@ def make_store(store_url: str) -> Callable[[], cd.Store]:
 
 
 @pytest.fixture
+def runtime(make_store: Callable[[], cd.Store]) -> Callable[..., Any]:
+    """Runtimes on the test's store: ``async with runtime(**options) as rt`` (polling every
+    20 ms unless ``poll_interval`` says otherwise). A test module may define its own."""
+
+    @contextlib.asynccontextmanager
+    async def open_rt(**options: Any) -> AsyncIterator[cd.Runtime]:
+        options.setdefault("poll_interval", 0.02)
+        async with cd.Runtime(make_store(), **options) as rt:
+            yield rt
+
+    return open_rt
+
+
+@pytest.fixture
 async def store(make_store: Callable[[], cd.Store]) -> AsyncIterator[cd.Store]:
     s = make_store()
     await s.open()

@@ -9,8 +9,6 @@ cancel during a race, and the checks on what may be raced.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -28,17 +26,6 @@ EVENTS: Counter[str] = Counter()
 @pytest.fixture(autouse=True)
 def _reset() -> None:
     EVENTS.clear()
-
-
-@pytest.fixture
-def runtime(make_store: Callable[[], cd.Store]) -> Callable[..., Any]:
-    @asynccontextmanager
-    async def open_rt(**options: Any) -> AsyncIterator[cd.Runtime]:
-        options.setdefault("poll_interval", 0.02)
-        async with cd.Runtime(make_store(), **options) as rt:
-            yield rt
-
-    return open_rt
 
 
 def quick(label: str) -> str:

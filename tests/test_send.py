@@ -8,8 +8,6 @@ RunNotFoundError at the await, not retried.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -19,17 +17,6 @@ from coro_durable import errors
 from coro_durable.testing import wait_for_status
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def runtime(make_store: Callable[[], cd.Store]) -> Callable[..., Any]:
-    @asynccontextmanager
-    async def open_rt(**options: Any) -> AsyncIterator[cd.Runtime]:
-        options.setdefault("poll_interval", 0.02)
-        async with cd.Runtime(make_store(), **options) as rt:
-            yield rt
-
-    return open_rt
 
 
 @cd.workflow
