@@ -144,4 +144,4 @@ async def main(store: str) -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main, sys.argv[1])
+    anyio.run(main, sys.argv[1], backend=os.environ.get("PROC_LOOP", "asyncio"))

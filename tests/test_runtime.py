@@ -413,6 +413,37 @@ async def test_sleep_until(runtime: Any) -> None:
         cd.sleep_until(dt.datetime(2030, 1, 1))
 
 
+class CountActivations(cd.Instrument):
+    def __init__(self) -> None:
+        self.count = 0
+
+    def activation_started(self, event: cd.ActivationStarted) -> None:
+        self.count += 1
+
+
+@cd.workflow
+async def nap_then_approval(seconds: float) -> Any:
+    await cd.sleep(seconds)
+    return await cd.await_signal("approval")
+
+
+async def test_a_signal_sent_early_is_kept_without_waking_the_run(runtime: Any) -> None:
+    """A signal sent while the run sleeps on a timer, for an await_signal it reaches later, is
+    kept and wakes nothing (it used to re-wake the parked run thousands of times a second:
+    every park found an unconsumed signal); when the timer fires the run takes it at once."""
+    activations = CountActivations()
+    async with runtime(inline_wait=0.05, instruments=[activations]) as rt:
+        handle = await rt.start(nap_then_approval, 1.5, run_id="early")
+        await wait_for_status(rt, "early", cd.RunStatus.WAITING, timeout=10)
+        before = activations.count
+        await rt.signal("early", "approval", "yes")
+        await anyio.sleep(0.5)
+        assert activations.count - before <= 1  # at most one spurious replay, no spinning
+        info = await rt.describe("early")
+        assert info.status == cd.RunStatus.WAITING and info.waits[0].kind == cd.WaitKind.TIMER
+        assert await handle.result(timeout=10) == "yes"
+
+
 async def test_signal_wakes_a_waiting_run(runtime: Any) -> None:
     """await_signal returns the payload of a signal sent while the run waits."""
     async with runtime() as rt:

@@ -1,4 +1,5 @@
-"""Real worker processes on SQLite, PostgreSQL and Redis: SIGTERM, cancel and SIGKILL mid-step.
+"""Real worker processes on SQLite, PostgreSQL and Redis, each under asyncio and trio: SIGTERM,
+cancel and SIGKILL mid-step.
 
 * SIGTERM during a step: the worker finishes the step, journals its result, hands the run back
   and exits; after a restart every step body has run exactly once (invariant 11).
@@ -48,11 +49,11 @@ def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 class Procs:
-    def __init__(self, url: str, tmp_path: Path) -> None:
+    def __init__(self, url: str, tmp_path: Path, loop: str) -> None:
         self.url = url
         self.sink = tmp_path / "sink.db"
         self.tmp = tmp_path
-        self.env = {**os.environ, "PROC_SINK": str(self.sink), "PROC_LOG": "1"}
+        self.env = {**os.environ, "PROC_SINK": str(self.sink), "PROC_LOG": "1", "PROC_LOOP": loop}
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def spawn(self, name: str, **env: str) -> tuple[subprocess.Popen[bytes], Path]:
@@ -82,9 +83,15 @@ class Procs:
             proc.wait()
 
 
+@pytest.fixture(params=["asyncio", "trio"])
+def worker_loop(request: pytest.FixtureRequest) -> str:
+    """The event loop the worker processes run (the parent only polls)."""
+    return str(request.param)
+
+
 @pytest.fixture
-def procs(shared_url: str, tmp_path: Path) -> Iterator[Procs]:
-    p = Procs(shared_url, tmp_path)
+def procs(shared_url: str, tmp_path: Path, worker_loop: str) -> Iterator[Procs]:
+    p = Procs(shared_url, tmp_path, worker_loop)
     try:
         yield p
     finally:

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..errors import CorruptJournalError
 
-__all__ = ["Wait", "WaitKind", "decode_waits", "describe_waits", "encode_waits"]
+__all__ = ["Wait", "WaitKind", "awaited_signals", "decode_waits", "describe_waits", "encode_waits"]
 
 
 class WaitKind(enum.StrEnum):
@@ -64,6 +64,12 @@ class Wait:
             if value is not None:
                 data[key] = value
         return data
+
+
+def awaited_signals(waits: Iterable[Wait]) -> set[str | None]:
+    """The names of the signals ``waits`` wait for: only these wake a parked run (a signal of
+    another name is kept, unconsumed, for a later ``await_signal``, and wakes nothing)."""
+    return {wait.name for wait in waits if wait.kind == WaitKind.SIGNAL}
 
 
 def describe_waits(waits: Iterable[Wait]) -> str | None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._core.clock import SYSTEM_CLOCK, Clock
-from .._core.waits import Wait
+from .._core.waits import Wait, awaited_signals
 from ..errors import ConflictError, LeaseLost, RunNotFoundError
 from ..journal._records import (
     CANCELLED_ERROR,
@@ -80,8 +80,8 @@ class MemoryStore:
             raise LeaseLost(run_id, epoch, f"current token is {run.epoch}, status {run.status}")
         return run
 
-    def _has_unconsumed(self, run_id: str) -> bool:
-        return any(not s.consumed for s in self._signals.get(run_id, ()))
+    def _has_unconsumed(self, run_id: str, names: set[str | None]) -> bool:
+        return any(not s.consumed and s.name in names for s in self._signals.get(run_id, ()))
 
     def _append_locked(self, run: RunRecord, entries: Sequence[JournalEntry]) -> None:
         # Check the whole batch before writing any of it, so a rejected entry leaves it unwritten.
@@ -221,7 +221,7 @@ class MemoryStore:
         with self._lock:
             run = self._fenced(run_id, epoch)
             now = self.clock.time()
-            if self._has_unconsumed(run_id) or run.cancel_requested:
+            if run.cancel_requested or self._has_unconsumed(run_id, awaited_signals(waits)):
                 wake_at = now
             run.status = RunStatus.WAITING
             run.wake_at = wake_at
@@ -326,7 +326,7 @@ class MemoryStore:
             if any(s.signal_id == signal_id for s in signals):
                 return False
             signals.append(_Signal(next(self._order), signal_id, name, payload))
-            if run.status == RunStatus.WAITING:
+            if run.status == RunStatus.WAITING and name in awaited_signals(run.waits):
                 run.wake_at = self.clock.time()
         self._listeners.notify()
         return True

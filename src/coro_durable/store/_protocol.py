@@ -26,13 +26,17 @@ tests/test_store_conformance.py). The rules a backend keeps:
   ``max_crashes`` the run is quarantined instead of claimed). Only runs of the given workflow
   names are claimed. Two workers never claim the same run for the same epoch. ``claim`` takes a
   ``ClaimRequest``, so a field added to it (a queue, say) changes no signature.
-* **Waking.** ``park`` releases the lease and sets ``wake_at``; but if an unconsumed signal or a
-  cancel request is already there, the run is made runnable at once (no lost wake-up).
+* **Waking.** ``park`` releases the lease and sets ``wake_at``; but if a cancel request, or an
+  unconsumed signal of a name the waits wait for (``awaited_signals``), is already there, the run
+  is made runnable at once (no lost wake-up). A signal of another name wakes nothing: it is kept
+  for a later ``await_signal`` (waking for it would make a parked run spin: wake, replay, park,
+  wake).
   ``park`` also stores what the run waits for (``Wait``s, kept as the text of ``encode_waits``
   and read back with ``decode_waits``); ``list_runs`` answers a ``RunQuery``, whose
   ``waiting_for``/``wait_name`` select waiting runs by their waits ("runs waiting on signal
   approval").
-  ``deliver_signal`` and ``request_cancel`` make a waiting run runnable.
+  ``request_cancel`` makes a waiting run runnable, and ``deliver_signal`` does when the run's
+  waits wait for that signal.
 * **Signals** are stored once per ``signal_id``; ``consume_signal`` takes the oldest unconsumed
   signal of a name and journals it in the same atomic step, so a crash cannot lose or duplicate it.
 * **Group commit** (``GroupCommit``, ``store._groupcommit``). A backend may commit the writes of concurrent callers

@@ -82,7 +82,7 @@ import anyio
 import anyio.to_thread
 
 from .._core.clock import SYSTEM_CLOCK, Clock
-from .._core.waits import Wait, decode_waits, encode_waits
+from .._core.waits import Wait, awaited_signals, decode_waits, encode_waits
 from ..errors import (
     ConfigurationError,
     ConflictError,
@@ -248,9 +248,16 @@ _SQL_FENCED_BUMP = (
     + _FENCE_CLAUSE
 )
 _SQL_UNBUMP = "UPDATE runs SET steps = steps - 1 WHERE run_id = ?"
+# The names of the signals a park's waits (the encode_waits JSON parameter) wait for: only an
+# unconsumed signal of one of them wakes the run at once (awaited_signals).
+_AWAITED = (
+    "SELECT json_extract(w.value, '$.name') FROM json_each(?) w "
+    "WHERE json_extract(w.value, '$.kind') = 'signal'"
+)
 _SQL_FENCED_PARK = (
     "UPDATE runs SET status = 'waiting', wake_at = CASE WHEN cancel_requested OR EXISTS "
-    "(SELECT 1 FROM signals s WHERE s.run_id = runs.run_id AND s.consumed = 0) THEN ? ELSE ? END, "
+    "(SELECT 1 FROM signals s WHERE s.run_id = runs.run_id AND s.consumed = 0 "
+    f"AND s.name IN ({_AWAITED})) THEN ? ELSE ? END, "
     "waits = ?, owner = NULL, lease_expires = NULL, updated_at = ? WHERE run_id = ?" + _FENCE_CLAUSE
 )
 _SQL_FINISH = (
@@ -262,7 +269,9 @@ _SQL_OLDEST_SIGNAL = (
     "SELECT id, payload FROM signals WHERE run_id = ? AND name = ? AND consumed = 0 "
     "ORDER BY id LIMIT 1"
 )
-_SQL_HAS_SIGNAL = "SELECT 1 FROM signals WHERE run_id = ? AND consumed = 0 LIMIT 1"
+_SQL_HAS_SIGNAL = (
+    f"SELECT 1 FROM signals WHERE run_id = ? AND consumed = 0 AND name IN ({_AWAITED}) LIMIT 1"
+)
 # RunQuery.waiting_for / wait_name: a waiting run with a wait of that kind (and name).
 _SQL_WAITING_FOR = (
     "status = 'waiting' AND EXISTS (SELECT 1 FROM json_each(runs.waits) w WHERE "
@@ -936,13 +945,14 @@ class SqliteStore:
         def op(conn: sqlite3.Connection) -> None:
             now = self.clock.time()
             if conn.execute(
-                _SQL_FENCED_PARK, (now, wake_at, stored_waits, now, run_id, epoch)
+                _SQL_FENCED_PARK, (stored_waits, now, wake_at, stored_waits, now, run_id, epoch)
             ).rowcount:
                 return
             fence = self._fenced(conn, run_id, epoch)
             wake = wake_at
             cancelled = fence["cancel_requested"]
-            if cancelled or conn.execute(_SQL_HAS_SIGNAL, (run_id,)).fetchone() is not None:
+            awaited = conn.execute(_SQL_HAS_SIGNAL, (run_id, stored_waits)).fetchone()
+            if cancelled or awaited is not None:
                 wake = now  # a signal or a cancel request is already here: no lost wake-up
             conn.execute(
                 "UPDATE runs SET status = 'waiting', wake_at = ?, waits = ?, owner = NULL, "
@@ -1044,7 +1054,9 @@ class SqliteStore:
 
     async def deliver_signal(self, run_id: str, name: str, payload: str, signal_id: str) -> bool:
         def op(conn: sqlite3.Connection) -> bool:
-            run = conn.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            run = conn.execute(
+                "SELECT status, waits FROM runs WHERE run_id = ?", (run_id,)
+            ).fetchone()
             if run is None:
                 raise RunNotFoundError(run_id)
             inserted = conn.execute(
@@ -1054,7 +1066,9 @@ class SqliteStore:
             ).rowcount
             if not inserted:
                 return False
-            if run["status"] == RunStatus.WAITING.value:
+            if run["status"] == RunStatus.WAITING.value and name in awaited_signals(
+                decode_waits(run["waits"], f"run {run_id!r}")
+            ):
                 conn.execute(
                     "UPDATE runs SET wake_at = ? WHERE run_id = ?", (self.clock.time(), run_id)
                 )

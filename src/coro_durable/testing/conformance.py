@@ -1097,6 +1097,31 @@ class StoreConformance:
         assert run is not None and run.wake_at is not None and run.wake_at <= time.time()
         assert list(await claim(store)) == ["r1"]
 
+    async def test_a_signal_the_run_does_not_wait_for_wakes_nothing(self, store: Store) -> None:
+        """Only a signal the waits name wakes a parked run: one of another name, delivered while
+        it sleeps or there before it parks, is kept (consumable later) and leaves it parked; a
+        signal it waits for wakes it, whenever it comes."""
+        epoch = await running(store)
+        await store.park("r1", epoch, time.time() + 3600, timer_wait(time.time() + 3600))
+        assert await store.deliver_signal("r1", "later", '"early"', "s1")
+        assert await claim(store) == {}  # a timer's run is not woken by a signal
+        await store.deliver_signal("r1", "approval", "true", "s2")
+        assert await claim(store) == {}
+        await new_run(store, "r2")
+        epoch2 = (await claim(store))["r2"].epoch
+        assert await store.deliver_signal("r2", "other", "1", "s3")  # there before the park
+        await store.park("r2", epoch2, None, signal_wait("approval"))
+        assert await claim(store) == {}
+        assert await store.deliver_signal("r2", "approval", "2", "s4")
+        claimed = await claim(store)
+        assert list(claimed) == ["r2"]
+        taken = await store.consume_signal(
+            "r2", claimed["r2"].epoch, "other", entry(0, "pending", None)
+        )
+        assert taken is not None and taken.result == "1"  # the other signal was kept
+        await store.park("r2", claimed["r2"].epoch, None, signal_wait("approval"))
+        assert list(await claim(store)) == ["r2"]  # approval is there, unconsumed: at once
+
     async def test_park_with_cancel_requested_wakes_at_once(self, store: Store) -> None:
         """A run parked after a cancel request is runnable at once."""
         epoch = await running(store)

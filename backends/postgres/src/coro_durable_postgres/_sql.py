@@ -11,7 +11,11 @@ under READ COMMITTED:
 * Whatever a write decides from the run row (``cancel_requested``, ``crash_count``, the number of
   unconsumed signals ``unconsumed``) is read from that locked, newest row, never from the
   statement's snapshot. That is why ``runs.unconsumed`` exists: ``park`` and ``deliver_signal``
-  both update the run row, so whichever commits second sees the other (no lost wake-up).
+  both update the run row, so whichever commits second sees the other (no lost wake-up). Only a
+  signal the run waits for wakes it (``awaited_signals``): ``deliver_signal`` checks the name
+  against the locked row's ``waits``; ``park`` goes through ``write_batch()``, whose statements
+  each take a fresh snapshot after it locked the row, so its look at the ``signals`` table sees
+  every delivery committed before.
 * The journal append is the server-side function ``append()`` (PL/pgSQL), called by one
   ``SELECT``: it locks the run row if the epoch matches, inserts the entries with ``ON CONFLICT
   DO NOTHING``, and only when some seq was already there (rare) checks those rows: identical
@@ -298,9 +302,17 @@ BEGIN
                 END IF;
             END IF;
         ELSIF v.op = 'park' THEN
+            -- Awake at once for a cancel, or a signal already here that the waits name (this
+            -- statement's snapshot is taken after the row locks above: it sees every delivery
+            -- committed before them; a later one sees this park and wakes the run itself).
             UPDATE {s}.runs r SET status = 'waiting',
-                wake_at = CASE WHEN r.unconsumed > 0 OR r.cancel_requested THEN v_now
-                               ELSE v.wake_at END,
+                wake_at = CASE WHEN r.cancel_requested OR (r.unconsumed > 0 AND EXISTS (
+                        SELECT 1 FROM {s}.signals s
+                        WHERE s.run_id = r.run_id AND NOT s.consumed AND s.name IN (
+                            SELECT w->>'name' FROM jsonb_array_elements(
+                                coalesce(v.waits, '[]'::jsonb)) w
+                            WHERE w->>'kind' = 'signal')))
+                    THEN v_now ELSE v.wake_at END,
                 waits = v.waits, owner = NULL, lease_expires = NULL, updated_at = v_now
             WHERE r.run_id = v.run_id AND r.epoch = v.epoch AND r.status = 'running'
             RETURNING r.wake_at INTO v_wake;
@@ -583,8 +595,13 @@ RETURNING r.run_id, r.cancel_requested"""
             f"""WITH {_CLOCK},
 upd AS (
     UPDATE {{s}}.runs r SET status = 'waiting',
-        wake_at = CASE WHEN r.unconsumed > 0 OR r.cancel_requested THEN c.t
-                       ELSE %(wake_at)s::float8 END,
+        wake_at = CASE WHEN r.cancel_requested OR (r.unconsumed > 0 AND EXISTS (
+                SELECT 1 FROM {{s}}.signals s
+                WHERE s.run_id = r.run_id AND NOT s.consumed AND s.name IN (
+                    SELECT w->>'name' FROM jsonb_array_elements(
+                        coalesce(%(waits)s::jsonb, '[]'::jsonb)) w
+                    WHERE w->>'kind' = 'signal')))
+            THEN c.t ELSE %(wake_at)s::float8 END,
         waits = %(waits)s::jsonb, owner = NULL, lease_expires = NULL, updated_at = c.t
     FROM clock c
     WHERE r.run_id = %(run_id)s AND r.epoch = %(epoch)s AND r.status = 'running'
@@ -699,7 +716,9 @@ ins AS (
 ),
 upd AS (
     UPDATE {{s}}.runs r SET unconsumed = r.unconsumed + 1,
-        wake_at = CASE WHEN r.status = 'waiting' THEN c.t ELSE r.wake_at END
+        wake_at = CASE WHEN r.status = 'waiting' AND r.waits @> jsonb_build_array(
+                jsonb_build_object('kind', 'signal', 'name', %(name)s::text))
+            THEN c.t ELSE r.wake_at END
     FROM clock c
     WHERE r.run_id = %(run_id)s AND EXISTS (SELECT 1 FROM ins)
     RETURNING 1

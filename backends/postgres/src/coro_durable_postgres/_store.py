@@ -654,6 +654,17 @@ class PostgresStore:
             if outcome is not None:
                 raise self._lost(run_id, epoch, outcome)
             return
+        if write.op == "park" and (item := write.item()) is not None:
+            # Through write_batch(): it locks the run row before it looks for signals the waits
+            # name, so a delivery committing meanwhile is never missed (see _sql).
+            rows = await self._fetch(
+                self._sql.write_batch,
+                [f'[{{"i":1,{item[1:]}]', 1, self.options.channel, self._origin],
+            )
+            answer_text = rows[0]["outcomes"][0]
+            if answer_text is not None:
+                raise self._refused(write, answer_text)
+            return
         params = {"run_id": run_id, "epoch": epoch, **write.params, **self._note()}
         sql = self._sql.park if write.op == "park" else self._sql.finish
         answer = (await self._fetch(sql, params))[0]

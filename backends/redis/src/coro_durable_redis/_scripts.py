@@ -98,6 +98,25 @@ local function schedule(id, wf, kind, at)
   end
 end
 
+-- Whether ``waits`` (the run's encode_waits JSON, or nil) wait for signal ``name``: only such a
+-- signal wakes a parked run (awaited_signals); another is kept for a later await_signal.
+local function awaits(waits, name)
+  if not waits then return false end
+  for _, w in ipairs(cjson.decode(waits)) do
+    if w['kind'] == 'signal' and w['name'] == name then return true end
+  end
+  return false
+end
+
+-- Whether an unconsumed signal of run ``id`` is one that ``waits`` wait for.
+local function awaited_here(id, waits)
+  if not waits then return false end
+  for _, element in ipairs(redis.call('LRANGE', sq(id), 0, -1)) do
+    if awaits(waits, cjson.decode(element)[2]) then return true end  -- [signal_id, name, payload]
+  end
+  return false
+end
+
 local function wake(origin, at)
   redis.call('PUBLISH', P .. 'wake', origin .. '|' .. (at or ''))
 end
@@ -175,8 +194,8 @@ local function park(origin, token, id, epoch, opt_at, opt_waits)
   local now = num(clock())
   local at, waits = opt(opt_at), opt(opt_waits)
   local f = redis.call('HMGET', key, 'cancel_requested', 'workflow', 'created_at')
-  if f[1] == '1' or redis.call('LLEN', sq(id)) > 0 then
-    at = now  -- a signal or a cancel request is already here: no lost wake-up
+  if f[1] == '1' or awaited_here(id, waits) then
+    at = now  -- a signal it waits for or a cancel request is already here: no lost wake-up
   end
   redis.call('HSET', key, 'status', 'waiting', 'updated_at', now)
   redis.call('HDEL', key, 'owner', 'lease_expires')
@@ -546,12 +565,12 @@ _DELIVER = r"""
 local id = ARGV[4]
 local key = rk(id)
 if done_before(ARGV[3]) then return {'ok', 1} end
-local f = redis.call('HMGET', key, 'status', 'workflow')
+local f = redis.call('HMGET', key, 'status', 'workflow', 'waits')
 if not f[1] then return {'missing'} end
 if redis.call('SADD', P .. 'sigids:' .. id, ARGV[5]) == 0 then return {'ok', 0} end
 redis.call('RPUSH', sq(id), ARGV[6])
 local at = nil
-if f[1] == 'waiting' then
+if f[1] == 'waiting' and awaits(f[3] or nil, cjson.decode(ARGV[6])[2]) then
   at = num(clock())
   redis.call('HSET', key, 'wake_at', at)
   schedule(id, f[2], 'due', at)
