@@ -436,6 +436,25 @@ def test_list_finds_the_runs_waiting_on_a_signal(cli: Cli, app: str) -> None:
     assert code == 2 and "needs waiting_for" in err
 
 
+def test_tags_from_start_to_list_and_show(cli: Cli, app: str) -> None:
+    """`start --tag k=v` tags the run; `list --tag` (repeatable: every one) finds it; `show`
+    and `show --json` print the tags; a malformed --tag is a usage error."""
+    cli("start", "cli_greet", '["a"]', "--run-id", "g-1", "--tag", "tenant=acme", "--app", app)
+    cli("start", "cli_greet", '["b"]', "--run-id", "g-2", "--tag", "tenant=acme", "--tag",
+        "tier=gold", "--app", app)  # fmt: skip
+    cli("start", "cli_greet", '["c"]', "--run-id", "g-3", "--app", app)
+    code, out, _ = cli("list", "--tag", "tenant=acme", "--json")
+    assert code == 0 and [r["run_id"] for r in json.loads(out)] == ["g-2", "g-1"]
+    code, out, _ = cli("list", "--tag", "tenant=acme", "--tag", "tier=gold", "--json")
+    assert [r["run_id"] for r in json.loads(out)] == ["g-2"]
+    code, out, _ = cli("show", "g-2")
+    assert fields(out)["tags"] == "tenant=acme tier=gold"
+    assert show_json(cli, "g-2")["run"]["tags"] == {"tenant": "acme", "tier": "gold"}
+    with pytest.raises(SystemExit) as exc:
+        main(["list", "--tag", "tenant"])
+    assert exc.value.code == 2
+
+
 def test_failed_run_shows_its_error_and_result_exits_1(cli: Cli, app: str) -> None:
     """A failed run: show prints the step's error, `result` exits 1 with one line, no traceback."""
     cli("start", "cli_fail", '["lemons"]', "--run-id", "f-1", "--app", app)

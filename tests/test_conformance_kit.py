@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "thirdparty_store"
 #: The kit's 76 tests (every store rule, each bad run_id on its own, the oracle comparison),
 #: under asyncio and trio.
-KIT_TESTS = 158
+KIT_TESTS = 160
 
 
 def run_fixture_suite(tmp_path: Path, *, broken: bool) -> subprocess.CompletedProcess[str]:

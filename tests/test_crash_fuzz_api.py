@@ -297,7 +297,7 @@ async def test_a_worker_that_reclaims_its_own_expired_lease_stops_the_older_acti
     assert result == ["did s0"]
     assert plan.errors == 5
     assert trace.claims == 2  # the same worker, once more
-    assert "expired before this worker renewed it" in caplog.text
+    assert "was lost: it expired before this worker renewed it" in caplog.text
     assert list(CALLS.values()) == [1], CALLS  # the old activation stopped mid-step
     assert len(history) == 1
 

@@ -124,3 +124,10 @@ def test_first_example_prints_what_the_readme_says(tmp_path: Path) -> None:
     done = run_block("### Races: `cd.first`", tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout == "approved by ada\nescalated to the finance team\n"
+
+
+def test_tags_example_prints_what_the_readme_says(tmp_path: Path) -> None:
+    """The README's tags example, run as a script: list_runs(tags=) finds acme's two runs."""
+    done = run_block("### Tags", tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout == "s-2 acme: repor\ns-0 acme: repor\n"

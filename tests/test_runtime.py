@@ -645,6 +645,42 @@ async def test_list_runs_finds_the_runs_waiting_on_a_signal(runtime: Any) -> Non
             await rt.list_runs(wait_name="approval")
 
 
+@cd.workflow
+async def tagged_info() -> dict[str, str]:
+    return cd.workflow_info().tags
+
+
+async def test_tags_are_searchable_run_metadata(runtime: Any) -> None:
+    """start(tags=) stores a run's tags: list_runs(tags=) finds the runs with every one of
+    them (with the status and workflow filters too), describe and cd.workflow_info() show
+    them, a second start of the run keeps the first tags, bad tags are refused up front."""
+    async with runtime() as rt:
+        a = await rt.start(tagged_info, run_id="t1", tags={"tenant": "acme", "tier": "gold"})
+        await rt.start(tagged_info, run_id="t2", tags={"tenant": "acme"})
+        await rt.start(tagged_info, run_id="t3", tags={"tenant": "zeta", "tier": "gold"})
+        await rt.start(approval, None, run_id="t4", tags={"tenant": "acme"})
+        assert await a.result(timeout=10) == {"tenant": "acme", "tier": "gold"}
+        for run_id in ("t2", "t3"):
+            await rt.result(run_id, timeout=10)
+        await wait_for_status(rt, "t4", cd.RunStatus.WAITING, timeout=10)
+
+        async def ids(**filters: Any) -> list[str]:
+            return [r.run_id for r in await rt.list_runs(**filters)]
+
+        assert await ids(tags={"tenant": "acme"}) == ["t4", "t2", "t1"]
+        assert await ids(tags={"tenant": "acme", "tier": "gold"}) == ["t1"]
+        assert await ids(tags={"tier": "gold"}) == ["t3", "t1"]
+        assert await ids(tags={"tenant": "acme"}, status="waiting") == ["t4"]
+        assert await ids(tags={"tenant": "acme"}, workflow="tagged_info", limit=1) == ["t2"]
+        assert await ids(tags={"tenant": "nobody"}) == []
+        assert (await rt.describe("t1")).tags == {"tenant": "acme", "tier": "gold"}
+        again = await rt.start(tagged_info, run_id="t1", tags={"tenant": "other"})
+        assert not again.created and (await rt.describe("t1")).tags["tenant"] == "acme"
+        for bad in ({"": "x"}, {"a.b": "x"}, {"k": 1}, {"k": "x" * 257}, {"k": "a\nb"}):
+            with pytest.raises(errors.ConfigurationError, match="tag"):
+                await rt.start(tagged_info, tags=bad)
+
+
 async def test_result_timeout(runtime: Any) -> None:
     """result(timeout=) raises ResultTimeoutError (a TimeoutError) for a run still going."""
     async with runtime() as rt:

@@ -156,7 +156,7 @@ def kind(request: pytest.FixtureRequest) -> str:
 def assert_described_as(described: dict[str, Any], old: dict[str, Any]) -> None:
     """describe() answers what the old code answered; a field added since has its default."""
     assert {k: described[k] for k in old} == old
-    assert {k: v for k, v in described.items() if k not in old} == {"waits": []}
+    assert {k: v for k, v in described.items() if k not in old} == {"waits": [], "tags": {}}
 
 
 async def test_an_old_database_is_upgraded_in_place_and_its_runs_carry_on(

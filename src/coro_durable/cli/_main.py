@@ -228,6 +228,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--run-id", metavar="ID", help="run id (starting it again is idempotent)")
     p.add_argument(
+        "--tag",
+        type=_tag,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a tag of the run (repeatable): list --tag finds it",
+    )
+    p.add_argument(
         "--allow-unknown",
         action="store_true",
         help="start it even though no live worker serves the workflow (yet): for starting runs "
@@ -241,6 +249,14 @@ def _parser() -> argparse.ArgumentParser:
     p = command("list", _cmd_list, "list runs, newest first")
     p.add_argument("--status", choices=[s.value for s in RunStatus])
     p.add_argument("--workflow", metavar="NAME")
+    p.add_argument(
+        "--tag",
+        type=_tag,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only runs with this tag (repeatable: every one)",
+    )
     p.add_argument(
         "--waiting-for",
         choices=[k.value for k in WaitKind],
@@ -314,6 +330,13 @@ def _global_options(parser: argparse.ArgumentParser, *, default: Any) -> None:
         help="store URL: sqlite:///path/runs.db, memory://, postgresql://..., redis://... "
         "(default: $CORO_DURABLE_STORE or sqlite:///.coro_durable/runs.db)",
     )
+
+
+def _tag(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
 
 
 def _positive_int(text: str) -> int:
@@ -686,6 +709,8 @@ def run_summary(info: RunInfo, *, width: int | None = None) -> str:
         ("step", str(info.step)),
         ("inputs", _clip(shown, room)),
     ]
+    if info.tags:
+        pairs.append(("tags", " ".join(f"{k}={v}" for k, v in sorted(info.tags.items()))))
     if info.waiting_on:
         until = f" until {_when(info.wake_at)}" if info.wake_at else ""
         pairs.append(("waiting on", info.waiting_on + until))
@@ -731,6 +756,7 @@ def _info_json(info: RunInfo) -> dict[str, Any]:
         "step": info.step,
         "waiting_on": info.waiting_on,
         "waits": [wait.to_json() for wait in info.waits],
+        "tags": info.tags,
         "inputs": _jsonable(info.inputs),
         "result": _jsonable(info.result),
         "error": info.error,
@@ -811,6 +837,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
                 *call_args,
                 run_id=args.run_id,
                 allow_unknown=args.allow_unknown,  # else a name no live worker serves is refused
+                tags=dict(args.tag),
                 **call_kwargs,
             )
         if not handle.created:
@@ -842,6 +869,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
             runs = await rt.list_runs(
                 status=args.status,
                 workflow=args.workflow,
+                tags=dict(args.tag),
                 waiting_for=args.waiting_for,
                 wait_name=args.wait_name,
                 limit=args.limit,

@@ -97,6 +97,13 @@ class EngineRuntime(abc.ABC):
             f"{instead}"
         )
 
+    def _check_no_tags(self, tags: Mapping[str, str] | None) -> None:
+        """Run tags are not mapped onto an engine yet: refuse them rather than pass them on."""
+        if tags:
+            raise self._not_offered(
+                "start(tags=...)", "keep the tags in the workflow's inputs for now"
+            )
+
     def _run_handle(self, run_id: str, *, created: bool) -> RunHandle:
         return RunHandle(self, run_id, created=created)
 
@@ -109,6 +116,7 @@ class EngineRuntime(abc.ABC):
         *args: Any,
         run_id: str | None = None,
         allow_unknown: bool = False,
+        tags: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> RunHandle: ...
 
@@ -135,6 +143,7 @@ class EngineRuntime(abc.ABC):
         *,
         status: RunStatus | str | None = None,
         workflow: str | None = None,
+        tags: Mapping[str, str] | None = None,
         waiting_for: WaitKind | str | None = None,
         wait_name: str | None = None,
         limit: int = 100,

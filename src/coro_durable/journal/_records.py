@@ -42,6 +42,7 @@ import dataclasses
 import enum
 import hashlib
 import json
+import re
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -63,7 +64,9 @@ __all__ = [
     "retry_conflict",
     "retry_refused",
     "MAX_RUN_ID_LENGTH",
+    "MAX_TAGS",
     "check_run_id",
+    "check_tags",
     "verify_journal",
 ]
 
@@ -147,6 +150,35 @@ def check_run_id(run_id: object) -> str:
     return run_id
 
 
+#: Tags: at most this many per run; a key is 1-64 of ``A-Z a-z 0-9 _ -`` (so it can be an index
+#: or JSON-path component in every store), a value a str of at most 256 characters without
+#: control characters.
+MAX_TAGS = 32
+_TAG_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def check_tags(tags: object) -> dict[str, str]:
+    """``tags`` as a plain dict if it follows the tag rules (above), else ConfigurationError."""
+    if not isinstance(tags, Mapping):
+        raise ConfigurationError(f"tags must be a mapping of str to str, got {tags!r}")
+    if len(tags) > MAX_TAGS:
+        raise ConfigurationError(f"a run has at most {MAX_TAGS} tags, got {len(tags)}")
+    checked: dict[str, str] = {}
+    for key, value in tags.items():
+        if not isinstance(key, str) or not _TAG_KEY.fullmatch(key):
+            raise ConfigurationError(
+                f"tag key {key!r} is not 1-64 letters, digits, '_' or '-' (e.g. tenant, user_id)"
+            )
+        if not isinstance(value, str) or len(value) > 256:
+            raise ConfigurationError(
+                f"tag {key}={value!r}: a tag's value is a str of at most 256 characters"
+            )
+        if any(unicodedata.category(c) in ("Cc", "Cs") for c in value):
+            raise ConfigurationError(f"tag {key}={value!r} contains a control character")
+        checked[key] = value
+    return checked
+
+
 @dataclass(slots=True)
 class RunRecord:
     """One run as a store keeps it. Stores own the lease and wake-up fields."""
@@ -175,6 +207,12 @@ class RunRecord:
 
     def copy(self) -> RunRecord:
         return dataclasses.replace(self)
+
+    @property
+    def tags(self) -> dict[str, str]:
+        """The run's tags (kept in ``meta["tags"]``, set when it was started)."""
+        tags = self.meta.get("tags")
+        return dict(tags) if isinstance(tags, Mapping) else {}
 
     @property
     def waiting_on(self) -> str | None:

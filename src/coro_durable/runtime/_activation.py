@@ -410,6 +410,7 @@ class Activation:
                 started_at=_dt.datetime.fromtimestamp(self.run.created_at, _dt.UTC)
                 if self.run.created_at
                 else None,
+                tags=self.run.tags,
             )
         )
         try:

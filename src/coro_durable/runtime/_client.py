@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .._core import codec
@@ -34,6 +34,7 @@ class RuntimeClient(Protocol):
         *args: Any,
         run_id: str | None = None,
         allow_unknown: bool = False,
+        tags: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> RunHandle: ...
 
@@ -54,6 +55,7 @@ class RuntimeClient(Protocol):
         *,
         status: RunStatus | str | None = None,
         workflow: str | None = None,
+        tags: Mapping[str, str] | None = None,
         waiting_for: WaitKind | str | None = None,
         wait_name: str | None = None,
         limit: int = 100,
@@ -112,6 +114,7 @@ class RunInfo:
     # Why a runnable run does not move, from describe() only: no live worker serves its workflow.
     note: str | None = None
     waits: tuple[Wait, ...] = ()  # what a waiting run waits for (waiting_on says it in words)
+    tags: dict[str, str] = field(default_factory=dict)  # set when it was started
 
     @classmethod
     def from_record(
@@ -141,6 +144,7 @@ class RunInfo:
             step=run.steps,
             waiting_on=run.waiting_on if run.status == RunStatus.WAITING else None,
             waits=run.waits if run.status == RunStatus.WAITING else (),
+            tags=run.tags,
             inputs=inputs if isinstance(inputs, dict) else {"args": inputs},
             result=codec.decode(run.result) if run.result is not None else None,
             error=_error_view(run.error),

@@ -105,9 +105,10 @@ class WorkerLog(Instrument):
             return
         if event.detected == "reclaim":
             log.warning(
-                "worker %s: the lease on run %s (fencing token %d) expired before this worker "
-                "renewed it, and the worker claimed the run again (fencing token %s); the older "
-                "activation stops, its steps in flight run again under the same idempotency keys",
+                "worker %s: lease on run %s (fencing token %d) was lost: it expired before this "
+                "worker renewed it, and the worker claimed the run again (fencing token %s); the "
+                "older activation stops, its steps in flight run again under the same idempotency "
+                "keys",
                 event.worker_id,
                 event.run_id,
                 event.epoch,

@@ -45,7 +45,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar
 from urllib.parse import urlsplit
@@ -82,6 +82,7 @@ from ..journal._records import (
     RunStatus,
     WorkerRecord,
     check_run_id,
+    check_tags,
     retry_refused,
     verify_journal,
 )
@@ -385,9 +386,15 @@ class Runtime:
         *args: Any,
         run_id: str | None = None,
         allow_unknown: bool = False,
+        tags: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> RunHandle:
         """Start a run of ``workflow(*args, **kwargs)``; idempotent on ``run_id``.
+
+        ``tags`` ({"tenant": "acme"}) are searchable metadata of the run: ``list_runs(tags=...)``
+        finds it, describe() and ``cd.workflow_info()`` show them. Keys are 1-64 letters, digits,
+        ``_`` or ``-``; values strs of at most 256 characters; at most 32 (ConfigurationError).
+        A start that finds the run already there keeps the tags it was first started with.
 
         Starting an existing run_id with the same workflow and inputs returns its handle (with
         ``created=False``); with another workflow or other inputs it raises RunAlreadyExistsError.
@@ -400,6 +407,7 @@ class Runtime:
         """
         self._check_open()
         run_id = None if run_id is None else check_run_id(run_id)
+        meta = {"tags": check_tags(tags)} if tags else {}
         if isinstance(workflow, str):
             name = workflow
             if not name:
@@ -419,7 +427,9 @@ class Runtime:
             limit=self.limits.max_payload_bytes,
         )
         run_id = uuid.uuid4().hex if run_id is None else run_id
-        record, created = await self._call(self.store.create_run, RunRecord(run_id, name, text))
+        record, created = await self._call(
+            self.store.create_run, RunRecord(run_id, name, text, meta=meta)
+        )
         if not created and (record.workflow != name or record.input != text):
             raise RunAlreadyExistsError(
                 run_id,
@@ -595,12 +605,14 @@ class Runtime:
         *,
         status: RunStatus | str | None = None,
         workflow: str | None = None,
+        tags: Mapping[str, str] | None = None,
         waiting_for: WaitKind | str | None = None,
         wait_name: str | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> list[RunInfo]:
-        """Runs, newest first, filtered by status and workflow name; ``waiting_for`` keeps the
+        """Runs, newest first, filtered by status and workflow name; ``tags`` keeps the runs
+        started with every one of those tags (filtered in the store); ``waiting_for`` keeps the
         waiting runs that wait for that (``"signal"``, ``"timer"``, ``"retry"``) and
         ``wait_name`` those whose wait has that name: ``list_runs(waiting_for="signal",
         wait_name="approval")`` is every run waiting on signal ``approval``."""
@@ -613,6 +625,7 @@ class Runtime:
         query = RunQuery(
             status=_parse_enum(RunStatus, status, "run status"),
             workflow=workflow,
+            tags=check_tags(tags) if tags else None,
             waiting_for=_parse_enum(WaitKind, waiting_for, "wait kind"),
             wait_name=wait_name,
             limit=limit,

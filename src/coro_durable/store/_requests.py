@@ -7,6 +7,7 @@ answers correctly for every request that leaves it at its default.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .._core.waits import WaitKind
@@ -38,6 +39,7 @@ class RunQuery:
 
     status: RunStatus | None = None
     workflow: str | None = None
+    tags: Mapping[str, str] | None = None  # every one of these tags (``RunRecord.tags``)
     waiting_for: WaitKind | None = None
     wait_name: str | None = None
     limit: int = 100
@@ -53,6 +55,10 @@ class RunQuery:
             return False
         if self.workflow is not None and run.workflow != self.workflow:
             return False
+        if self.tags:
+            have = run.tags
+            if any(have.get(key) != value for key, value in self.tags.items()):
+                return False
         if self.waiting_for is None:
             return True
         return run.status == RunStatus.WAITING and any(

@@ -801,6 +801,9 @@ class SqliteStore:
         if query.workflow is not None:
             where.append("workflow = ?")
             params.append(query.workflow)
+        for key, value in (query.tags or {}).items():  # keys are plain names (check_tags)
+            where.append("json_extract(meta, '$.tags.\"' || ? || '\"') = ?")
+            params += [key, value]
         if query.waiting_for is not None:
             where.append(_SQL_WAITING_FOR)
             params += [query.waiting_for.value, query.wait_name, query.wait_name]

@@ -1051,6 +1051,31 @@ class StoreConformance:
         run = await store.get_run("r1")
         assert run is not None and run.waits == signal_wait("next", seq=6)
 
+    async def test_list_runs_filters_by_tags(self, store: Store) -> None:
+        """A run's tags (``meta["tags"]``, kept from create_run) select it in list_runs: every
+        tag of the query must match, together with the other filters, newest first."""
+        for run_id, tags in (
+            ("r0", {"tenant": "acme", "tier": "gold"}),
+            ("r1", {"tenant": "acme"}),
+            ("r2", {"tenant": "zeta-9", "tier": "gold"}),
+            ("r3", {}),
+        ):
+            meta = {"tags": tags} if tags else {}
+            await store.create_run(RunRecord(run_id, WF, INPUT, meta=meta))
+
+        async def ids(**filters: Any) -> list[str]:
+            return [r.run_id for r in await store.list_runs(RunQuery(**filters))]
+
+        assert await ids(tags={"tenant": "acme"}) == ["r1", "r0"]
+        assert await ids(tags={"tenant": "acme", "tier": "gold"}) == ["r0"]
+        assert await ids(tags={"tier": "gold"}) == ["r2", "r0"]
+        assert await ids(tags={"tenant": "zeta-9"}, status=RunStatus.PENDING) == ["r2"]
+        assert await ids(tags={"tenant": "acme"}, workflow="other") == []
+        assert await ids(tags={"tenant": "acme"}, limit=1, offset=1) == ["r0"]
+        assert await ids(tags={"tenant": "none"}) == []
+        (r0,) = [r for r in await store.list_runs(RunQuery()) if r.run_id == "r0"]
+        assert r0.tags == {"tenant": "acme", "tier": "gold"}
+
     async def test_list_runs_finds_the_runs_waiting_on_a_signal(self, store: Store) -> None:
         """RunQuery(waiting_for=SIGNAL, wait_name=n) answers the waiting runs one of whose waits
         is signal n, newest first; without wait_name every run waiting on any signal; a run

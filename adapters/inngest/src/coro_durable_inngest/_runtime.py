@@ -13,7 +13,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -387,6 +387,7 @@ class InngestRuntime(engine.EngineRuntime):
         *args: Any,
         run_id: str | None = None,
         allow_unknown: bool = False,  # engines cannot see what their workers serve: unchecked
+        tags: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> RunHandle:
         """Start a run of ``workflow(*args, **kwargs)`` by sending its start event; idempotent on
@@ -396,6 +397,7 @@ class InngestRuntime(engine.EngineRuntime):
         timeout or a sleep Inngest cannot express (see ``coro_durable_inngest._check``).
         """
         self._open_api()
+        self._check_no_tags(tags)
         fn: Callable[..., Any] | None
         if isinstance(workflow, str):
             name = workflow

@@ -12,7 +12,7 @@ import os
 import signal as _signal
 import socket
 import uuid
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
@@ -346,6 +346,7 @@ class RestateRuntime(engine.EngineRuntime):
         *args: Any,
         run_id: str | None = None,
         allow_unknown: bool = False,  # engines cannot see what their workers serve: unchecked
+        tags: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> RunHandle:
         """Start a run of ``workflow(*args, **kwargs)`` as the Restate workflow keyed ``run_id``
@@ -356,6 +357,7 @@ class RestateRuntime(engine.EngineRuntime):
         (``inactivity_timeout + abort_timeout``; see ``coro_durable_restate._check``).
         """
         self._check_open()
+        self._check_no_tags(tags)
         fn: Callable[..., Any] | None
         if isinstance(workflow, str):
             name = workflow

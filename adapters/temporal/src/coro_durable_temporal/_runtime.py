@@ -6,7 +6,7 @@ import asyncio
 import concurrent.futures
 import datetime as _dt
 import uuid
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self
@@ -226,6 +226,7 @@ class TemporalRuntime(engine.EngineRuntime):
         *args: Any,
         run_id: str | None = None,
         allow_unknown: bool = False,  # engines cannot see what their workers serve: unchecked
+        tags: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> RunHandle:
         """Start a run of ``workflow(*args, **kwargs)`` as a Temporal workflow whose id is
@@ -236,6 +237,7 @@ class TemporalRuntime(engine.EngineRuntime):
         method...: see ``coro_durable_temporal._steps``).
         """
         self._check_open()
+        self._check_no_tags(tags)
         fn: Callable[..., Any] | None
         if isinstance(workflow, str):
             name = workflow

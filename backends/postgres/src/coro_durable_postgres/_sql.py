@@ -456,6 +456,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 END $$""",
         _WRITE_BATCH_FUNCTION,
     ),
+    # 7: list_runs(tags=...) is a jsonb containment on meta -> 'tags', served by this index
+    (
+        "CREATE INDEX IF NOT EXISTS runs_tags ON {s}.runs "
+        "USING gin ((meta -> 'tags') jsonb_path_ops)",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

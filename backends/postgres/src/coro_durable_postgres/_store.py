@@ -543,6 +543,9 @@ class PostgresStore:
             _no_nul("workflow name", query.workflow)
             where.append("workflow = %s")
             params.append(query.workflow)
+        if query.tags:  # jsonb containment on the tags, served by the runs_tags GIN index
+            where.append("meta -> 'tags' @> %s::jsonb")
+            params.append(json.dumps(dict(query.tags)))
         if query.waiting_for is not None:  # jsonb containment: a wait with that kind (and name)
             wanted: dict[str, Any] = {"kind": query.waiting_for.value}
             if query.wait_name is not None:

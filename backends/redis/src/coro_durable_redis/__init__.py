@@ -134,6 +134,7 @@ Key layout (``P`` is the prefix)
 ``P ix:wf:<workflow>``        zset   by workflow
 ``P ix:st:<status>``          zset   by status
 ``P ix:wfst:<status>:<wf>``   zset   by status and workflow
+``P ix:tag:<key>=<value>``    zset   the runs started with that tag (``list_runs(tags=)``)
 ``P op:<token>``              str    outcome of a write whose reply may be lost (expires in 10 min)
 ``P workers``                 hash   worker id -> ``started|last_seen|expires|[host, pid, names]``
 ``P workers:expiry``          zset   worker ids by registration expiry (server clock)

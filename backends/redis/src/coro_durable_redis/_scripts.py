@@ -261,6 +261,14 @@ for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', key, unpack(fields))
 redis.call('ZADD', P .. 'ix:all', now, id)
 redis.call('ZADD', P .. 'ix:wf:' .. wf, now, id)
+for i = 6, #ARGV - 1, 2 do  -- the run's tags (meta.tags), one index each: list_runs(tags=)
+  if ARGV[i] == 'meta' then
+    local tags = cjson.decode(ARGV[i + 1])['tags']
+    if type(tags) == 'table' then
+      for k, v in pairs(tags) do redis.call('ZADD', P .. 'ix:tag:' .. k .. '=' .. v, now, id) end
+    end
+  end
+end
 reindex(id, wf, nil, 'pending', now)
 schedule(id, wf, 'due', now)
 remember(ARGV[3], '1')

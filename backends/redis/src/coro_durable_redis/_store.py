@@ -206,6 +206,17 @@ def _run_fields(run: RunRecord) -> list[bytes]:
     return pairs
 
 
+def _index(status: RunStatus | None, workflow: str | None) -> str:
+    """The run index (after the prefix) for a status and/or workflow filter."""
+    if status is not None and workflow is not None:
+        return f"ix:wfst:{RunStatus(status).value}:{workflow}"
+    if status is not None:
+        return f"ix:st:{RunStatus(status).value}"
+    if workflow is not None:
+        return f"ix:wf:{workflow}"
+    return "ix:all"
+
+
 def _hash(reply: Sequence[Any] | dict[Any, Any]) -> dict[str, str]:
     """A hash as text, from HGETALL's flat field/value list (a script's reply, or a JSON list of
     it) or the dict redis-py makes of an HGETALL command's reply."""
@@ -807,36 +818,28 @@ class RedisStore:
     async def list_runs(self, query: RunQuery) -> list[RunRecord]:
         if query.limit <= 0:
             return []
-        if query.waiting_for is not None:
-            return await self._list_waiting(query)
-        return await self._list(query.status, query.workflow, query.offset, query.limit)
+        if query.tags:  # the index of one of the tags; the other filters on its runs
+            key, value = min(query.tags.items())
+            return await self._list_matching(query, f"ix:tag:{key}={value}")
+        if query.waiting_for is not None:  # no index holds the waits: the waiting runs
+            if query.status not in (None, RunStatus.WAITING):
+                return []
+            return await self._list_matching(query, _index(RunStatus.WAITING, query.workflow))
+        return await self._list(_index(query.status, query.workflow), query.offset, query.limit)
 
-    async def _list_waiting(self, query: RunQuery) -> list[RunRecord]:
-        """RunQuery.waiting_for: no index holds the waits, so page through the waiting runs
-        (of the workflow, if given), newest first, keeping those whose waits match."""
-        if query.status not in (None, RunStatus.WAITING):
-            return []
+    async def _list_matching(self, query: RunQuery, index: str) -> list[RunRecord]:
+        """Page through ``index``, newest first, keeping the runs ``query`` matches."""
         matched: list[RunRecord] = []
         want, start, page = max(query.offset, 0) + query.limit, 0, 500
         while len(matched) < want:
-            runs = await self._list(RunStatus.WAITING, query.workflow, start, page)
+            runs = await self._list(index, start, page)
             matched += [run for run in runs if query.matches(run)]
             if len(runs) < page:
                 break
             start += page
         return matched[max(query.offset, 0) : want]
 
-    async def _list(
-        self, status: RunStatus | None, workflow: str | None, offset: int, limit: int
-    ) -> list[RunRecord]:
-        if status is not None and workflow is not None:
-            index = f"ix:wfst:{RunStatus(status).value}:{workflow}"
-        elif status is not None:
-            index = f"ix:st:{RunStatus(status).value}"
-        elif workflow is not None:
-            index = f"ix:wf:{workflow}"
-        else:
-            index = "ix:all"
+    async def _list(self, index: str, offset: int, limit: int) -> list[RunRecord]:
         start = max(offset, 0)
         reply = await self._script("list", [_b(index), _b(str(start)), _b(str(start + limit - 1))])
         try:
