@@ -51,7 +51,7 @@ from typing import Any
 from .._core import codec
 from .._core.waits import Wait, describe_waits
 from ..errors import ConfigurationError, ConflictError, CorruptJournalError, RunError
-from ._meta import empty_meta, encode_meta, freeze_meta
+from ._meta import Meta, empty_meta, encode_meta, freeze_meta
 
 __all__ = [
     "CANCELLED_ERROR",
@@ -203,7 +203,8 @@ class RunRecord:
     meta: Mapping[str, Any] = field(default_factory=empty_meta)  # read-only JSON object
 
     def __post_init__(self) -> None:
-        self.meta = freeze_meta(self.meta)
+        if type(self.meta) is not Meta:  # the default (and a stored record's) is one already
+            self.meta = freeze_meta(self.meta)
 
     def copy(self) -> RunRecord:
         return dataclasses.replace(self)
@@ -284,7 +285,8 @@ class JournalEntry:
     meta: Mapping[str, Any] = field(default_factory=empty_meta, hash=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "meta", freeze_meta(self.meta))
+        if type(self.meta) is not Meta:  # the default (and a stored entry's) is one already
+            object.__setattr__(self, "meta", freeze_meta(self.meta))
 
     # ---- checksums -----------------------------------------------------------------------------
 
