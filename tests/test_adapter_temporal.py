@@ -439,6 +439,15 @@ def _calls(sink: Path) -> list[tuple[str, str, int, str]]:
     return [(str(a), str(b), int(c), str(d)) for a, b, c, d in rows]
 
 
+async def _completed_activities(rt: Any, run_id: str) -> int:
+    """How many activities of the run the Temporal server has recorded as completed."""
+    from temporalio.api.enums.v1 import EventType
+
+    history = await rt.client.get_workflow_handle(run_id).fetch_history()
+    completed = EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
+    return sum(1 for event in history.events if event.event_type == completed)
+
+
 async def test_worker_killed_mid_step_resumes(
     temporal: DevServer, queue: str, tmp_path: Path
 ) -> None:
@@ -453,7 +462,12 @@ async def test_worker_killed_mid_step_resumes(
             run_id = f"kill-{queue}"
             await rt.start(common.xe_resumable, 1.5, run_id=run_id)
             deadline = time.monotonic() + 60
-            while not {("c", "end"), ("d", "start")} <= {(c[0], c[3]) for c in _calls(sink)}:
+            # c has completed once the server recorded it (its body ends before the worker
+            # reports it): a, b and c are then three completed activities in the history.
+            while not (
+                {("c", "end"), ("d", "start")} <= {(c[0], c[3]) for c in _calls(sink)}
+                and await _completed_activities(rt, run_id) >= 3
+            ):
                 assert time.monotonic() < deadline, _calls(sink)
                 assert w1.poll() is None, "worker 1 died on its own"
                 await asyncio.sleep(0.05)
