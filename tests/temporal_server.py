@@ -8,6 +8,8 @@ and is started once per test session, with a bounded start-up time.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import os
 import shutil
@@ -105,10 +107,34 @@ def dev_server(*namespaces: str) -> Iterator[DevServer]:
                     f"{server.log_tail()}"
                 )
             time.sleep(0.05)
+        while not _frontend_healthy(server.address):  # the port opens before the frontend serves
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"temporal server on port {port} was not healthy within {START_TIMEOUT}s:\n"
+                    f"{server.log_tail()}"
+                )
+            time.sleep(0.1)
         yield server
     finally:
         _stop(proc)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _frontend_healthy(target: str) -> bool:
+    """Whether a client connects (the SDK asks the frontend for its system info, which a server
+    still starting answers with "Frontend is not healthy yet"). Probed on a thread of its own, so
+    it works whether or not the caller runs an event loop."""
+    from temporalio.client import Client
+
+    async def probe() -> None:
+        await Client.connect(target)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        try:
+            pool.submit(asyncio.run, probe()).result(timeout=10)
+        except Exception:
+            return False
+    return True
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
