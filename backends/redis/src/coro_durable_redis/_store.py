@@ -225,10 +225,21 @@ def _hash(reply: Sequence[Any] | dict[Any, Any]) -> dict[str, str]:
     return {_s(reply[i]): _s(reply[i + 1]) for i in range(0, len(reply) - 1, 2)}
 
 
-def _run_from_row(row: Sequence[Any]) -> RunRecord:
-    """A RunRecord from a script's row: the run hash as flat field/value pairs (see ``row``),
-    read by field name; a field that is absent is None (or its default)."""
-    h = _hash(row)
+def _row(reply: Any) -> dict[str, str]:
+    """A script's row (see ``row`` in the scripts: the run hash's flat field/value pairs as JSON
+    text, ``{}`` for an unknown run) or a flat list of them, as a dict; empty for no run."""
+    if isinstance(reply, bytes | str):
+        try:
+            reply = json.loads(reply)
+        except ValueError as exc:
+            raise CorruptJournalError(f"a run row from Redis cannot be decoded ({exc})") from None
+    return _hash(reply) if reply else {}
+
+
+def _run_from_row(row: Any) -> RunRecord:
+    """A RunRecord from a script's row (``_row``), read by field name; a field that is absent
+    is None (or its default)."""
+    h = _row(row)
     where = f"run {h.get('run_id', '?')!r}"
     try:
         return RunRecord(
@@ -812,7 +823,7 @@ class RedisStore:
         return stored, created
 
     async def get_run(self, run_id: str) -> RunRecord | None:
-        reply = await self._script("get", [_b(run_id)])
+        reply = _row(await self._script("get", [_b(run_id)]))
         return _run_from_row(reply) if reply else None  # an unknown run's hash is empty
 
     async def list_runs(self, query: RunQuery) -> list[RunRecord]:
