@@ -227,14 +227,7 @@ def _parser() -> argparse.ArgumentParser:
         "file, - from stdin (for inputs too big for a command line)",
     )
     p.add_argument("--run-id", metavar="ID", help="run id (starting it again is idempotent)")
-    p.add_argument(
-        "--tag",
-        type=_tag,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a tag of the run (repeatable): list --tag finds it",
-    )
+    tag_option(p, "a tag of the run (repeatable): list --tag finds it")
     p.add_argument(
         "--allow-unknown",
         action="store_true",
@@ -249,14 +242,7 @@ def _parser() -> argparse.ArgumentParser:
     p = command("list", _cmd_list, "list runs, newest first")
     p.add_argument("--status", choices=[s.value for s in RunStatus])
     p.add_argument("--workflow", metavar="NAME")
-    p.add_argument(
-        "--tag",
-        type=_tag,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="only runs with this tag (repeatable: every one)",
-    )
+    tag_option(p, "only runs with this tag (repeatable: every one)")
     p.add_argument(
         "--waiting-for",
         choices=[k.value for k in WaitKind],
@@ -329,6 +315,13 @@ def _global_options(parser: argparse.ArgumentParser, *, default: Any) -> None:
         default=default,
         help="store URL: sqlite:///path/runs.db, memory://, postgresql://..., redis://... "
         "(default: $CORO_DURABLE_STORE or sqlite:///.coro_durable/runs.db)",
+    )
+
+
+def tag_option(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--tag KEY=VALUE``, repeatable (``args.tag``: a list of pairs)."""
+    parser.add_argument(
+        "--tag", type=_tag, action="append", default=[], metavar="KEY=VALUE", help=help
     )
 
 
